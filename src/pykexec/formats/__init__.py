@@ -1,0 +1,76 @@
+"""Boot-image formats and the registry that recognises them.
+
+Formats are tried in a fixed order, as the kernel's ``kexec_file_ops`` and
+kexec-tools' ``file_type[]`` are: the first whose probe accepts the bytes
+parses them.  Specific formats come before general ones (a zboot, a bzImage
+or an arm64 Image is also a PE image; a UKI is a PE image with ``.linux``).
+Wrappers hand their inner bytes back to the registry, so nesting such as
+UKI → zboot → gzip → arm64 Image is followed to the end.
+"""
+
+from __future__ import annotations
+
+from ..errors import FormatError, LimitExceeded, UnknownFormat
+from ..limits import Limits
+from . import (arm64_image, bzimage, compression, elf, loongarch_image, multiboot,
+               multiboot2, pe, riscv_image, uki, uki_addon, zboot)
+from .layer import Buffer, Format, Layer
+
+FORMATS: tuple[Format, ...] = (
+    zboot.FORMAT,
+    bzimage.FORMAT,
+    arm64_image.FORMAT,
+    riscv_image.FORMAT,
+    loongarch_image.FORMAT,
+    uki.FORMAT,
+    uki_addon.FORMAT,
+    pe.FORMAT,
+    elf.FORMAT,
+    multiboot2.FORMAT,
+    multiboot.FORMAT,
+    *compression.FORMATS,
+)
+NAMES = tuple(f.name for f in FORMATS)
+
+
+def _accepts(fmt: Format, data: Buffer) -> bool:
+    try:
+        return fmt.probe(data)
+    except FormatError:
+        return False
+
+
+def identify(data: Buffer, limits: Limits = Limits(), *, where: str = "image") -> Layer:
+    """Parse ``data`` with the first format that accepts it."""
+    for fmt in FORMATS:
+        if _accepts(fmt, data):
+            return fmt.parse(data, limits)
+    raise UnknownFormat({f.name: f"needs {f.needs}" for f in FORMATS}, layer=where)
+
+
+def unwrap(data: Buffer, limits: Limits = Limits()) -> list[Layer]:
+    """Every layer from the file inward, each wrapper's inner bytes parsed in turn."""
+    layers = [identify(data, limits)]
+    while (inner := layers[-1].inner()) is not None:
+        outer = layers[-1]
+        if len(layers) >= limits.max_depth:
+            raise LimitExceeded(outer.format, f"images nest deeper than {limits.max_depth} layers",
+                                field="payload")
+        inner_limits = limits.capped(outer.inner_size(), f"the {outer.format} header")
+        layer = identify(inner, inner_limits, where=f"{outer.format} payload")
+        _check_declared_size(outer, layer)
+        layers.append(layer)
+    return layers
+
+
+def _check_declared_size(outer: Layer, layer: Layer) -> None:
+    """A decompressed payload must have the size its container declares."""
+    declared = outer.inner_size()
+    if declared is None or not isinstance(layer, compression.Compressed):
+        return
+    if layer.decompressed_size % (1 << 32) != declared:
+        raise FormatError(outer.format, f"payload decompresses to {layer.decompressed_size} bytes "
+                          f"but the header declares {declared}", field="decompressed size")
+
+
+__all__ = ["FORMATS", "NAMES", "Layer", "identify", "unwrap"]

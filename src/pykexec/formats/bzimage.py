@@ -1,0 +1,208 @@
+"""x86 bzImage: the Linux/x86 boot protocol, versions 2.00 to 2.15.
+
+Specification: Documentation/arch/x86/boot.rst ("The real-mode kernel header").
+The setup header starts at 0x1f1 and ends at 0x202 + the byte at 0x201 (the
+jump's displacement).  Fields are read only when the protocol version that
+introduced them is present; older images get the defaults boot.rst gives.
+The protected-mode kernel starts at (setup_sects + 1) * 512, where
+setup_sects 0 means 4; its compressed payload (2.08+) ends with the
+little-endian u32 size of the decompressed vmlinux.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import FormatError
+from ..layout import Field, Layout
+from . import pe
+from .layer import Buffer, Format, Layer, ignoring_limits
+
+HDRS_MAGIC = 0x53726448  # "HdrS"
+BOOT_FLAG = 0xAA55
+
+# (field, offset, struct code, protocol version that introduced it), after boot.rst.
+SETUP_HEADER = Layout("bzimage", [
+    Field("setup_sects", 0x1F1, "B"),
+    Field("root_flags", 0x1F2, "H"),
+    Field("syssize", 0x1F4, "I"),
+    Field("ram_size", 0x1F8, "H"),
+    Field("vid_mode", 0x1FA, "H"),
+    Field("root_dev", 0x1FC, "H"),
+    Field("boot_flag", 0x1FE, "H"),
+    Field("jump", 0x200, "H"),
+    Field("header", 0x202, "I"),
+    Field("version", 0x206, "H"),
+    Field("realmode_swtch", 0x208, "I"),
+    Field("start_sys_seg", 0x20C, "H"),
+    Field("kernel_version", 0x20E, "H"),
+    Field("type_of_loader", 0x210, "B"),
+    Field("loadflags", 0x211, "B"),
+    Field("setup_move_size", 0x212, "H"),
+    Field("code32_start", 0x214, "I"),
+    Field("ramdisk_image", 0x218, "I"),
+    Field("ramdisk_size", 0x21C, "I"),
+    Field("bootsect_kludge", 0x220, "I"),
+    Field("heap_end_ptr", 0x224, "H"),
+    Field("ext_loader_ver", 0x226, "B"),
+    Field("ext_loader_type", 0x227, "B"),
+    Field("cmd_line_ptr", 0x228, "I"),
+    Field("initrd_addr_max", 0x22C, "I"),
+    Field("kernel_alignment", 0x230, "I"),
+    Field("relocatable_kernel", 0x234, "B"),
+    Field("min_alignment", 0x235, "B"),
+    Field("xloadflags", 0x236, "H"),
+    Field("cmdline_size", 0x238, "I"),
+    Field("hardware_subarch", 0x23C, "I"),
+    Field("hardware_subarch_data", 0x240, "Q"),
+    Field("payload_offset", 0x248, "I"),
+    Field("payload_length", 0x24C, "I"),
+    Field("setup_data", 0x250, "Q"),
+    Field("pref_address", 0x258, "Q"),
+    Field("init_size", 0x260, "I"),
+    Field("handover_offset", 0x264, "I"),
+    Field("kernel_info_offset", 0x268, "I"),
+])
+SINCE = {
+    "heap_end_ptr": 0x201, "ext_loader_ver": 0x202, "ext_loader_type": 0x202,
+    "cmd_line_ptr": 0x202, "initrd_addr_max": 0x203, "kernel_alignment": 0x205,
+    "relocatable_kernel": 0x205, "min_alignment": 0x20A, "xloadflags": 0x20C,
+    "cmdline_size": 0x206, "hardware_subarch": 0x207, "hardware_subarch_data": 0x207,
+    "payload_offset": 0x208, "payload_length": 0x208, "setup_data": 0x209,
+    "pref_address": 0x20A, "init_size": 0x20A, "handover_offset": 0x20B,
+    "kernel_info_offset": 0x20F,
+}
+# What boot.rst says a loader must assume when an older protocol lacks the field.
+DEFAULTS = {"cmdline_size": 255, "initrd_addr_max": 0x37FFFFFF, "pref_address": 0x100000,
+            "kernel_alignment": 0x100000}
+
+LOADFLAGS = {0x01: "LOADED_HIGH", 0x02: "KASLR_FLAG", 0x20: "QUIET_FLAG",
+             0x40: "KEEP_SEGMENTS", 0x80: "CAN_USE_HEAP"}
+XLOADFLAGS = {0x01: "XLF_KERNEL_64", 0x02: "XLF_CAN_BE_LOADED_ABOVE_4G",
+              0x04: "XLF_EFI_HANDOVER_32", 0x08: "XLF_EFI_HANDOVER_64",
+              0x10: "XLF_EFI_KEXEC", 0x20: "XLF_5LEVEL", 0x40: "XLF_5LEVEL_ENABLED",
+              0x80: "XLF_MEM_ENCRYPTION"}
+XLF_KERNEL_64 = 0x01
+LOADED_HIGH = 0x01
+GZIP_MAGIC = b"\x1f\x8b\x08"
+
+
+def flag_names(value: int, names: dict[int, str]) -> list[str]:
+    return [name for bit, name in names.items() if value & bit]
+
+
+@dataclass(frozen=True)
+class BzImage(Layer):
+    """The setup header of a bzImage, with its payload located."""
+
+    FORMAT = "bzimage"
+    version: str = "2.00"
+    protocol: int = 0x200
+    setup_sects: int = 4
+    setup_size: int = 0
+    header_end: int = 0
+    loadflags: int = 0
+    loadflags_names: tuple[str, ...] = ()
+    kernel_alignment: int = 0
+    relocatable_kernel: int = 0
+    min_alignment: int = 0
+    xloadflags: int = 0
+    xloadflags_names: tuple[str, ...] = ()
+    cmdline_size: int = 255
+    initrd_addr_max: int = 0
+    init_size: int | None = None
+    pref_address: int = 0x100000
+    handover_offset: int | None = None
+    kernel_info_offset: int | None = None
+    syssize: int = 0
+    payload_offset: int | None = None
+    payload_length: int | None = None
+    payload_found_by: str = "header"
+    decompressed_size: int | None = None
+    pe_header: bool = False
+    authenticode: bool = False
+
+    def inner(self) -> Buffer | None:
+        if self.payload_offset is None:
+            return None
+        start = self.setup_size + (self.payload_offset or 0)
+        return memoryview(self.data)[start:start + (self.payload_length or 0)]
+
+    def inner_size(self) -> int | None:
+        return self.decompressed_size
+
+    @property
+    def setup_bytes(self) -> memoryview:
+        """The real-mode part: boot sector and setup, (setup_sects + 1) * 512 bytes."""
+        return memoryview(self.data)[:self.setup_size]
+
+    @property
+    def kernel_bytes(self) -> memoryview:
+        """The protected-mode kernel, which a loader places at code32_start."""
+        return memoryview(self.data)[self.setup_size:]
+
+
+def probe(data: Buffer) -> bool:
+    return (len(data) >= 0x206
+            and SETUP_HEADER.get(data, "header") == HDRS_MAGIC
+            and SETUP_HEADER.get(data, "boot_flag") == BOOT_FLAG)
+
+
+def parse(data: Buffer) -> BzImage:
+    if not probe(data):
+        raise FormatError("bzimage", "no 'HdrS' magic with boot_flag 0xAA55",
+                          field="header", offset=0x202)
+    header_end = 0x202 + data[0x201]
+    version = SETUP_HEADER.get(data, "version")
+    fields = SETUP_HEADER.unpack(data, upto=min(header_end, len(data)))
+    present = {k: v for k, v in fields.items() if version >= SINCE.get(k, 0)}
+    value = {**DEFAULTS, **present}.get
+    setup_sects = value("setup_sects") or 4
+    setup_size = (setup_sects + 1) * 512
+    if setup_size > len(data):
+        raise FormatError("bzimage", f"setup of {setup_size:#x} bytes is longer than the "
+                          f"{len(data):#x}-byte image", field="setup_sects", offset=0x1F1)
+    payload_offset, payload_length, found_by = _payload(data, setup_size, value)
+    pe_hdr = pe.read_header(data, "bzimage") if pe.has_pe_header(data) else None
+    xloadflags = value("xloadflags") or 0
+    loadflags = value("loadflags") or 0
+    return BzImage(
+        arch="x86_64" if xloadflags & XLF_KERNEL_64 else "x86", data=data,
+        version=f"{version >> 8}.{version & 0xFF:02d}", protocol=version,
+        setup_sects=setup_sects, setup_size=setup_size, header_end=header_end,
+        loadflags=loadflags, loadflags_names=tuple(flag_names(loadflags, LOADFLAGS)),
+        kernel_alignment=value("kernel_alignment"), relocatable_kernel=value("relocatable_kernel") or 0,
+        min_alignment=value("min_alignment") or 0,
+        xloadflags=xloadflags, xloadflags_names=tuple(flag_names(xloadflags, XLOADFLAGS)),
+        cmdline_size=value("cmdline_size"), initrd_addr_max=value("initrd_addr_max"),
+        init_size=value("init_size"), pref_address=value("pref_address"),
+        handover_offset=value("handover_offset"), kernel_info_offset=value("kernel_info_offset"),
+        syssize=value("syssize"),
+        payload_offset=payload_offset, payload_length=payload_length, payload_found_by=found_by,
+        decompressed_size=(_decompressed_size(data, setup_size + payload_offset + payload_length)
+                           if found_by == "header" else None),
+        pe_header=pe_hdr is not None, authenticode=bool(pe_hdr and pe_hdr.signed),
+    )
+
+
+def _payload(data: Buffer, setup_size: int, value) -> tuple[int | None, int | None, str]:
+    """Locate the compressed vmlinux: from the 2.08+ header, else by gzip magic."""
+    offset, length = value("payload_offset"), value("payload_length")
+    if offset is None:
+        found = bytes(data[setup_size:]).find(GZIP_MAGIC)
+        if found < 0:
+            return None, None, "absent"
+        return found, len(data) - setup_size - found, "scan"
+    start = setup_size + offset
+    if start + length > len(data) or length < 4:
+        raise FormatError("bzimage", f"payload [{start:#x}, +{length:#x}) lies outside the "
+                          f"{len(data):#x}-byte image", field="payload_length", offset=0x24C)
+    return offset, length, "header"
+
+
+def _decompressed_size(data: Buffer, end: int) -> int:
+    """The u32 the build appends to the payload (gzip's own ISIZE for gzip)."""
+    return int.from_bytes(data[end - 4:end], "little")
+
+
+FORMAT = Format("bzimage", probe, ignoring_limits(parse), "'HdrS' at 0x202 and 0xAA55 at 0x1fe")

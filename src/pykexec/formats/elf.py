@@ -1,0 +1,153 @@
+"""ELF images (System V ABI, "ELF Header" and "Program Header"), read with pyelftools.
+
+A loader only needs the program headers: PT_LOAD segments give what goes
+where, PT_NOTE segments carry notes such as Xen's.  Multiboot headers found
+in the file (Xen's hypervisor is an ELF with both) are reported too.  The
+program header table is bounds-checked before pyelftools reads it, so a
+header pointing past the end is an error naming e_phoff, not an exception
+deep inside the library.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from ..errors import FormatError
+from ..layout import Field, Layout
+from . import multiboot, multiboot2
+from .layer import Buffer, Format, Layer, ignoring_limits
+
+ELF_MAGIC = b"\x7fELF"
+MAX_NOTES = 4096
+ARCHES = {"EM_X86_64": "x86_64", "EM_386": "x86", "EM_AARCH64": "arm64", "EM_ARM": "arm",
+          "EM_RISCV": "riscv64", "EM_LOONGARCH": "loongarch64", "EM_PPC64": "ppc64",
+          "EM_S390": "s390x"}
+IDENT = Layout("elf", [Field("ei_class", 4, "B"), Field("ei_data", 5, "B")])
+PHDR = {  # (e_phoff, e_phentsize, e_phnum) offsets per class
+    1: Layout("elf", [Field("e_phoff", 0x1C, "I"), Field("e_phentsize", 0x2A, "H"),
+                      Field("e_phnum", 0x2C, "H")]),
+    2: Layout("elf", [Field("e_phoff", 0x20, "Q"), Field("e_phentsize", 0x36, "H"),
+                      Field("e_phnum", 0x38, "H")]),
+}
+
+
+@dataclass(frozen=True)
+class Segment:
+    p_type: str
+    p_offset: int
+    p_vaddr: int
+    p_paddr: int
+    p_filesz: int
+    p_memsz: int
+    p_flags: int
+    p_align: int
+
+
+@dataclass(frozen=True)
+class Note:
+    n_name: str
+    n_type: int | str
+    n_descsz: int
+
+
+@dataclass(frozen=True)
+class Elf(Layer):
+    FORMAT = "elf"
+    elf_class: int = 64
+    endianness: str = "little"
+    machine: str = ""
+    elf_type: str = ""
+    entry: int = 0
+    segments: tuple[Segment, ...] = ()
+    notes: tuple[Note, ...] = ()
+    multiboot: tuple[dict, ...] = ()
+
+    @property
+    def loads(self) -> tuple[Segment, ...]:
+        return tuple(s for s in self.segments if s.p_type == "PT_LOAD")
+
+    def segment_bytes(self, seg: Segment) -> memoryview:
+        return memoryview(self.data)[seg.p_offset:seg.p_offset + seg.p_filesz]
+
+
+def probe(data: Buffer) -> bool:
+    return bytes(data[:4]) == ELF_MAGIC
+
+
+def parse(data: Buffer) -> Elf:
+    if not probe(data):
+        raise FormatError("elf", "no \\x7fELF magic", field="e_ident", offset=0)
+    _check_tables(data)
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        segments = tuple(_segment(s) for s in elf.iter_segments())
+        notes = tuple(_notes(elf, data))
+        header = elf.header
+    except (ELFError, struct.error, ValueError, KeyError, IndexError, TypeError) as e:
+        raise FormatError("elf", f"malformed: {e}", field="e_ident") from e
+    for s in segments:
+        if s.p_type == "PT_LOAD" and s.p_offset + s.p_filesz > len(data):
+            raise FormatError("elf", f"PT_LOAD [{s.p_offset:#x}, +{s.p_filesz:#x}) runs past the "
+                              f"end of the {len(data):#x}-byte file", field="p_filesz")
+    return Elf(arch=ARCHES.get(header["e_machine"]), data=data, elf_class=elf.elfclass,
+               endianness="little" if elf.little_endian else "big",
+               machine=str(header["e_machine"]), elf_type=str(header["e_type"]),
+               entry=header["e_entry"], segments=segments, notes=notes,
+               multiboot=_multiboot(data))
+
+
+def _check_tables(data: Buffer) -> None:
+    ident = IDENT.unpack(data)
+    layout = PHDR.get(ident["ei_class"])
+    if layout is None or ident["ei_data"] not in (1, 2):
+        raise FormatError("elf", f"EI_CLASS {ident['ei_class']} / EI_DATA {ident['ei_data']} "
+                          "is not ELF32/ELF64 little or big endian", field="e_ident", offset=4)
+    if ident["ei_data"] == 2:
+        layout = Layout("elf", list(layout.fields.values()), endian=">")
+    h = layout.unpack(data)
+    end = h["e_phoff"] + h["e_phentsize"] * h["e_phnum"]
+    if end > len(data):
+        raise FormatError("elf", f"program headers [{h['e_phoff']:#x}, {end:#x}) run past the "
+                          f"end of the {len(data):#x}-byte file", field="e_phoff",
+                          offset=layout.offset("e_phoff"))
+
+
+def _segment(s) -> Segment:
+    h = s.header
+    return Segment(p_type=str(h["p_type"]), p_offset=h["p_offset"], p_vaddr=h["p_vaddr"],
+                   p_paddr=h["p_paddr"], p_filesz=h["p_filesz"], p_memsz=h["p_memsz"],
+                   p_flags=h["p_flags"], p_align=h["p_align"])
+
+
+def _notes(elf: ELFFile, data: Buffer):
+    count = 0
+    for seg in elf.iter_segments():
+        if seg.header["p_type"] != "PT_NOTE":
+            continue
+        if seg.header["p_offset"] + seg.header["p_filesz"] > len(data):
+            raise FormatError("elf", "PT_NOTE runs past the end of the file", field="p_filesz")
+        for note in seg.iter_notes():
+            count += 1
+            if count > MAX_NOTES:
+                raise FormatError("elf", f"more than {MAX_NOTES} notes", field="PT_NOTE")
+            yield Note(n_name=str(note["n_name"]), n_type=note["n_type"], n_descsz=note["n_descsz"])
+
+
+def _multiboot(data: Buffer) -> tuple[dict, ...]:
+    found = []
+    for kind, module in (("multiboot2", multiboot2), ("multiboot", multiboot)):
+        try:
+            header = module.find(data)
+        except FormatError:
+            header = None
+        if header is not None:
+            found.append({"format": kind, "header": header})
+    return tuple(found)
+
+
+FORMAT = Format("elf", probe, ignoring_limits(parse), "\\x7fELF at 0")

@@ -1,0 +1,98 @@
+"""What a loader hands to the kernel, worked out from a parsed image.
+
+``kexec_file_load`` takes a kernel it can probe itself (a bzImage, an arm64,
+riscv or LoongArch Image, or an ELF where the architecture allows), an initrd
+and a command line.  Wrappers the kernel cannot probe are opened here: a UKI
+gives its ``.linux`` and the sections of the chosen profile, a zboot or a
+compressed Image gives the decompressed Image.  A bzImage stays a bzImage;
+its decompressed vmlinux is kept alongside for tools that want it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import formats
+from .errors import NotLoadable, UsageError
+from .formats.bzimage import BzImage
+from .formats.compression import Compressed
+from .formats.elf import Elf
+from .formats.kernel_image import KernelImage
+from .formats.layer import Buffer, Layer
+from .formats.multiboot import Multiboot
+from .formats.multiboot2 import Multiboot2
+from .formats.uki import Uki
+from .formats.uki_addon import UkiAddon
+from .limits import Limits
+
+KERNEL_LAYERS = (BzImage, KernelImage, Elf, Multiboot2, Multiboot)
+INITRD_ALIGN = 4
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The pieces of a load: kernel, initrds in order, command line, DTB."""
+
+    layers: tuple[Layer, ...]
+    kernel_layer: Layer
+    kernel: Buffer
+    initrds: tuple[Buffer, ...] = ()
+    cmdline: str | None = None
+    dtb: Buffer | None = None
+    vmlinux: Buffer | None = None
+    kernel_is_input: bool = False
+
+    @property
+    def initrd(self) -> bytes | None:
+        """The initrds joined as systemd-stub joins them: each padded to 4 bytes."""
+        if not self.initrds:
+            return None
+        out = bytearray()
+        for part in self.initrds:
+            out += part
+            out += bytes(-len(out) % INITRD_ALIGN)
+        return bytes(out)
+
+
+def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, ...] = (),
+            limits: Limits = Limits()) -> Prepared:
+    """Unwrap ``data`` down to the kernel and collect what comes with it."""
+    layers = formats.unwrap(data, limits)
+    top = layers[0]
+    if not isinstance(top, Uki):
+        if profile is not None or addons:
+            raise UsageError(f"--profile and --addon apply to UKIs; this image is {top.format}")
+        return _from_kernel_chain(tuple(layers), data)
+    parts = top.parts(profile)
+    chain = layers[1:]
+    resolved = top.resolve_profile(profile)
+    if top.chosen(".linux", resolved) is not top.chosen(".linux", None):
+        chain = formats.unwrap(parts.linux, limits)
+    extras = tuple(_addon(a, limits) for a in addons)
+    cmdline = " ".join(c for c in (parts.cmdline, *(a.cmdline for a in extras)) if c) or None
+    initrds = (parts.ucode, *(a.section(".ucode") for a in extras),
+               parts.initrd, *(a.section(".initrd") for a in extras))
+    base = _from_kernel_chain((top, *chain), parts.linux)
+    return Prepared(layers=base.layers, kernel_layer=base.kernel_layer, kernel=base.kernel,
+                    initrds=tuple(x for x in initrds if x is not None), cmdline=cmdline,
+                    dtb=parts.dtb, vmlinux=base.vmlinux)
+
+
+def _addon(data: Buffer, limits: Limits) -> UkiAddon:
+    layer = formats.identify(data, limits, where="add-on")
+    if not isinstance(layer, UkiAddon):
+        raise UsageError(f"an add-on must be a UKI add-on PE; this one is {layer.format}")
+    return layer
+
+
+def _from_kernel_chain(layers: tuple[Layer, ...], data: Buffer) -> Prepared:
+    kernel_layer = next((x for x in layers if isinstance(x, KERNEL_LAYERS)), None)
+    if kernel_layer is None:
+        chain = " → ".join(x.format for x in layers)
+        raise NotLoadable(layers[-1].format, f"holds no kernel a loader can take (layers: {chain})")
+    kernel = kernel_layer.kernel_bytes if isinstance(kernel_layer, KernelImage) else kernel_layer.data
+    vmlinux = None
+    if isinstance(kernel_layer, BzImage):
+        vmlinux = next((x.data for x in reversed(layers) if isinstance(x, Compressed)), None)
+    return Prepared(layers=layers, kernel_layer=kernel_layer, kernel=kernel, vmlinux=vmlinux,
+                    kernel_is_input=kernel is data)

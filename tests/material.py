@@ -1,0 +1,972 @@
+"""Real boot images for the tests: fetched from Debian, built, and cached.
+
+Plain functions, no pytest at import time.  Every public function returns a
+``pathlib.Path`` (``arm64_zboot`` returns a pair) and raises ``RuntimeError``
+with a message that says what could not be fetched or built.  Tests that use
+this material must fail, never skip, when it is missing.
+
+Nothing is committed to the repository: everything lives in the cache,
+``~/.cache/pykexec-tests/`` or ``$PYKEXEC_TEST_CACHE``.  Cache layout::
+
+    apt/<config>/            private apt configurations (sources.list, lists/,
+                             cache/, empty status and preferences) for the
+                             suites the system does not use: "sid" (amd64 +
+                             arm64) and "<codename>-arm64" (arm64 packages of
+                             the system's own suite)
+    deb/<pkg>_<ver>_<arch>/  files extracted from one .deb (only the members
+                             needed; the .deb itself is not kept)
+    derived/<name>_<ver>/    files computed from a package (e.g. Image.gz)
+    src/<pkg>_<ver>/         unpacked kernel source tree (linux-source-6.1)
+    build/zboot-arm64_<ver>/ the one arm64 build tree (O=) used for zboot
+    zboot/arm64_<ver>_<comp>/ Image + vmlinuz.efi for each compression
+    locks/                   fcntl lock files
+    tmp/                     staging; finished work is moved into place
+
+Every key includes the Debian package version, so a new upload gives a new
+entry.  Versions are resolved from the apt lists already on disk; private
+lists are fetched when missing and refreshed when a download fails (the
+version is gone from the mirror) or when PYKEXEC_TEST_APT_REFRESH=1.
+
+Packages are only ever downloaded (``apt-get download``) and unpacked
+(``dpkg-deb``); nothing from sid is installed and /etc/apt is never written.
+The only installs are build tools from the system's own suite, for the arm64
+zboot build (``gcc-aarch64-linux-gnu``, ``flex``, ``bison``, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+__all__ = [
+    "ZBOOT_COMPRESSIONS",
+    "ZBOOT_HEADER_NAMES",
+    "cache_root",
+    "bookworm_cloud_bzimage",
+    "bookworm_signed_bzimage",
+    "sid_cloud_bzimage",
+    "arm64_image",
+    "arm64_image_gz",
+    "systemd_stub",
+    "ukify",
+    "build_uki",
+    "build_addon",
+    "linux_source_tree",
+    "extract_vmlinux_script",
+    "arm64_zboot",
+    "xen_hypervisor_gz",
+    "ipxe_lkrn",
+    "fetch_all",
+]
+
+#: compression name accepted by arm64_zboot() -> Kconfig symbol suffix
+ZBOOT_COMPRESSIONS = {
+    "gzip": "GZIP",
+    "lz4": "LZ4",
+    "lzma": "LZMA",
+    "lzo": "LZO",
+    "xz": "XZ",
+    "zstd": "ZSTD",
+}
+
+#: compression name -> the string the kernel writes into the zboot header
+ZBOOT_HEADER_NAMES = {
+    "gzip": "gzip",
+    "lz4": "lz4",
+    "lzma": "lzma",
+    "lzo": "lzo",
+    "xz": "xzkern",
+    "zstd": "zstd22",
+}
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_SYSTEM = "system"
+_SID = "sid"
+
+
+# --------------------------------------------------------------------------
+# basics
+
+
+def cache_root() -> Path:
+    """The cache directory (created on demand)."""
+    env = os.environ.get("PYKEXEC_TEST_CACHE")
+    root = Path(env) if env else Path.home() / ".cache" / "pykexec-tests"
+    root = root.expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _log(msg: str) -> None:
+    print(f"material: {msg}", file=sys.stderr, flush=True)
+
+
+def _fail(msg: str) -> "RuntimeError":
+    return RuntimeError(f"test material unavailable: {msg}")
+
+
+def _run(
+    cmd: Sequence[PathLike],
+    *,
+    what: str,
+    cwd: Optional[PathLike] = None,
+    env: Optional[Mapping[str, str]] = None,
+    timeout: Optional[float] = 3600,
+    capture: bool = True,
+) -> subprocess.CompletedProcess:
+    argv = [os.fspath(c) for c in cmd]
+    try:
+        proc = subprocess.run(
+            argv,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
+    except FileNotFoundError as e:
+        raise _fail(f"{what}: command not found: {argv[0]} ({e})") from None
+    except subprocess.TimeoutExpired:
+        raise _fail(f"{what}: timed out after {timeout}s: {' '.join(argv)}") from None
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        tail = "\n    ".join(err[-25:])
+        raise _fail(f"{what}: `{' '.join(argv)}` exited {proc.returncode}:\n    {tail}")
+    return proc
+
+
+_held: dict = {}
+_refreshed: set = set()
+
+
+@contextlib.contextmanager
+def _lock(name: str) -> Iterator[None]:
+    """An exclusive fcntl lock shared between processes (re-entrant within one)."""
+    if name in _held:
+        _held[name] += 1
+        try:
+            yield
+        finally:
+            _held[name] -= 1
+        return
+    d = cache_root() / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / (_safe(name) + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log(f"waiting for another process holding lock {name!r}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _held[name] = 1
+        try:
+            yield
+        finally:
+            del _held[name]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _safe(s: str) -> str:
+    """A version or package name made safe for a file name (keeps it readable)."""
+    return re.sub(r"[^A-Za-z0-9.+~_-]", lambda m: "%%%02x" % ord(m.group()), s)
+
+
+def _staging(prefix: str) -> Path:
+    d = cache_root() / "tmp"
+    d.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=_safe(prefix) + ".", dir=d))
+
+
+def _publish(staged: Path, final: Path) -> None:
+    """Move a finished staging directory into place (atomic rename)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(staged, final)
+
+
+def _done(d: Path) -> bool:
+    return (d / ".complete").exists()
+
+
+def _mark_done(d: Path) -> None:
+    (d / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+
+
+# --------------------------------------------------------------------------
+# the system's apt sources, and private apt configurations
+
+
+def _os_release() -> dict:
+    out = {}
+    for p in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            text = Path(p).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if "=" in line and not line.startswith("#"):
+                k, v = line.split("=", 1)
+                out[k.strip()] = v.strip().strip('"')
+        break
+    return out
+
+
+def _codename() -> str:
+    code = _os_release().get("VERSION_CODENAME")
+    if not code:
+        raise _fail("cannot tell the system's Debian codename from /etc/os-release")
+    return code
+
+
+def _system_sources() -> list:
+    """Entries of the system's apt sources: dicts with uris, suites, components, options."""
+    entries = []
+    etc = Path("/etc/apt")
+    files = []
+    if (etc / "sources.list").is_file():
+        files.append(etc / "sources.list")
+    if (etc / "sources.list.d").is_dir():
+        files += sorted((etc / "sources.list.d").iterdir())
+    for f in files:
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        if f.name.endswith(".list"):
+            for line in text.splitlines():
+                line = line.split("#", 1)[0].strip()
+                m = re.match(r"^deb\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)\s*(.*)$", line)
+                if not m:
+                    continue
+                opts = {}
+                for o in (m.group(1) or "").split():
+                    if "=" in o:
+                        k, v = o.split("=", 1)
+                        opts[k.lower()] = v
+                entries.append(
+                    {
+                        "uris": [m.group(2)],
+                        "suites": [m.group(3)],
+                        "components": m.group(4).split(),
+                        "signed-by": opts.get("signed-by"),
+                    }
+                )
+        elif f.name.endswith(".sources"):
+            for para in re.split(r"\n\s*\n", text):
+                fields = {}
+                key = None
+                for line in para.splitlines():
+                    if line.startswith("#"):
+                        continue
+                    if line[:1] in (" ", "\t") and key:
+                        fields[key] += "\n" + line.strip()
+                    elif ":" in line:
+                        key, v = line.split(":", 1)
+                        key = key.strip().lower()
+                        fields[key] = v.strip()
+                if "deb" not in fields.get("types", "").split():
+                    continue
+                if fields.get("enabled", "yes").lower() == "no":
+                    continue
+                signed = fields.get("signed-by")
+                if signed and "\n" in signed:
+                    signed = None  # an inline key cannot go into a one-line entry
+                entries.append(
+                    {
+                        "uris": fields.get("uris", "").split(),
+                        "suites": fields.get("suites", "").split(),
+                        "components": fields.get("components", "").split(),
+                        "signed-by": signed,
+                    }
+                )
+    return entries
+
+
+def _suite_lines(arch: str) -> list:
+    """One-line entries for the system's own suite(s), restricted to ``arch``."""
+    code = _codename()
+    lines = []
+    for e in _system_sources():
+        for uri in e["uris"]:
+            for suite in e["suites"]:
+                if suite == code or suite.startswith(code + "-"):
+                    lines.append(_one_line(uri, suite, e["components"], e["signed-by"], arch))
+    if not lines:
+        raise _fail(f"no apt source for {code} found in /etc/apt/sources.list(.d)")
+    return lines
+
+
+def _one_line(uri: str, suite: str, components: Sequence[str], signed_by, arch: str) -> str:
+    opts = [f"arch={arch}"]
+    if signed_by:
+        opts.append(f"signed-by={signed_by}")
+    return f"deb [{' '.join(opts)}] {uri} {suite} {' '.join(components) or 'main'}"
+
+
+def _sid_lines() -> list:
+    """sid, from the Debian mirror that the system already uses for its own suite."""
+    code = _codename()
+    for e in _system_sources():
+        if code in e["suites"] and "main" in e["components"] and e["uris"]:
+            return [_one_line(e["uris"][0], "sid", ["main"], e["signed-by"], "amd64,arm64")]
+    raise _fail(
+        f"no Debian mirror found in /etc/apt/sources.list(.d) (wanted an entry for {code} main)"
+    )
+
+
+class _Apt:
+    """One apt configuration: the system's own, or a private one under the cache."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def private(self) -> bool:
+        return self.name != _SYSTEM
+
+    @property
+    def dir(self) -> Path:
+        return cache_root() / "apt" / self.name
+
+    def _source_lines(self) -> list:
+        if self.name == _SID:
+            return _sid_lines()
+        if self.name.endswith("-arm64"):
+            return _suite_lines("arm64")
+        raise AssertionError(self.name)
+
+    def opts(self) -> list:
+        o = []
+        if os.geteuid() == 0:
+            # downloads go to our own directories, which _apt may not be able to write
+            o += ["-o", "APT::Sandbox::User=root"]
+        if not self.private:
+            return o
+        d = self.dir
+        return o + [
+            "-o", f"Dir::Etc::SourceList={d / 'sources.list'}",
+            "-o", "Dir::Etc::SourceParts=-",
+            "-o", f"Dir::Etc::Preferences={d / 'preferences'}",
+            "-o", f"Dir::Etc::PreferencesParts={d / 'preferences.d'}",
+            "-o", f"Dir::State::Lists={d / 'lists'}",
+            "-o", f"Dir::State::status={d / 'status'}",
+            "-o", f"Dir::Cache={d / 'cache'}",
+            "-o", "APT::Architectures::=amd64",
+            "-o", "APT::Architectures::=arm64",
+        ]
+
+    def _setup(self) -> None:
+        d = self.dir
+        for sub in ("lists/partial", "cache/archives/partial", "preferences.d"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "status").touch()
+        text = "\n".join(self._source_lines()) + "\n"
+        sl = d / "sources.list"
+        if not sl.exists() or sl.read_text() != text:
+            sl.write_text(text)
+            (d / "updated").unlink(missing_ok=True)
+
+    def ensure_lists(self, refresh: bool = False) -> None:
+        if not self.private:
+            return
+        with _lock(f"apt-{self.name}"):
+            self._setup()
+            stamp = self.dir / "updated"
+            if os.environ.get("PYKEXEC_TEST_APT_REFRESH") == "1" and self.name not in _refreshed:
+                refresh = True
+            if refresh:
+                _refreshed.add(self.name)
+            if stamp.exists() and not refresh:
+                return
+            _log(f"apt-get update ({self.name} lists)")
+            _run(["apt-get", *self.opts(), "-q", "update"], what=f"apt-get update for {self.name}",
+                 timeout=900)
+            stamp.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+
+    def show(self, pkg: str) -> Optional[dict]:
+        """Candidate Version/Architecture/Depends of ``pkg`` (None if unknown)."""
+        self.ensure_lists()
+        proc = subprocess.run(
+            ["apt-cache", *self.opts(), "show", "--no-all-versions", pkg],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        if proc.returncode != 0 or not proc.stdout.strip():
+            return None
+        fields = {}
+        for line in proc.stdout.decode(errors="replace").splitlines():
+            if not line.strip():
+                break
+            if line[:1] not in (" ", "\t") and ":" in line:
+                k, v = line.split(":", 1)
+                fields[k] = v.strip()
+        return fields if "Version" in fields else None
+
+    def depends(self, pkg: str) -> list:
+        self.ensure_lists()
+        proc = _run(["apt-cache", *self.opts(), "depends", pkg], what=f"apt-cache depends {pkg}")
+        out = []
+        for line in proc.stdout.decode(errors="replace").splitlines():
+            m = re.match(r"^\s*\|?(?:Pre)?Depends:\s*(\S+)", line)
+            if m and not m.group(1).startswith("<"):
+                out.append(m.group(1))
+        return out
+
+    def download(self, spec: str, dest: Path) -> Path:
+        self.ensure_lists()
+        _run(["apt-get", *self.opts(), "-q", "download", spec], cwd=dest,
+             what=f"apt-get download {spec} ({self.name} sources)", timeout=1800)
+        debs = sorted(dest.glob("*.deb"))
+        if len(debs) != 1:
+            raise _fail(f"apt-get download {spec} left {len(debs)} .deb files in {dest}")
+        return debs[0]
+
+
+_APTS: dict = {}
+
+
+def _apt(name: str) -> _Apt:
+    if name not in _APTS:
+        _APTS[name] = _Apt(name)
+    return _APTS[name]
+
+
+def _arm64_apt() -> _Apt:
+    return _apt(f"{_codename()}-arm64")
+
+
+# --------------------------------------------------------------------------
+# packages
+
+
+def _deb_extract(deb: Path, dest: Path, members: Optional[Sequence[str]]) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    dpkg = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", os.fspath(deb)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cmd = ["tar", "-x", "-f", "-", "-C", os.fspath(dest), "--no-same-owner"]
+    if members:
+        cmd += ["--wildcards", *members]
+    tar = subprocess.run(cmd, stdin=dpkg.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    dpkg.stdout.close()
+    dpkg_err = dpkg.stderr.read()
+    dpkg.wait()
+    if dpkg.returncode != 0:
+        raise _fail(f"dpkg-deb --fsys-tarfile {deb.name} failed: {dpkg_err.decode(errors='replace')}")
+    if tar.returncode != 0:
+        raise _fail(
+            f"could not extract {list(members or [])} from {deb.name}: "
+            f"{tar.stderr.decode(errors='replace').strip()}"
+        )
+
+
+def _package(
+    apt: _Apt,
+    pkg: str,
+    members: Optional[Sequence[str]] = None,
+    post: Optional[callable] = None,
+) -> Path:
+    """Directory holding the files of ``pkg`` (candidate version) extracted from its .deb.
+
+    ``pkg`` may carry an architecture (``name:arm64``).  ``members`` are tar
+    wildcards (``./boot/vmlinuz-*``); None extracts everything.  ``post(dir)``
+    may transform the extracted tree before it is published.
+    """
+    for attempt in (0, 1):
+        info = apt.show(pkg)
+        if info is None:
+            if apt.private and attempt == 0:
+                apt.ensure_lists(refresh=True)
+                continue
+            hint = "" if apt.private else " (is `apt-get update` needed?)"
+            raise _fail(f"package {pkg} is not known to the {apt.name} apt sources{hint}")
+        name = pkg.split(":")[0]
+        key = f"{name}_{_safe(info['Version'])}_{info.get('Architecture', 'unknown')}"
+        final = cache_root() / "deb" / key
+        if _done(final):
+            return final
+        with _lock("deb-" + key):
+            if _done(final):
+                return final
+            stage = _staging(key)
+            try:
+                _log(f"downloading {name} {info['Version']} ({info.get('Architecture')}, {apt.name})")
+                dl = stage / "dl"
+                dl.mkdir()
+                try:
+                    deb = apt.download(f"{pkg}={info['Version']}", dl)
+                except RuntimeError:
+                    if apt.private and attempt == 0:
+                        _log(f"download of {pkg} failed; refreshing the {apt.name} lists")
+                        apt.ensure_lists(refresh=True)
+                        continue
+                    raise
+                tree = stage / "tree"
+                _deb_extract(deb, tree, members)
+                shutil.rmtree(dl)
+                if post is not None:
+                    post(tree)
+                (tree / ".package").write_text(f"{name} {info['Version']} {info.get('Architecture')}\n")
+                _mark_done(tree)
+                _publish(tree, final)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+            return final
+    raise _fail(f"could not download {pkg}")  # pragma: no cover
+
+
+def _one(tree: Path, pattern: str, what: str) -> Path:
+    hits = sorted(p for p in tree.glob(pattern) if p.is_file())
+    if len(hits) != 1:
+        raise _fail(f"{what}: expected exactly one {pattern} in {tree}, found {[h.name for h in hits]}")
+    return hits[0]
+
+
+def _kernel_package(apt: _Apt, meta: str, arch: Optional[str] = None) -> str:
+    """Follow a kernel metapackage to the package that holds boot/vmlinuz-*.
+
+    bookworm: linux-image-cloud-amd64 -> linux-image-6.1.0-N-cloud-amd64.
+    sid:      linux-image-cloud-amd64 -> linux-image-7.x...-cloud-amd64
+              -> linux-binary-7.x...-cloud-amd64.
+    """
+    suffix = f":{arch}" if arch else ""
+    pkg = meta
+    seen = {meta}
+    for _ in range(5):
+        deps = [d.split(":")[0] for d in apt.depends(pkg + suffix)]
+        deps = [d for d in deps if re.match(r"^linux-(image|binary)-\d", d) and d not in seen]
+        if not deps:
+            break
+        binaries = [d for d in deps if d.startswith("linux-binary-")]
+        pkg = (binaries or deps)[0]
+        seen.add(pkg)
+    if pkg == meta:
+        raise _fail(f"`apt-cache depends {meta}{suffix}` ({apt.name}) names no versioned kernel package")
+    return pkg + suffix
+
+
+def _vmlinuz(apt: _Apt, meta: str, arch: Optional[str] = None) -> Path:
+    pkg = _kernel_package(apt, meta, arch)
+    tree = _package(apt, pkg, ["./boot/vmlinuz-*", "./boot/config-*"])
+    return _one(tree, "boot/vmlinuz-*", pkg)
+
+
+# --------------------------------------------------------------------------
+# kernels and other boot images
+
+
+def bookworm_cloud_bzimage() -> Path:
+    """boot/vmlinuz-* of bookworm's linux-image-6.1.0-N-cloud-amd64."""
+    return _vmlinuz(_apt(_SYSTEM), "linux-image-cloud-amd64")
+
+
+def bookworm_signed_bzimage() -> Path:
+    """boot/vmlinuz-* of bookworm's linux-image-6.1.0-N-amd64 (signed PE/Authenticode)."""
+    return _vmlinuz(_apt(_SYSTEM), "linux-image-amd64")
+
+
+def sid_cloud_bzimage() -> Path:
+    """The newest cloud amd64 kernel of sid (7.x, zstd payload)."""
+    return _vmlinuz(_apt(_SID), "linux-image-cloud-amd64", "amd64")
+
+
+def arm64_image() -> Path:
+    """vmlinuz-* of bookworm's linux-image-6.1.0-N-arm64:arm64: an uncompressed Image with a PE header."""
+    return _vmlinuz(_arm64_apt(), "linux-image-arm64", "arm64")
+
+
+def arm64_image_gz() -> Path:
+    """arm64_image() compressed with ``gzip -9 -n`` (as Ubuntu ships it)."""
+    image = arm64_image()
+    key = image.parents[1].name  # deb/<pkg>_<ver>_<arch>
+    final = cache_root() / "derived" / f"Image.gz_{key}"
+    if _done(final):
+        return final / "Image.gz"
+    with _lock("derived-" + final.name):
+        if not _done(final):
+            stage = _staging(final.name)
+            try:
+                with open(stage / "Image.gz", "wb") as out:
+                    proc = subprocess.run(["gzip", "-9", "-n", "-c", os.fspath(image)], stdout=out,
+                                          stderr=subprocess.PIPE)
+                if proc.returncode != 0:
+                    raise _fail(f"gzip -9 -n {image} failed: {proc.stderr.decode(errors='replace')}")
+                _mark_done(stage)
+                _publish(stage, final)
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+    return final / "Image.gz"
+
+
+def xen_hypervisor_gz() -> Path:
+    """boot/xen-4.17-amd64.gz from xen-hypervisor-4.17-amd64 (gzip'd ELF, Multiboot 1 + 2)."""
+    tree = _package(_apt(_SYSTEM), "xen-hypervisor-4.17-amd64", ["./boot/xen-*"])
+    return _one(tree, "boot/xen-4.17-amd64.gz", "xen-hypervisor-4.17-amd64")
+
+
+def ipxe_lkrn() -> Path:
+    """ipxe.lkrn (a bzImage made by iPXE) from the ipxe package."""
+    tree = _package(_apt(_SYSTEM), "ipxe", ["*ipxe.lkrn"])
+    return _one(tree, "**/ipxe.lkrn", "ipxe")
+
+
+# --------------------------------------------------------------------------
+# systemd-boot stubs and ukify
+
+
+def systemd_stub(suite: str = "bookworm", arch: str = "x64", kind: str = "linux") -> Path:
+    """``<kind><arch>.efi.stub`` from systemd-boot-efi of ``suite``.
+
+    suite: "bookworm" (systemd 252, the system's sources) or "sid" (private
+    config).  arch: "x64" or "aa64".  kind: "linux" or "addon" (addon stubs
+    do not exist in 252; asking for one raises RuntimeError).
+    """
+    debarch = {"x64": "amd64", "aa64": "arm64"}.get(arch)
+    if debarch is None:
+        raise ValueError(f"arch must be 'x64' or 'aa64', not {arch!r}")
+    if kind not in ("linux", "addon"):
+        raise ValueError(f"kind must be 'linux' or 'addon', not {kind!r}")
+    if suite == "sid":
+        apt = _apt(_SID)
+    elif suite == "bookworm":
+        if _codename() != "bookworm":
+            raise _fail(f"suite 'bookworm' wanted, but the system is {_codename()}")
+        apt = _apt(_SYSTEM) if debarch == "amd64" else _arm64_apt()
+    else:
+        raise ValueError(f"suite must be 'bookworm' or 'sid', not {suite!r}")
+    tree = _package(apt, f"systemd-boot-efi:{debarch}", ["./usr/lib/systemd/boot/efi/*"])
+    stub = tree / "usr/lib/systemd/boot/efi" / f"{kind}{arch}.efi.stub"
+    if not stub.is_file():
+        info = (tree / ".package").read_text().strip()
+        raise _fail(f"{stub.name} is not shipped in {info} ({suite})")
+    return stub
+
+
+def ukify() -> Path:
+    """The ukify script from sid's systemd-ukify.  Run it as ``[sys.executable, ukify(), ...]``."""
+    tree = _package(_apt(_SID), "systemd-ukify", ["./usr/bin/ukify"])
+    return _one(tree, "usr/bin/ukify", "systemd-ukify")
+
+
+def _blob_arg(value: Union[None, str, bytes, PathLike], tmp: Path, name: str) -> Optional[str]:
+    """A path for ukify: a Path is used as is, str/bytes contents are written to a file."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) and not isinstance(value, Path):
+        p = tmp / name
+        p.write_bytes(value.encode() if isinstance(value, str) else value)
+        return os.fspath(p)
+    return os.fspath(value)
+
+
+def _ukify_run(args: list, what: str) -> None:
+    env = dict(os.environ)
+    env.setdefault("SOURCE_DATE_EPOCH", "1700000000")
+    _run([sys.executable, ukify(), "build", *args], what=what, env=env, timeout=600)
+
+
+def _profile_text(value: Union[None, str], index: int) -> str:
+    return value if value is not None else f"ID=profile{index}\nTITLE=Profile {index}\n"
+
+
+def build_uki(
+    out: PathLike,
+    *,
+    linux: PathLike,
+    stub: PathLike,
+    cmdline: Union[None, str, bytes] = None,
+    initrd: Optional[PathLike] = None,
+    ucode: Optional[PathLike] = None,
+    dtb: Optional[PathLike] = None,
+    profiles: Iterable[Mapping] = (),
+    osrel: Union[None, str, bytes, PathLike] = None,
+    uname: Optional[str] = None,
+) -> Path:
+    """Build a UKI at ``out`` with sid's ukify.
+
+    ``cmdline`` is the text of .cmdline (str or bytes, written verbatim);
+    ``initrd``, ``ucode``, ``dtb`` are files; ``osrel`` is text or a file
+    (default: ukify's default, the host's os-release); ``uname`` the .uname
+    text.
+
+    ``profiles``: for a multi-profile UKI, a sequence of mappings, one per
+    profile, in order (profile 0, 1, ...).  Keys: ``cmdline`` (text),
+    ``initrd``, ``ucode``, ``dtb`` (files), ``profile`` (the .profile text;
+    default ``ID=profile<i>``).  Each is built as a profile PE with
+    ``ukify build --profile=...`` and joined with ``--join-profile=``.  The
+    base sections (before the first .profile) are the ones given above.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="uki.", dir=out.parent) as td:
+        tmp = Path(td)
+        args = ["--linux", os.fspath(linux), "--stub", os.fspath(stub)]
+        c = _blob_arg(cmdline, tmp, "cmdline")
+        if c is not None:
+            args += ["--cmdline", "@" + c]
+        if initrd is not None:
+            args += ["--initrd", os.fspath(initrd)]
+        if ucode is not None:
+            args += ["--microcode", os.fspath(ucode)]
+        if dtb is not None:
+            args += ["--devicetree", os.fspath(dtb)]
+        o = _blob_arg(osrel, tmp, "os-release")
+        if o is not None:
+            args += ["--os-release", "@" + o]
+        if uname is not None:
+            args += ["--uname", uname]
+        for i, prof in enumerate(profiles):
+            unknown = set(prof) - {"cmdline", "initrd", "ucode", "dtb", "profile"}
+            if unknown:
+                raise ValueError(f"unknown profile keys {sorted(unknown)}")
+            pargs = ["--stub", os.fspath(stub),
+                     "--profile", _profile_text(prof.get("profile"), i)]
+            pc = _blob_arg(prof.get("cmdline"), tmp, f"cmdline{i}")
+            if pc is not None:
+                pargs += ["--cmdline", "@" + pc]
+            if prof.get("initrd") is not None:
+                pargs += ["--initrd", os.fspath(prof["initrd"])]
+            if prof.get("ucode") is not None:
+                pargs += ["--microcode", os.fspath(prof["ucode"])]
+            if prof.get("dtb") is not None:
+                pargs += ["--devicetree", os.fspath(prof["dtb"])]
+            ppe = tmp / f"profile{i}.efi"
+            _ukify_run([*pargs, "--output", os.fspath(ppe)], what=f"ukify build (profile {i} PE)")
+            args += ["--join-profile", os.fspath(ppe)]
+        _ukify_run([*args, "--output", os.fspath(out)], what=f"ukify build {out.name}")
+    if not out.is_file():
+        raise _fail(f"ukify did not write {out}")
+    return out
+
+
+def build_addon(
+    out: PathLike,
+    *,
+    stub: PathLike,
+    cmdline: Union[None, str, bytes] = None,
+    initrd: Optional[PathLike] = None,
+    ucode: Optional[PathLike] = None,
+) -> Path:
+    """Build a UKI add-on (PE with .cmdline/.initrd/.ucode on an addon stub) at ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="addon.", dir=out.parent) as td:
+        tmp = Path(td)
+        args = ["--stub", os.fspath(stub)]
+        c = _blob_arg(cmdline, tmp, "cmdline")
+        if c is not None:
+            args += ["--cmdline", "@" + c]
+        if initrd is not None:
+            args += ["--initrd", os.fspath(initrd)]
+        if ucode is not None:
+            args += ["--microcode", os.fspath(ucode)]
+        _ukify_run([*args, "--output", os.fspath(out)], what=f"ukify build (add-on) {out.name}")
+    if not out.is_file():
+        raise _fail(f"ukify did not write {out}")
+    return out
+
+
+# --------------------------------------------------------------------------
+# kernel source, extract-vmlinux, arm64 zboot
+
+
+def _untar_source(tree: Path) -> None:
+    tarball = _one(tree, "usr/src/linux-source-*.tar.*", "linux-source")
+    dest = tree / "unpacked"
+    dest.mkdir()
+    _log(f"unpacking {tarball.name}")
+    _run(["tar", "-x", "-f", os.fspath(tarball), "-C", os.fspath(dest), "--no-same-owner"],
+         what=f"untar {tarball.name}")
+    shutil.rmtree(tree / "usr")
+    tops = [p for p in dest.iterdir() if p.is_dir()]
+    if len(tops) != 1 or not (tops[0] / "Makefile").is_file():
+        raise _fail(f"unexpected layout of {tarball.name}: {[p.name for p in tops]}")
+    os.rename(tops[0], tree / "linux")
+    dest.rmdir()
+
+
+def linux_source_tree() -> Path:
+    """Debian's linux-source-6.1 unpacked once into the cache; returns the tree's top directory."""
+    tree = _package(_apt(_SYSTEM), "linux-source-6.1", ["./usr/src/linux-source-*.tar.*"],
+                    post=_untar_source)
+    top = tree / "linux"
+    if not (top / "Makefile").is_file():
+        raise _fail(f"{top} is not a kernel source tree")
+    return top
+
+
+def extract_vmlinux_script() -> Path:
+    """scripts/extract-vmlinux of linux_source_tree()."""
+    p = linux_source_tree() / "scripts" / "extract-vmlinux"
+    if not p.is_file():
+        raise _fail(f"{p} missing from the kernel source tree")
+    return p
+
+
+_BUILD_TOOLS = {
+    # command: package (system suite)
+    "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
+    "make": "make",
+    "flex": "flex",
+    "bison": "bison",
+    "bc": "bc",
+    "perl": "perl",
+    "gzip": "gzip",
+    "lz4": "lz4",
+    "lzma": "xz-utils",
+    "xz": "xz-utils",
+    "lzop": "lzop",
+    "zstd": "zstd",
+}
+
+
+def _ensure_build_tools() -> None:
+    missing = sorted({pkg for cmd, pkg in _BUILD_TOOLS.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    with _lock("apt-install"):
+        missing = sorted({pkg for cmd, pkg in _BUILD_TOOLS.items() if shutil.which(cmd) is None})
+        if not missing:
+            return
+        if os.geteuid() != 0:
+            raise _fail(f"build tools missing and not root to install them: apt-get install {' '.join(missing)}")
+        _log(f"apt-get install {' '.join(missing)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        _run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+             what="installing build tools", env=env, timeout=1800)
+
+
+def _kconfig(build: Path) -> dict:
+    out = {}
+    for line in (build / ".config").read_text().splitlines():
+        m = re.match(r"^(CONFIG_\w+)=(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def arm64_zboot(compression: str = "gzip") -> tuple:
+    """A real arm64 EFI zboot kernel built from linux_source_tree().
+
+    Returns ``(vmlinuz_efi, image)``: the zboot PE and the build's
+    arch/arm64/boot/Image, which is what unpacking must reproduce.
+    compression: gzip, lz4, lzma, lzo, xz or zstd.  One build tree is shared,
+    so after the first build (~2 min) another compression only redoes the
+    compression step.
+    """
+    if compression not in ZBOOT_COMPRESSIONS:
+        raise ValueError(f"compression must be one of {sorted(ZBOOT_COMPRESSIONS)}, not {compression!r}")
+    src = linux_source_tree()
+    srckey = src.parent.name  # linux-source-6.1_<ver>_all
+    final = cache_root() / "zboot" / f"arm64_{srckey}_{compression}"
+    if _done(final):
+        return final / "vmlinuz.efi", final / "Image"
+    with _lock("zboot-build-" + srckey):
+        if _done(final):
+            return final / "vmlinuz.efi", final / "Image"
+        _ensure_build_tools()
+        build = cache_root() / "build" / f"zboot-arm64_{srckey}"
+        build.mkdir(parents=True, exist_ok=True)
+        env = dict(
+            os.environ,
+            ARCH="arm64",
+            CROSS_COMPILE="aarch64-linux-gnu-",
+            KBUILD_BUILD_TIMESTAMP="Thu Jan  1 00:00:00 UTC 2026",
+            KBUILD_BUILD_USER="pykexec",
+            KBUILD_BUILD_HOST="material",
+            KBUILD_BUILD_VERSION="1",
+            LC_ALL="C",
+        )
+        make = ["make", "-C", os.fspath(src), f"O={build}", "ARCH=arm64",
+                "CROSS_COMPILE=aarch64-linux-gnu-"]
+        config = ["bash", os.fspath(src / "scripts" / "config"), "--file", os.fspath(build / ".config")]
+        t0 = time.monotonic()
+        base = build / ".pykexec-base-config"
+        if not base.exists() or not (build / ".config").exists():
+            _log("arm64 zboot: make tinyconfig")
+            _run([*make, "tinyconfig"], what="make tinyconfig (arm64)", env=env)
+            _run([*config, "-e", "64BIT", "-e", "EFI", "-e", "EFI_STUB", "-e", "EFI_ZBOOT"],
+                 what="scripts/config (EFI)", env=env)
+            base.write_text("tinyconfig + 64BIT EFI EFI_STUB EFI_ZBOOT\n")
+        sym = ZBOOT_COMPRESSIONS[compression]
+        args = []
+        for other in ZBOOT_COMPRESSIONS.values():
+            if other != sym:
+                args += ["-d", f"KERNEL_{other}"]
+        args += ["-e", f"KERNEL_{sym}"]
+        _run([*config, *args], what=f"scripts/config (KERNEL_{sym})", env=env)
+        _run([*make, "olddefconfig"], what="make olddefconfig (arm64)", env=env)
+        cfg = _kconfig(build)
+        want = ["CONFIG_64BIT", "CONFIG_EFI", "CONFIG_EFI_STUB", "CONFIG_EFI_ZBOOT", f"CONFIG_KERNEL_{sym}"]
+        bad = [w for w in want if cfg.get(w) != "y"]
+        others = [f"CONFIG_KERNEL_{o}" for o in ZBOOT_COMPRESSIONS.values()
+                  if o != sym and cfg.get(f"CONFIG_KERNEL_{o}") == "y"]
+        if bad or others:
+            raise _fail(f"arm64 zboot config: not set: {bad}; also set: {others}")
+        _log(f"arm64 zboot: make -j3 Image vmlinuz.efi (KERNEL_{sym})")
+        _run([*make, "-j3", "Image", "vmlinuz.efi"], what=f"make Image vmlinuz.efi ({compression})",
+             env=env, timeout=3600)
+        boot = build / "arch" / "arm64" / "boot"
+        image, efi = boot / "Image", boot / "vmlinuz.efi"
+        if not image.is_file() or not efi.is_file():
+            raise _fail(f"the arm64 build left no Image/vmlinuz.efi in {boot}")
+        stage = _staging(final.name)
+        try:
+            shutil.copyfile(image, stage / "Image")
+            shutil.copyfile(efi, stage / "vmlinuz.efi")
+            shutil.copyfile(build / ".config", stage / "config")
+            _mark_done(stage)
+            _publish(stage, final)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        _log(f"arm64 zboot ({compression}) built in {time.monotonic() - t0:.0f}s")
+    return final / "vmlinuz.efi", final / "Image"
+
+
+# --------------------------------------------------------------------------
+
+
+def fetch_all(progress=None) -> dict:
+    """Fetch and build everything; returns {name: path or tuple}.  Raises on the first failure."""
+    steps = [
+        ("bookworm_cloud_bzimage", bookworm_cloud_bzimage),
+        ("bookworm_signed_bzimage", bookworm_signed_bzimage),
+        ("sid_cloud_bzimage", sid_cloud_bzimage),
+        ("arm64_image", arm64_image),
+        ("arm64_image_gz", arm64_image_gz),
+        ("xen_hypervisor_gz", xen_hypervisor_gz),
+        ("ipxe_lkrn", ipxe_lkrn),
+        ("systemd_stub(bookworm, x64, linux)", lambda: systemd_stub("bookworm", "x64", "linux")),
+        ("systemd_stub(bookworm, aa64, linux)", lambda: systemd_stub("bookworm", "aa64", "linux")),
+        ("systemd_stub(sid, x64, linux)", lambda: systemd_stub("sid", "x64", "linux")),
+        ("systemd_stub(sid, x64, addon)", lambda: systemd_stub("sid", "x64", "addon")),
+        ("systemd_stub(sid, aa64, linux)", lambda: systemd_stub("sid", "aa64", "linux")),
+        ("systemd_stub(sid, aa64, addon)", lambda: systemd_stub("sid", "aa64", "addon")),
+        ("ukify", ukify),
+        ("linux_source_tree", linux_source_tree),
+        ("extract_vmlinux_script", extract_vmlinux_script),
+    ] + [
+        (f"arm64_zboot({c})", (lambda c=c: arm64_zboot(c))) for c in ZBOOT_COMPRESSIONS
+    ]
+    results = {}
+    for name, fn in steps:
+        t0 = time.monotonic()
+        if progress:
+            progress(f"{name} ...")
+        results[name] = fn()
+        if progress:
+            progress(f"{name} -> {results[name]} ({time.monotonic() - t0:.1f}s)")
+    return results
