@@ -37,8 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
-import gzip
+import fnmatch
 import os
 import re
 import shutil
@@ -453,24 +452,34 @@ def _arm64_apt() -> _Apt:
 # packages
 
 
-def _deb_extract(deb: Path, dest: Path, members: Optional[Sequence[str]]) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
+def _fsys_tar(deb: Path, tar_args: Sequence[str], what: str) -> bytes:
     dpkg = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", os.fspath(deb)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    cmd = ["tar", "-x", "-f", "-", "-C", os.fspath(dest), "--no-same-owner"]
-    if members:
-        cmd += ["--wildcards", *members]
-    tar = subprocess.run(cmd, stdin=dpkg.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tar = subprocess.run(["tar", *tar_args], stdin=dpkg.stdout, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
     dpkg.stdout.close()
     dpkg_err = dpkg.stderr.read()
     dpkg.wait()
     if dpkg.returncode != 0:
         raise _fail(f"dpkg-deb --fsys-tarfile {deb.name} failed: {dpkg_err.decode(errors='replace')}")
     if tar.returncode != 0:
-        raise _fail(
-            f"could not extract {list(members or [])} from {deb.name}: "
-            f"{tar.stderr.decode(errors='replace').strip()}"
-        )
+        raise _fail(f"{what} ({deb.name}): {tar.stderr.decode(errors='replace').strip()}")
+    return tar.stdout
+
+
+def _deb_extract(deb: Path, dest: Path, members: Optional[Sequence[str]]) -> None:
+    """Extract the members of ``deb`` that match any of the fnmatch patterns (all if None)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    args = ["-x", "-f", "-", "-C", os.fspath(dest), "--no-same-owner"]
+    if members:
+        names = _fsys_tar(deb, ["-t", "-f", "-"], "listing").decode(errors="surrogateescape").splitlines()
+        wanted = [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in members)]
+        if not wanted:
+            raise _fail(f"{deb.name} has no member matching {list(members)}")
+        listfile = dest.parent / (dest.name + ".members")
+        listfile.write_text("\n".join(wanted) + "\n", errors="surrogateescape")
+        args += ["--verbatim-files-from", "-T", os.fspath(listfile)]
+    _fsys_tar(deb, args, "extracting")
 
 
 def _package(
@@ -560,8 +569,14 @@ def _kernel_package(apt: _Apt, meta: str, arch: Optional[str] = None) -> str:
 
 def _vmlinuz(apt: _Apt, meta: str, arch: Optional[str] = None) -> Path:
     pkg = _kernel_package(apt, meta, arch)
-    tree = _package(apt, pkg, ["./boot/vmlinuz-*", "./boot/config-*"])
-    return _one(tree, "boot/vmlinuz-*", pkg)
+    # bookworm ships boot/vmlinuz-<ver>; newer linux-binary-* packages
+    # ship usr/lib/modules/<ver>/vmlinuz
+    tree = _package(apt, pkg, ["./boot/vmlinuz-*", "./boot/config-*",
+                               "./usr/lib/modules/*/vmlinuz", "./usr/lib/modules/*/config"])
+    hits = sorted(tree.glob("boot/vmlinuz-*")) + sorted(tree.glob("usr/lib/modules/*/vmlinuz"))
+    if len(hits) != 1:
+        raise _fail(f"{pkg}: expected one kernel image in {tree}, found {hits}")
+    return hits[0]
 
 
 # --------------------------------------------------------------------------

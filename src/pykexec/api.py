@@ -8,11 +8,19 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import formats
+from . import formats, loader
+from .backends.linux import LinuxSyscalls, Status, Syscalls, read_lockdown, read_status
+from .errors import UsageError
 from .limits import Limits
-from .prepare import Prepared, prepare
+from .prepare import Prepared, join_initrds, prepare
+
+PROC_CMDLINE = Path("/proc/cmdline")
+DROPPED_ON_REUSE = ("BOOT_IMAGE=", "initrd=")
 
 
 def read_image(path: str | Path) -> bytes:
@@ -50,3 +58,144 @@ def extract(path: str | Path, outdir: str | Path, *, profile: int | None = None,
             (out / name).write_bytes(content)
             written[name] = out / name
     return written
+
+
+@dataclass(frozen=True)
+class OpenedFile:
+    """A file read once, with the descriptor it was read from kept open."""
+
+    path: Path
+    fd: int
+    data: bytes
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def open_file(path: str | Path) -> OpenedFile:
+    """Open and read a file once; the same descriptor can go to the kernel."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{path}: not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+    except BaseException:
+        os.close(fd)
+        raise
+    return OpenedFile(Path(path), fd, data)
+
+
+def addon_dir(image: str | Path) -> list[Path]:
+    """Add-ons beside a UKI, in file-name order: ``<uki>.extra.d/*.addon.efi`` (systemd's layout)."""
+    extra = Path(str(image) + ".extra.d")
+    return sorted(extra.glob("*.addon.efi")) if extra.is_dir() else []
+
+
+def reuse_cmdline(proc_cmdline: Path = PROC_CMDLINE) -> str:
+    """The running kernel's command line without BOOT_IMAGE= and initrd= (kexec --reuse-cmdline)."""
+    words = proc_cmdline.read_text().split()
+    return " ".join(w for w in words if not w.startswith(DROPPED_ON_REUSE))
+
+
+def compose_cmdline(image_cmdline: str | None, *, command_line: str | None = None,
+                    append: str | None = None, reuse: bool = False,
+                    proc_cmdline: Path = PROC_CMDLINE) -> str | None:
+    """--command-line replaces, --reuse-cmdline takes the running one, --append adds."""
+    if command_line is not None:
+        base = command_line
+    elif reuse:
+        base = reuse_cmdline(proc_cmdline)
+    else:
+        base = image_cmdline
+    joined = " ".join(x for x in (base, append) if x)
+    return joined if joined or base is not None else None
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """The user's load request, as the CLI and the API take it."""
+
+    image: str | Path
+    initrds: tuple[str | Path, ...] = ()
+    command_line: str | None = None
+    append: str | None = None
+    reuse_cmdline: bool = False
+    profile: int | None = None
+    addons: tuple[str | Path, ...] | None = None
+    crash: bool = False
+    mode: str = "auto"
+    debug: bool = False
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    """What a load would hand the kernel, before any system call."""
+
+    layers: tuple[str, ...]
+    kernel_format: str
+    kernel_size: int
+    kernel_source: str
+    initrd_size: int
+    cmdline: str | None
+    crash: bool
+
+
+def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None = None,
+         sysfs: Path = Path("/sys"), limits: Limits | None = None) -> tuple[LoadSummary, loader.LoadReport | None]:
+    """Prepare and load an image; with ``dry_run``, stop before the system call."""
+    image = open_file(opts.image)
+    initrds = [open_file(p) for p in opts.initrds]
+    try:
+        addons = addon_dir(opts.image) if opts.addons is None else list(opts.addons)
+        prepared = prepare(image.data, profile=opts.profile,
+                           addons=tuple(read_image(a) for a in addons) if _is_uki(image) else (),
+                           limits=limits or Limits.from_env())
+        req = _request(opts, image, initrds, prepared)
+        summary = LoadSummary(
+            layers=tuple(x.format for x in prepared.layers), kernel_format=prepared.kernel_layer.format,
+            kernel_size=len(prepared.kernel),
+            kernel_source="original file" if req.kernel_fd is not None else "memfd (prepared)",
+            initrd_size=len(req.initrd) if req.initrd is not None else
+            sum(len(f.data) for f in initrds), cmdline=req.cmdline, crash=opts.crash)
+        if dry_run:
+            return summary, None
+        with loader.LoadLock():
+            report = loader.load(req, syscalls or LinuxSyscalls(), lockdown=read_lockdown(sysfs))
+        return summary, report
+    finally:
+        image.close()
+        for f in initrds:
+            f.close()
+
+
+def _is_uki(image: OpenedFile) -> bool:
+    return formats.uki.probe(image.data)
+
+
+def _request(opts: LoadOptions, image: OpenedFile, initrds: list[OpenedFile],
+             prepared: Prepared) -> loader.LoadRequest:
+    if not prepared.initrds and len(initrds) == 1:
+        initrd, initrd_fd = None, initrds[0].fd
+    else:
+        initrd, initrd_fd = join_initrds((*prepared.initrds, *(f.data for f in initrds))), None
+    cmdline = compose_cmdline(prepared.cmdline, command_line=opts.command_line,
+                              append=opts.append, reuse=opts.reuse_cmdline)
+    return loader.LoadRequest(
+        prepared=prepared, kernel_fd=image.fd if prepared.kernel_is_input else None,
+        initrd=initrd, initrd_fd=initrd_fd, cmdline=cmdline, crash=opts.crash,
+        mode=opts.mode, debug=opts.debug)
+
+
+def status(sysfs: Path = Path("/sys")) -> Status:
+    """What is loaded now, from /sys/kernel."""
+    return read_status(sysfs)
+
+
+def unload(*, crash: bool = False, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> str:
+    with loader.LoadLock():
+        return loader.unload(syscalls or LinuxSyscalls(), crash=crash, lockdown=read_lockdown(sysfs))
+
+
+def execute(*, sync: bool = True, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> None:
+    loader.execute(syscalls or LinuxSyscalls(), loaded=read_status(sysfs).loaded, sync=sync)

@@ -7,11 +7,13 @@ line on stderr; 1 any other failure.  ``--debug`` shows tracebacks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import sys
 from typing import Callable
 
-from . import __version__, api
+from . import __version__, api, kexec_compat
 from .errors import PykexecError, UsageError
 from .limits import Limits
 
@@ -41,6 +43,35 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
         (("--profile",), {"type": int, "metavar": "N", "help": "UKI profile @N (default @0)"}),
         (("--json",), {"action": "store_true", "help": "list what was written as JSON"}),
     ]),
+    "load": ("load a kernel to boot with `pykexec exec` (or on a crash, with --crash)", [
+        (("image",), {"help": "kernel image: bzImage, Image, zboot, UKI, ..."}),
+        (("--initrd",), {"action": "append", "default": [], "metavar": "FILE",
+                         "help": "initrd; repeat to concatenate several"}),
+        (("--append",), {"metavar": "S", "help": "add to the image's own command line"}),
+        (("--command-line",), {"metavar": "S", "help": "replace the command line"}),
+        (("--reuse-cmdline",), {"action": "store_true",
+                                "help": "start from /proc/cmdline without BOOT_IMAGE= and initrd="}),
+        (("--profile",), {"type": int, "metavar": "N", "help": "UKI profile @N (default @0)"}),
+        (("--addon",), {"action": "append", "metavar": "FILE",
+                        "help": "UKI add-on; default: <uki>.extra.d/*.addon.efi"}),
+        (("--dtb",), {"metavar": "FILE", "help": "device tree to pass (user mode only)"}),
+        (("--crash",), {"action": "store_true", "help": "load a crash (kdump) kernel"}),
+        (("--mode",), {"choices": ("auto", "file", "user"), "default": "auto",
+                       "help": "auto: kexec_file_load, falling back to kexec_load"}),
+        (("--debug-syscall",), {"action": "store_true",
+                                "help": "pass KEXEC_FILE_DEBUG: the kernel logs where it put each segment"}),
+        (("--dry-run",), {"action": "store_true", "help": "show what would be loaded, and stop"}),
+        (("--json",), {"action": "store_true", "help": "print the result as JSON"}),
+    ]),
+    "exec": ("reboot into the loaded kernel now (syncs file systems first)", [
+        (("--no-sync",), {"action": "store_true", "help": "do not sync file systems first"}),
+    ]),
+    "unload": ("unload the loaded kernel", [
+        (("--crash",), {"action": "store_true", "help": "unload the crash kernel instead"}),
+    ]),
+    "status": ("report what is loaded", [
+        (("--json",), {"action": "store_true", "help": "print one JSON object"}),
+    ]),
 }
 
 
@@ -48,6 +79,8 @@ def build_parser() -> Parser:
     parser = Parser(prog="pykexec", description="Understand, plan and load kexec boot images.")
     parser.add_argument("--version", action="version", version=f"pykexec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub.add_parser("kexec", help="kexec-tools compatible front end (pykexec kexec --help)",
+                   add_help=False)
     for name, (help_text, options) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         for flags, kwargs in options:
@@ -95,9 +128,63 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    if args.append is not None and args.command_line is not None:
+        raise UsageError("give --append or --command-line, not both")
+    if args.dtb is not None:
+        raise UsageError("--dtb is used by kexec_load (user mode) loads, which this version "
+                         "cannot build yet")
+    opts = api.LoadOptions(
+        image=args.image, initrds=tuple(args.initrd), command_line=args.command_line,
+        append=args.append, reuse_cmdline=args.reuse_cmdline, profile=args.profile,
+        addons=None if args.addon is None else tuple(args.addon), crash=args.crash,
+        mode=args.mode, debug=args.debug_syscall)
+    summary, report = api.load(opts, dry_run=args.dry_run, limits=_limits(args))
+    result = {**dataclasses.asdict(summary), "loaded": report is not None,
+              "syscall": report.syscall if report else None,
+              "attempts": report.attempts if report else []}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        kind = "crash kernel" if summary.crash else "kernel"
+        print(f"{kind}: {summary.kernel_format}, {summary.kernel_size} bytes "
+              f"({' → '.join(summary.layers)}), passed as {summary.kernel_source}")
+        print(f"initrd: {summary.initrd_size} bytes")
+        print(f"cmdline: {summary.cmdline!r}")
+        print("dry run: nothing loaded" if report is None else f"loaded with {report.syscall}")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    api.execute(sync=not args.no_sync)
+    return 0
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    call = api.unload(crash=args.crash)
+    print(f"unloaded {'crash ' if args.crash else ''}kernel with {call}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = api.status()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(st)))
+        return 0
+    show = {True: "yes", False: "no", None: "unknown"}
+    print(f"kernel loaded: {show[st.loaded]}")
+    print(f"crash kernel loaded: {show[st.crash_loaded]}")
+    print(f"crash region size: {'unknown' if st.crash_size is None else st.crash_size}")
+    return 0
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "inspect": cmd_inspect,
     "extract": cmd_extract,
+    "load": cmd_load,
+    "exec": cmd_exec,
+    "unload": cmd_unload,
+    "status": cmd_status,
 }
 
 
@@ -105,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
+        if argv[:1] == ["kexec"]:
+            return kexec_compat.main(argv[1:])
         args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                            format="pykexec: %(message)s")
         return HANDLERS[args.command](args)
     except PykexecError as e:
         if debug:

@@ -7,6 +7,8 @@ everything else.  Messages say what was expected and what was found.
 
 from __future__ import annotations
 
+import errno
+
 
 class PykexecError(Exception):
     """Root of every error pykexec raises on purpose."""
@@ -46,11 +48,33 @@ class LimitExceeded(FormatError):
 class UnknownFormat(FormatError):
     """No registered format accepted the data; carries each format's reason."""
 
-    def __init__(self, reasons: dict[str, str], *, layer: str = "image") -> None:
+    def __init__(self, reasons: dict[str, str], head: bytes, *, layer: str = "image") -> None:
         self.reasons = reasons
-        summary = "; ".join(f"{name}: {why}" for name, why in reasons.items())
-        super().__init__(layer, f"no known format accepts it ({summary})")
+        super().__init__(layer, f"not a known boot image (it starts {head.hex(' ') or 'empty'}); "
+                         f"tried {', '.join(reasons)}", field="magic", offset=0)
 
 
 class NotLoadable(FormatError):
     """The image was understood but holds nothing a kernel loader can take."""
+
+
+
+class SyscallError(PykexecError):
+    """A system call failed; reads like the call, with its errno and what to do."""
+
+    def __init__(self, call: str, err: int, detail: str, *, advice: str | None = None) -> None:
+        self.call = call
+        self.errno_value = err
+        self.advice = advice
+        text = f"{call}: {self.errno_name}: {detail}"
+        super().__init__(text + (f"; {advice}" if advice else ""))
+
+    @property
+    def errno_name(self) -> str:
+        return errno.errorcode.get(self.errno_value, str(self.errno_value))
+
+
+class LoadRefused(PykexecError):
+    """pykexec refuses a load before any system call (policy, lockdown, bad request)."""
+
+    exit_code = 2

@@ -44,14 +44,18 @@ class Prepared:
 
     @property
     def initrd(self) -> bytes | None:
-        """The initrds joined as systemd-stub joins them: each padded to 4 bytes."""
-        if not self.initrds:
-            return None
-        out = bytearray()
-        for part in self.initrds:
-            out += part
-            out += bytes(-len(out) % INITRD_ALIGN)
-        return bytes(out)
+        return join_initrds(self.initrds)
+
+
+def join_initrds(parts) -> bytes | None:
+    """Initrds joined as systemd-stub joins them: each padded to a 4-byte boundary."""
+    if not parts:
+        return None
+    out = bytearray()
+    for part in parts:
+        out += part
+        out += bytes(-len(out) % INITRD_ALIGN)
+    return bytes(out)
 
 
 def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, ...] = (),

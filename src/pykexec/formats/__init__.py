@@ -45,7 +45,7 @@ def identify(data: Buffer, limits: Limits = Limits(), *, where: str = "image") -
     for fmt in FORMATS:
         if _accepts(fmt, data):
             return fmt.parse(data, limits)
-    raise UnknownFormat({f.name: f"needs {f.needs}" for f in FORMATS}, layer=where)
+    raise UnknownFormat({f.name: f"needs {f.needs}" for f in FORMATS}, bytes(data[:8]), layer=where)
 
 
 def unwrap(data: Buffer, limits: Limits = Limits()) -> list[Layer]:

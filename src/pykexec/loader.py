@@ -1,0 +1,213 @@
+"""Loading for real on Linux: choose the system call, pass the bytes, report clearly.
+
+Policy, after kexec-tools' ``-a`` (kexec/kexec.c, do_kexec_file_load):
+
+* try ``kexec_file_load`` first;
+* fall back to ``kexec_load`` only on ENOSYS, ENOEXEC, EINVAL or ENOTSUP;
+* never on signature or key errors (EKEYREJECTED, ENOKEY, EBADMSG, EPERM);
+* never use ``kexec_load`` under lockdown: the kernel refuses it anyway.
+
+A bzImage or plain Image goes to the kernel as the file descriptor it was
+read from, so IMA appraisal sees the real file; anything pykexec prepared
+(an unwrapped UKI, a decompressed zboot, joined initrds) goes through a
+memfd.  Nothing is unloaded first: a failed load leaves the loaded kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backends.linux import (KEXEC_FILE_DEBUG, KEXEC_FILE_NO_INITRAMFS, KEXEC_FILE_ON_CRASH,
+                             KEXEC_FILE_UNLOAD, KEXEC_ON_CRASH, Syscalls, memfd)
+from .errors import LoadRefused, PykexecError, SyscallError
+from .prepare import Prepared
+
+log = logging.getLogger(__name__)
+
+FALLBACK_ERRNOS = {errno.ENOSYS, errno.ENOEXEC, errno.EINVAL, errno.ENOTSUP}
+ADVICE = {
+    errno.EPERM: "the kernel forbids this load: under lockdown or Secure Boot only "
+                 "kexec_file_load with a kernel signed by a trusted key is allowed; "
+                 "run as root, sign the kernel, or boot without lockdown",
+    errno.EKEYREJECTED: "the kernel's signature was checked and rejected; sign it with a key "
+                        "in the kernel's secondary or platform keyring (UEFI db or MOK)",
+    errno.ENOKEY: "the kernel is unsigned or signed by a key the running kernel does not "
+                  "trust; sign it with a key in the secondary or platform keyring",
+    errno.EBADMSG: "the kernel's signature is malformed; re-sign it (sbsign) and retry",
+    errno.ENOEXEC: "the running kernel's kexec_file_load does not accept this image format; "
+                   "try --mode user, or unwrap it with `pykexec extract`",
+    errno.EINVAL: "the running kernel rejected the image or arguments (on arm64 this also means "
+                  "an unknown format); check the image with `pykexec inspect`",
+    errno.ENOSYS: "this kernel has no kexec_file_load (CONFIG_KEXEC_FILE); try --mode user",
+    errno.ENOTSUP: "the running kernel does not support this kind of load; try --mode user",
+    errno.ENOMEM: "the kernel found no room for the segments; use a smaller initrd, or for "
+                  "--crash a larger crashkernel= reservation (see `pykexec plan`)",
+    errno.EADDRNOTAVAIL: "a segment falls outside the memory the kernel allows (for --crash: "
+                         "outside the crash region); see `pykexec plan --crash`",
+    errno.EBUSY: "a kexec operation is in progress, or the crash kernel is in use; retry",
+    errno.EFBIG: "the image or initrd is larger than the kernel accepts (4 GiB)",
+    errno.EACCES: "access denied: IMA appraisal or an LSM refused the file; check its "
+                  "security.ima signature and the IMA policy",
+    errno.EBADF: "a file descriptor was invalid; report this as a pykexec bug",
+    errno.EFAULT: "the kernel could not read our buffers; report this as a pykexec bug",
+    errno.ENOENT: "nothing is loaded to unload or execute",
+    errno.E2BIG: "too many segments for kexec_load (16 at most)",
+}
+LOCK_PATHS = (Path("/run/lock/pykexec.lock"), Path("/run/pykexec.lock"), Path("/tmp/pykexec.lock"))
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """Everything one load needs, already read into memory once."""
+
+    prepared: Prepared
+    kernel_fd: int | None
+    initrd: bytes | None
+    initrd_fd: int | None
+    cmdline: str | None
+    crash: bool = False
+    mode: str = "auto"
+    debug: bool = False
+
+
+@dataclass
+class LoadReport:
+    """What was done, for the CLI's text and JSON output."""
+
+    syscall: str = ""
+    flags: int = 0
+    attempts: list[str] = field(default_factory=list)
+
+
+def advise(err: SyscallError) -> SyscallError:
+    """The same error, with the sentence that tells the user what to do."""
+    advice = ADVICE.get(err.errno_value)
+    if advice is None or err.advice:
+        return err
+    return SyscallError(err.call, err.errno_value, os.strerror(err.errno_value), advice=advice)
+
+
+def load(req: LoadRequest, sys: Syscalls, *, lockdown: str | None) -> LoadReport:
+    """Load with the policy above; raise the first error that ends the attempt."""
+    report = LoadReport()
+    if req.mode == "user" and lockdown not in (None, "none"):
+        raise LoadRefused(f"kernel lockdown is '{lockdown}': the kernel refuses kexec_load, "
+                          "so --mode user cannot work; use --mode file with a signed kernel")
+    if req.mode in ("auto", "file"):
+        try:
+            return _file_load(req, sys, report)
+        except SyscallError as e:
+            if req.mode == "file" or e.errno_value not in FALLBACK_ERRNOS:
+                raise advise(e) from None
+            if lockdown not in (None, "none"):
+                raise advise(e) from None
+            log.info("kexec_file_load failed with %s; falling back to kexec_load", e.errno_name)
+            report.attempts.append(f"kexec_file_load: {e.errno_name}")
+            first_error = e
+    else:
+        first_error = None
+    raise LoadRefused(_user_mode_unavailable(req, first_error))
+
+
+def _user_mode_unavailable(req: LoadRequest, first: SyscallError | None) -> str:
+    fmt = req.prepared.kernel_layer.format
+    prefix = "" if first is None else f"kexec_file_load failed ({advise(first)}); "
+    return (f"{prefix}kexec_load (user mode) cannot build a {fmt} load yet in this version "
+            "of pykexec")
+
+
+def _file_load(req: LoadRequest, sys: Syscalls, report: LoadReport) -> LoadReport:
+    flags = (KEXEC_FILE_ON_CRASH if req.crash else 0) | (KEXEC_FILE_DEBUG if req.debug else 0)
+    if req.initrd is None and req.initrd_fd is None:
+        flags |= KEXEC_FILE_NO_INITRAMFS
+    opened: list[int] = []
+    try:
+        kernel_fd = req.kernel_fd
+        if kernel_fd is None:
+            kernel_fd = memfd("pykexec-kernel", req.prepared.kernel)
+            opened.append(kernel_fd)
+        else:
+            os.lseek(kernel_fd, 0, os.SEEK_SET)
+        initrd_fd = req.initrd_fd if req.initrd_fd is not None else -1
+        if req.initrd_fd is None and req.initrd is not None:
+            initrd_fd = memfd("pykexec-initrd", req.initrd)
+            opened.append(initrd_fd)
+        elif initrd_fd >= 0:
+            os.lseek(initrd_fd, 0, os.SEEK_SET)
+        sys.kexec_file_load(kernel_fd, initrd_fd, req.cmdline, flags)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    report.syscall, report.flags = "kexec_file_load", flags
+    report.attempts.append("kexec_file_load: ok")
+    return report
+
+
+def unload(sys: Syscalls, *, crash: bool, lockdown: str | None) -> str:
+    """Unload with kexec_file_load's UNLOAD flag (allowed under lockdown), else kexec_load."""
+    flags = KEXEC_FILE_UNLOAD | (KEXEC_FILE_ON_CRASH if crash else 0)
+    try:
+        sys.kexec_file_load(-1, -1, None, flags)
+        return "kexec_file_load"
+    except SyscallError as e:
+        if e.errno_value not in (errno.ENOSYS, errno.EINVAL) or lockdown not in (None, "none"):
+            raise advise(e) from None
+    try:
+        sys.kexec_load(0, [], KEXEC_ON_CRASH if crash else 0)
+    except SyscallError as e:
+        raise advise(e) from None
+    return "kexec_load"
+
+
+def execute(sys: Syscalls, *, loaded: bool | None, sync: bool = True) -> None:
+    """Sync file systems, then reboot into the loaded kernel (kexec -e)."""
+    if loaded is False:
+        raise LoadRefused("no kernel is loaded; load one first with `pykexec load`")
+    if sync:
+        sys.sync()
+    try:
+        sys.reboot_kexec()
+    except SyscallError as e:
+        raise advise(e) from None
+
+
+class LoadLock:
+    """Serialises loads across processes; the second one waits, then says so."""
+
+    def __init__(self, timeout: float = 60.0, paths: tuple[Path, ...] = LOCK_PATHS) -> None:
+        self.timeout, self.paths, self.fd = timeout, paths, -1
+
+    def __enter__(self) -> "LoadLock":
+        self.fd = self._open()
+        deadline = time.monotonic() + self.timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if not told:
+                    log.warning("another pykexec is loading; waiting up to %.0f s", self.timeout)
+                    told = True
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    raise PykexecError(f"another pykexec still holds the load lock after "
+                                       f"{self.timeout:.0f} s; try again later") from None
+                time.sleep(0.1)
+
+    def _open(self) -> int:
+        for path in self.paths:
+            try:
+                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                continue
+        raise PykexecError("cannot create a lock file in /run/lock, /run or /tmp")
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
