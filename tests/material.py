@@ -473,12 +473,13 @@ def _deb_extract(deb: Path, dest: Path, members: Optional[Sequence[str]]) -> Non
     args = ["-x", "-f", "-", "-C", os.fspath(dest), "--no-same-owner"]
     if members:
         names = _fsys_tar(deb, ["-t", "-f", "-"], "listing").decode(errors="surrogateescape").splitlines()
-        wanted = [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in members)]
+        wanted = [n for n in names if not n.endswith("/")
+                  and any(fnmatch.fnmatchcase(n, pat) for pat in members)]
         if not wanted:
             raise _fail(f"{deb.name} has no member matching {list(members)}")
         listfile = dest.parent / (dest.name + ".members")
         listfile.write_text("\n".join(wanted) + "\n", errors="surrogateescape")
-        args += ["--verbatim-files-from", "-T", os.fspath(listfile)]
+        args += ["--no-recursion", "--verbatim-files-from", "-T", os.fspath(listfile)]
     _fsys_tar(deb, args, "extracting")
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import formats, loader
-from .backends.linux import LinuxSyscalls, Status, Syscalls, read_lockdown, read_status
+from .backends.linux import LinuxSyscalls, Status, Syscalls, read_lockdown, read_status  # noqa: F401  (Status is API)
 from .errors import UsageError
 from .limits import Limits
 from .prepare import Prepared, join_initrds, prepare

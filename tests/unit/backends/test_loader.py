@@ -1,0 +1,169 @@
+"""The load policy: syscall choice, fallback, fds vs memfds, cmdline composition."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import struct
+from pathlib import Path
+
+import pytest
+
+from pykexec import api, loader
+from pykexec.backends.linux import (KEXEC_FILE_DEBUG, KEXEC_FILE_NO_INITRAMFS,
+                                    KEXEC_FILE_ON_CRASH, KEXEC_FILE_UNLOAD)
+from pykexec.errors import LoadRefused, SyscallError
+
+from .fakes import FakeSyscalls
+
+
+def arm64_image(size: int = 0x3000) -> bytes:
+    """A minimal arm64 Image: the booting.rst header, magic at 0x38."""
+    img = bytearray(size)
+    struct.pack_into("<QQQ", img, 8, 0, size, 0b1010)
+    struct.pack_into("<I", img, 0x38, 0x644D5241)
+    return bytes(img)
+
+
+@pytest.fixture
+def sysfs(tmp_path: Path) -> Path:
+    root = tmp_path / "sys"
+    (root / "kernel" / "security").mkdir(parents=True)
+    (root / "kernel" / "security" / "lockdown").write_text("[none] integrity confidentiality\n")
+    (root / "kernel" / "kexec_loaded").write_text("0\n")
+    return root
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_plain_image_passes_original_file_and_initrd(tmp_path, sysfs):
+    image = write(tmp_path, "Image", arm64_image())
+    initrd = write(tmp_path, "initrd", b"cpio" * 100)
+    fake = FakeSyscalls()
+    summary, report = api.load(api.LoadOptions(image=image, initrds=(initrd,),
+                                               command_line="console=ttyAMA0"),
+                               syscalls=fake, sysfs=sysfs)
+    (call, kernel, got_initrd, cmdline, flags), = fake.calls
+    assert (call, kernel, got_initrd, cmdline, flags) == (
+        "kexec_file_load", image.read_bytes(), initrd.read_bytes(), "console=ttyAMA0", 0)
+    assert summary.kernel_source == "original file"
+    assert report.syscall == "kexec_file_load"
+
+
+def test_gzip_image_goes_through_memfd_decompressed(tmp_path, sysfs):
+    raw = arm64_image()
+    image = write(tmp_path, "Image.gz", gzip.compress(raw))
+    fake = FakeSyscalls()
+    summary, _ = api.load(api.LoadOptions(image=image, crash=True), syscalls=fake, sysfs=sysfs)
+    _, kernel, initrd, cmdline, flags = fake.calls[0]
+    assert kernel == raw and initrd is None and cmdline is None
+    assert flags == KEXEC_FILE_ON_CRASH | KEXEC_FILE_NO_INITRAMFS
+    assert summary.kernel_source == "memfd (prepared)"
+
+
+def test_dry_run_makes_no_call(tmp_path, sysfs):
+    fake = FakeSyscalls()
+    summary, report = api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())),
+                               dry_run=True, syscalls=fake, sysfs=sysfs)
+    assert report is None and fake.calls == [] and summary.kernel_format == "arm64-image"
+
+
+@pytest.mark.parametrize("err", [errno.EKEYREJECTED, errno.ENOKEY, errno.EBADMSG, errno.EPERM])
+def test_signature_errors_never_fall_back(tmp_path, sysfs, err):
+    fake = FakeSyscalls(fail={"kexec_file_load": err})
+    with pytest.raises(SyscallError) as info:
+        api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), syscalls=fake,
+                 sysfs=sysfs)
+    assert [c[0] for c in fake.calls] == ["kexec_file_load"]
+    assert info.value.errno_value == err and info.value.advice
+
+
+@pytest.mark.parametrize("err", sorted(loader.FALLBACK_ERRNOS))
+def test_fallback_errnos_try_user_mode(tmp_path, sysfs, err):
+    fake = FakeSyscalls(fail={"kexec_file_load": err})
+    with pytest.raises(LoadRefused, match="kexec_load"):
+        api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), syscalls=fake,
+                 sysfs=sysfs)
+
+
+def test_no_fallback_under_lockdown(tmp_path, sysfs):
+    (sysfs / "kernel" / "security" / "lockdown").write_text("none [integrity] confidentiality\n")
+    fake = FakeSyscalls(fail={"kexec_file_load": errno.ENOEXEC})
+    with pytest.raises(SyscallError, match="ENOEXEC"):
+        api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), syscalls=fake,
+                 sysfs=sysfs)
+
+
+def test_user_mode_refused_up_front_under_lockdown(tmp_path, sysfs):
+    (sysfs / "kernel" / "security" / "lockdown").write_text("none [integrity] confidentiality\n")
+    fake = FakeSyscalls()
+    with pytest.raises(LoadRefused, match="lockdown"):
+        api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), mode="user"),
+                 syscalls=fake, sysfs=sysfs)
+    assert fake.calls == []
+
+
+def test_debug_flag(tmp_path, sysfs):
+    fake = FakeSyscalls()
+    api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), debug=True),
+             syscalls=fake, sysfs=sysfs)
+    assert fake.calls[0][4] & KEXEC_FILE_DEBUG
+
+
+def test_several_initrds_are_joined_in_a_memfd(tmp_path, sysfs):
+    a, b = write(tmp_path, "a", b"12345"), write(tmp_path, "b", b"678")
+    fake = FakeSyscalls()
+    api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), initrds=(a, b)),
+             syscalls=fake, sysfs=sysfs)
+    assert fake.calls[0][2] == b"12345" + bytes(3) + b"678" + bytes(1)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({}, "uki cmdline"),
+    ({"append": "x=1"}, "uki cmdline x=1"),
+    ({"command_line": "a b"}, "a b"),
+    ({"command_line": "a", "append": "b"}, "a b"),
+    ({"reuse": True}, "root=/dev/vda quiet"),
+    ({"reuse": True, "append": "m=1"}, "root=/dev/vda quiet m=1"),
+])
+def test_compose_cmdline(tmp_path, kwargs, expected):
+    proc = write(tmp_path, "cmdline", b"BOOT_IMAGE=/vmlinuz root=/dev/vda initrd=/i quiet\n")
+    assert api.compose_cmdline("uki cmdline", proc_cmdline=proc, **kwargs) == expected
+
+
+def test_unload_uses_file_unload_flag():
+    fake = FakeSyscalls()
+    assert loader.unload(fake, crash=True, lockdown=None) == "kexec_file_load"
+    assert fake.calls[0][4] == KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH
+
+
+def test_unload_falls_back_to_kexec_load_without_lockdown():
+    fake = FakeSyscalls(fail={"kexec_file_load": errno.ENOSYS})
+    assert loader.unload(fake, crash=False, lockdown="none") == "kexec_load"
+    assert fake.calls[1] == ("kexec_load", 0, [], 0)
+
+
+def test_exec_syncs_then_reboots_and_refuses_when_nothing_loaded():
+    fake = FakeSyscalls()
+    loader.execute(fake, loaded=True)
+    assert fake.synced and fake.calls == [("reboot",)]
+    with pytest.raises(LoadRefused, match="no kernel is loaded"):
+        loader.execute(FakeSyscalls(), loaded=False)
+
+
+@pytest.mark.parametrize("err", sorted(loader.ADVICE))
+def test_every_errno_gets_a_sentence(err):
+    advised = loader.advise(SyscallError("kexec_file_load", err, "x"))
+    assert advised.advice and errno.errorcode[err] in str(advised)
+
+
+def test_lock_serialises(tmp_path):
+    paths = (tmp_path / "lock",)
+    with loader.LoadLock(paths=paths):
+        with pytest.raises(Exception, match="load lock"):
+            with loader.LoadLock(timeout=0.2, paths=paths):
+                pass
