@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import replace
 import json
 import logging
 import sys
@@ -15,7 +16,7 @@ from typing import Callable
 
 from . import __version__, api, kexec_compat
 from .errors import PykexecError, UsageError
-from .limits import Limits
+from .limits import Limits, terminal_progress
 
 
 class Parser(argparse.ArgumentParser):
@@ -90,8 +91,8 @@ def build_parser() -> Parser:
 
 
 def _limits(args: argparse.Namespace) -> Limits:
-    limits = Limits.from_env()
-    return limits if args.max_output is None else Limits(max_output=args.max_output)
+    limits = Limits.from_env(progress=terminal_progress())
+    return limits if args.max_output is None else replace(limits, max_output=args.max_output)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

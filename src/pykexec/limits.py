@@ -8,7 +8,10 @@ is capped so that an image that contains itself cannot loop.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 DEFAULT_MAX_OUTPUT = 2 << 30
 DEFAULT_MAX_DEPTH = 8
@@ -26,13 +29,39 @@ class Limits:
     max_output: int = DEFAULT_MAX_OUTPUT
     max_depth: int = DEFAULT_MAX_DEPTH
     why: str = "the global output limit"
+    declared: bool = False
+    progress: Callable[[str, int, int | None], None] | None = field(default=None, compare=False)
 
     @classmethod
-    def from_env(cls) -> "Limits":
-        return cls(max_output=_env_max_output())
+    def from_env(cls, *, progress: Callable[[str, int, int | None], None] | None = None) -> "Limits":
+        return cls(max_output=_env_max_output(), progress=progress)
 
     def capped(self, declared: int | None, by: str) -> "Limits":
         """These limits, tightened to a size an outer header declares."""
         if declared is None or declared >= self.max_output:
             return self
-        return replace(self, max_output=max(declared, 0), why=f"the size declared by {by}")
+        return replace(self, max_output=max(declared, 0), why=f"the size declared by {by}",
+                       declared=True)
+
+
+class TerminalProgress:
+    """Progress of long steps on a terminal, throttled; silent when not on one."""
+
+    def __init__(self, stream=sys.stderr, interval: float = 0.2) -> None:
+        self.stream, self.interval, self.last = stream, interval, 0.0
+
+    def __call__(self, what: str, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        finished = total is not None and done >= total
+        if now - self.last < self.interval and not finished:
+            return
+        self.last = now
+        of = f" of {total >> 20} MiB ({100 * done // max(total, 1)}%)" if total else ""
+        end = "\n" if finished else ""
+        self.stream.write(f"\r{what}: {done >> 20} MiB{of}\x1b[K{end}")
+        self.stream.flush()
+
+
+def terminal_progress(stream=sys.stderr) -> TerminalProgress | None:
+    """A progress reporter when ``stream`` is a terminal, else None."""
+    return TerminalProgress(stream) if stream.isatty() else None

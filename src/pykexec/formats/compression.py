@@ -67,6 +67,9 @@ class Sink:
     def add(self, chunk: Buffer) -> None:
         self.reserve(len(chunk))
         self.buf += chunk
+        if self.limits.progress is not None:
+            total = self.limits.max_output if self.limits.declared else None
+            self.limits.progress(f"decompressing {self.name}", len(self.buf), total)
 
     def reserve(self, size: int) -> None:
         """Fail before producing ``size`` more bytes if they would pass the limit."""
