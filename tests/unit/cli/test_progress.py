@@ -21,7 +21,7 @@ def test_quiet_when_not_a_terminal():
 def test_reports_decompression_on_a_terminal():
     out = Tty()
     payload = gzip.compress(bytes(5 << 20))
-    formats.unwrap(payload, Limits(progress=terminal_progress(out)))
+    formats.identify(payload, Limits(progress=terminal_progress(out)))
     text = out.getvalue()
     assert "decompressing gzip" in text and "5 MiB" in text
 
