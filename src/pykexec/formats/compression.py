@@ -275,6 +275,8 @@ def decompress(algorithm: str, data: Buffer, limits: Limits) -> Compressed:
         if isinstance(e, FormatError):
             raise
         raise FormatError(algorithm, f"corrupt stream: {e}", field="compressed data") from e
+    if limits.progress is not None:
+        limits.progress(f"decompressing {algorithm}", len(sink.buf), len(sink.buf))
     return Compressed(arch=None, data=memoryview(sink.buf), algorithm=algorithm,
                       compressed_size=consumed, decompressed_size=len(sink.buf))
 
