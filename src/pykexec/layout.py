@@ -56,6 +56,12 @@ class Layout:
                 for name, f in self.fields.items() if f.offset + f.size <= limit}
 
 
-def u32(data: bytes | memoryview, offset: int, layer: str, field: str) -> int:
-    """A little-endian u32 at an absolute offset, bounds-checked."""
-    return Layout(layer, [Field(field, 0, "I")]).get(data, field, offset)
+def aligned_u32(data: bytes | memoryview, value: int, window: int, align: int):
+    """Offsets within the first ``window`` bytes where ``value`` is stored as an aligned le32."""
+    head = bytes(data[:window])
+    needle = struct.pack("<I", value)
+    at = head.find(needle)
+    while at >= 0:
+        if at % align == 0:
+            yield at
+        at = head.find(needle, at + 1)

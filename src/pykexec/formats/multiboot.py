@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import FormatError
+from ..layout import aligned_u32
 from .layer import Buffer, Format, Layer, ignoring_limits
 
 MAGIC = 0x1BADB002
@@ -40,15 +41,11 @@ class Multiboot(Layer):
 
 
 def find(data: Buffer) -> MultibootHeader | None:
-    window = bytes(data[:SEARCH])
-    needle = struct.pack("<I", MAGIC)
-    at = window.find(needle)
-    while at >= 0:
-        if at % 4 == 0 and at + 12 <= len(data):
+    for at in aligned_u32(data, MAGIC, SEARCH, 4):
+        if at + 12 <= len(data):
             magic, flags, checksum = struct.unpack_from("<3I", data, at)
             if (magic + flags + checksum) & 0xFFFFFFFF == 0:
                 return _parse_header(data, at, flags)
-        at = window.find(needle, at + 1)
     return None
 
 

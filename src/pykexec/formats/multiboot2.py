@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import FormatError
+from ..layout import aligned_u32
 from .layer import Buffer, Format, Layer, ignoring_limits
 
 MAGIC = 0xE85250D6
@@ -63,15 +64,11 @@ class Multiboot2(Layer):
 
 def find(data: Buffer) -> Multiboot2Header | None:
     """The first valid header in the search window, parsed; None when absent."""
-    window = bytes(data[:SEARCH])
-    needle = struct.pack("<I", MAGIC)
-    at = window.find(needle)
-    while at >= 0:
-        if at % 8 == 0 and at + 16 <= len(data):
+    for at in aligned_u32(data, MAGIC, SEARCH, 8):
+        if at + 16 <= len(data):
             magic, arch, length, checksum = struct.unpack_from("<4I", data, at)
             if (magic + arch + length + checksum) & 0xFFFFFFFF == 0:
                 return _parse_header(data, at, arch, length)
-        at = window.find(needle, at + 1)
     return None
 
 
