@@ -38,14 +38,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import fnmatch
+import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 __all__ = [
@@ -354,9 +357,14 @@ class _Apt:
         if os.geteuid() == 0:
             # downloads go to our own directories, which _apt may not be able to write
             o += ["-o", "APT::Sandbox::User=root"]
+        d = self.dir
+        # apt's binary caches, kept with our configuration (the system keeps none)
+        o += [
+            "-o", f"Dir::Cache::pkgcache={d / 'pkgcache.bin'}",
+            "-o", f"Dir::Cache::srcpkgcache={d / 'srcpkgcache.bin'}",
+        ]
         if not self.private:
             return o
-        d = self.dir
         return o + [
             "-o", f"Dir::Etc::SourceList={d / 'sources.list'}",
             "-o", "Dir::Etc::SourceParts=-",
@@ -397,9 +405,56 @@ class _Apt:
                  timeout=900)
             stamp.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
 
-    def show(self, pkg: str) -> Optional[dict]:
-        """Candidate Version/Architecture/Depends of ``pkg`` (None if unknown)."""
+    # Resolving versions costs an apt-cache run (~0.3-1.5 s) each; a warm run
+    # of fetch-material makes dozens.  Answers are memoised on disk, keyed by
+    # the state of the lists and sources they came from.
+
+    def _signature(self) -> str:
+        lists = self.dir / "lists" if self.private else Path("/var/lib/apt/lists")
+        paths = []
+        for d in (lists, Path("/etc/apt/sources.list.d"), Path("/etc/apt/preferences.d")):
+            if d.is_dir():
+                paths += sorted(p for p in d.iterdir() if p.is_file())
+        paths += [Path("/etc/apt/sources.list"), Path("/etc/apt/preferences"), self.dir / "sources.list"]
+        h = hashlib.sha256()
+        for p in paths:
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    def _memo(self, kind: str, pkg: str, compute):
         self.ensure_lists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        memo_file = self.dir / "resolved.json"
+        sig = self._signature()
+        try:
+            memo = json.loads(memo_file.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        if memo.get("signature") != sig:
+            memo = {"signature": sig}
+        key = f"{kind} {pkg}"
+        if key in memo:
+            return memo[key]
+        value = compute()
+        memo[key] = value
+        tmp = memo_file.with_name(f"resolved.json.{os.getpid()}")
+        tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
+        os.replace(tmp, memo_file)
+        return value
+
+    def show(self, pkg: str) -> Optional[dict]:
+        """Candidate Version/Architecture/... of ``pkg`` (None if unknown)."""
+        return self._memo("show", pkg, lambda: self._show(pkg))
+
+    def depends(self, pkg: str) -> list:
+        """Names of the packages that ``pkg`` depends on (virtual ones left out)."""
+        return self._memo("depends", pkg, lambda: self._depends(pkg))
+
+    def _show(self, pkg: str) -> Optional[dict]:
         proc = subprocess.run(
             ["apt-cache", *self.opts(), "show", "--no-all-versions", pkg],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -412,11 +467,11 @@ class _Apt:
                 break
             if line[:1] not in (" ", "\t") and ":" in line:
                 k, v = line.split(":", 1)
-                fields[k] = v.strip()
+                if k in ("Package", "Version", "Architecture", "Source", "Filename", "SHA256"):
+                    fields[k] = v.strip()
         return fields if "Version" in fields else None
 
-    def depends(self, pkg: str) -> list:
-        self.ensure_lists()
+    def _depends(self, pkg: str) -> list:
         proc = _run(["apt-cache", *self.opts(), "depends", pkg], what=f"apt-cache depends {pkg}")
         out = []
         for line in proc.stdout.decode(errors="replace").splitlines():
@@ -468,19 +523,53 @@ def _fsys_tar(deb: Path, tar_args: Sequence[str], what: str) -> bytes:
 
 
 def _deb_extract(deb: Path, dest: Path, members: Optional[Sequence[str]]) -> None:
-    """Extract the members of ``deb`` that match any of the fnmatch patterns (all if None)."""
+    """Extract the members of ``deb`` matching any fnmatch pattern (everything if None).
+
+    One streaming pass over ``dpkg-deb --fsys-tarfile`` (kernel packages are
+    large: listing first and extracting second would decompress them twice).
+    """
     dest.mkdir(parents=True, exist_ok=True)
-    args = ["-x", "-f", "-", "-C", os.fspath(dest), "--no-same-owner"]
-    if members:
-        names = _fsys_tar(deb, ["-t", "-f", "-"], "listing").decode(errors="surrogateescape").splitlines()
-        wanted = [n for n in names if not n.endswith("/")
-                  and any(fnmatch.fnmatchcase(n, pat) for pat in members)]
-        if not wanted:
-            raise _fail(f"{deb.name} has no member matching {list(members)}")
-        listfile = dest.parent / (dest.name + ".members")
-        listfile.write_text("\n".join(wanted) + "\n", errors="surrogateescape")
-        args += ["--no-recursion", "--verbatim-files-from", "-T", os.fspath(listfile)]
-    _fsys_tar(deb, args, "extracting")
+    if not members:
+        _fsys_tar(deb, ["-x", "-f", "-", "-C", os.fspath(dest), "--no-same-owner"], "extracting")
+        return
+    dpkg = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", os.fspath(deb)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    found = []
+    try:
+        with tarfile.open(fileobj=dpkg.stdout, mode="r|") as tf:
+            for m in tf:
+                if m.isdir() or not any(fnmatch.fnmatchcase(m.name, pat) for pat in members):
+                    continue
+                parts = [p for p in PurePosixPath(m.name).parts if p not in ("", ".", "/")]
+                if not parts or ".." in parts:
+                    raise _fail(f"{deb.name}: refusing member {m.name!r}")
+                target = dest.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if m.isreg():
+                    src = tf.extractfile(m)
+                    with open(target, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                    os.chmod(target, m.mode & 0o777)
+                elif m.issym():
+                    os.symlink(m.linkname, target)
+                elif m.islnk():
+                    link = dest.joinpath(*[p for p in PurePosixPath(m.linkname).parts if p not in (".", "/")])
+                    if not link.is_file():
+                        raise _fail(f"{deb.name}: hard link {m.name} -> {m.linkname} not extracted")
+                    shutil.copyfile(link, target)
+                else:
+                    continue
+                found.append(m.name)
+    except tarfile.TarError as e:
+        raise _fail(f"reading {deb.name}: {e}") from None
+    finally:
+        dpkg.stdout.close()
+        err = dpkg.stderr.read()
+        dpkg.wait()
+    if dpkg.returncode != 0:
+        raise _fail(f"dpkg-deb --fsys-tarfile {deb.name} failed: {err.decode(errors='replace')}")
+    if not found:
+        raise _fail(f"{deb.name} has no member matching {list(members)}")
 
 
 def _package(
@@ -518,11 +607,13 @@ def _package(
                 dl.mkdir()
                 try:
                     deb = apt.download(f"{pkg}={info['Version']}", dl)
-                except RuntimeError:
+                except RuntimeError as e:
                     if apt.private and attempt == 0:
                         _log(f"download of {pkg} failed; refreshing the {apt.name} lists")
                         apt.ensure_lists(refresh=True)
                         continue
+                    if not apt.private:
+                        raise _fail(f"{e}\n    (the system's apt lists may be stale: run `apt-get update`)") from None
                     raise
                 tree = stage / "tree"
                 _deb_extract(deb, tree, members)
@@ -695,7 +786,7 @@ def _ukify_run(args: list, what: str) -> None:
 
 
 def _profile_text(value: Union[None, str], index: int) -> str:
-    return value if value is not None else f"ID=profile{index}\nTITLE=Profile {index}\n"
+    return value if value is not None else f"ID=profile{index}\nTITLE=Profile {index}"
 
 
 def build_uki(
@@ -710,6 +801,8 @@ def build_uki(
     profiles: Iterable[Mapping] = (),
     osrel: Union[None, str, bytes, PathLike] = None,
     uname: Optional[str] = None,
+    profile_stub: Optional[PathLike] = None,
+    base_profile: Optional[str] = None,
 ) -> Path:
     """Build a UKI at ``out`` with sid's ukify.
 
@@ -718,12 +811,16 @@ def build_uki(
     (default: ukify's default, the host's os-release); ``uname`` the .uname
     text.
 
-    ``profiles``: for a multi-profile UKI, a sequence of mappings, one per
-    profile, in order (profile 0, 1, ...).  Keys: ``cmdline`` (text),
-    ``initrd``, ``ucode``, ``dtb`` (files), ``profile`` (the .profile text;
-    default ``ID=profile<i>``).  Each is built as a profile PE with
-    ``ukify build --profile=...`` and joined with ``--join-profile=``.  The
-    base sections (before the first .profile) are the ones given above.
+    ``profiles``: for a multi-profile UKI, the profiles after the base one.
+    ukify makes the base sections (the arguments above) profile 0 (its
+    .profile is ``base_profile``, or ukify's default ``ID=main``), and
+    ``profiles[i]`` becomes profile ``i + 1``.  Each entry is a mapping with
+    optional keys ``cmdline`` (text), ``initrd``, ``ucode``, ``dtb`` (files)
+    and ``profile`` (the .profile text; default ``ID=profile<i+1>``).  Each is
+    built as a profile PE (``ukify build --profile=...``) and joined with
+    ``--join-profile=``.  Profile PEs are built on ``profile_stub``, by
+    default the addon stub next to ``stub`` (what ukify itself uses when
+    there is no --linux).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -744,12 +841,20 @@ def build_uki(
             args += ["--os-release", "@" + o]
         if uname is not None:
             args += ["--uname", uname]
+        if base_profile is not None:
+            args += ["--profile", base_profile]
+        profiles = list(profiles)
+        if profiles and profile_stub is None:
+            stub_p = Path(stub)
+            profile_stub = stub_p.with_name(stub_p.name.replace("linux", "addon", 1))
+            if stub_p.name == profile_stub.name or not profile_stub.is_file():
+                raise _fail(f"no addon stub next to {stub_p} to build profile PEs; pass profile_stub=")
         for i, prof in enumerate(profiles):
             unknown = set(prof) - {"cmdline", "initrd", "ucode", "dtb", "profile"}
             if unknown:
                 raise ValueError(f"unknown profile keys {sorted(unknown)}")
-            pargs = ["--stub", os.fspath(stub),
-                     "--profile", _profile_text(prof.get("profile"), i)]
+            pargs = ["--stub", os.fspath(profile_stub),
+                     "--profile", _profile_text(prof.get("profile"), i + 1)]
             pc = _blob_arg(prof.get("cmdline"), tmp, f"cmdline{i}")
             if pc is not None:
                 pargs += ["--cmdline", "@" + pc]

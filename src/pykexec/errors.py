@@ -78,3 +78,86 @@ class LoadRefused(PykexecError):
     """pykexec refuses a load before any system call (policy, lockdown, bad request)."""
 
     exit_code = 2
+
+
+class MachineDescriptionError(PykexecError):
+    """A machine description (JSON or an iomem dump) is malformed: names the line or key."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, reason: str, *, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.source = source
+        self.line = line
+        self.key = key
+        self.reason = reason
+        where = source
+        if line is not None:
+            where += f" line {line}"
+        if key is not None:
+            where += f" key {key!r}"
+        super().__init__(f"{where}: {reason}")
+
+
+class PlacementError(PykexecError):
+    """A load cannot be placed in the machine's memory; the message says what did not fit."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, role: str | None = None, errno: str = "EADDRNOTAVAIL") -> None:
+        self.role = role
+        self.errno = errno
+        super().__init__(message)
+
+
+class SignatureRejected(PykexecError):
+    """An image failed signature verification where a signature is required: names the
+    image, says why, and what would make it pass."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, reason: str, *, advice: str | None = None,
+                 verdict: object = None) -> None:
+        self.what = what
+        self.reason = reason
+        self.advice = advice
+        self.verdict = verdict
+        super().__init__(f"{what}: signature check failed: {reason}"
+                         + (f"; {advice}" if advice else ""))
+
+
+class EmulationError(PykexecError):
+    """An image's EFI stub did not reach the hand-over to the kernel under emulation.
+
+    Says why, where execution stood (``pc``) and the last boot-service calls.
+    """
+
+    def __init__(self, reason: str, *, pc: int | None = None,
+                 calls: tuple[str, ...] = (), instructions: int | None = None) -> None:
+        self.reason = reason
+        self.pc = pc
+        self.calls = tuple(calls)
+        self.instructions = instructions
+        text = reason
+        if pc is not None:
+            text += f" (pc {pc:#x}"
+            text += f", after {instructions} instructions)" if instructions is not None else ")"
+        if self.calls:
+            text += "; last boot-service calls: " + "; ".join(self.calls)
+        super().__init__(text)
+
+
+class EmulationLimit(EmulationError):
+    """Emulation hit a configured bound (instructions, guest memory or time)."""
+
+
+class EmulationFault(EmulationError):
+    """The emulated code faulted: an access outside guest RAM or an invalid instruction."""
+
+
+class StubExited(EmulationError):
+    """The stub returned or called Exit() (or ResetSystem) instead of starting the kernel."""
+
+
+class EmulatorUnavailable(PykexecError):
+    """The optional emulator dependency (unicorn) is not installed."""

@@ -1,0 +1,72 @@
+"""struct boot_params (the x86 "zero page"), the fields pykexec writes or reads, declared once.
+
+Specification: arch/x86/include/uapi/asm/bootparam.h (offsets in its
+comments), Documentation/arch/x86/zero-page.rst; the setup header at 0x1f1 is
+the one :data:`pykexec.formats.bzimage.SETUP_HEADER` declares.  setup_data
+types: arch/x86/include/uapi/asm/setup_data.h.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..layout import Field, Layout
+
+SIZEOF_BOOT_PARAMS = 4096
+HDR_OFFSET = 0x1F1
+HDR_LIMIT = 0x290            # _pad7 ends here: edd_mbr_sig_buffer follows the setup header
+E820_MAX_ENTRIES_ZEROPAGE = 128
+EDDMAXNR = 6
+EDD_MBR_SIG_MAX = 16
+SIZEOF_EDD_INFO = 82
+
+BOOT_PARAMS = Layout("boot_params", [
+    Field("screen_info", 0x000, "64s"),
+    Field("ext_mem_k", 0x002, "H"),              # screen_info.ext_mem_k
+    Field("acpi_rsdp_addr", 0x070, "Q"),
+    Field("ext_ramdisk_image", 0x0C0, "I"),
+    Field("ext_ramdisk_size", 0x0C4, "I"),
+    Field("ext_cmd_line_ptr", 0x0C8, "I"),
+    Field("efi_info", 0x1C0, "32s"),
+    Field("efi_loader_signature", 0x1C0, "4s"),
+    Field("efi_systab", 0x1C4, "I"),
+    Field("efi_memdesc_size", 0x1C8, "I"),
+    Field("efi_memdesc_version", 0x1CC, "I"),
+    Field("efi_memmap", 0x1D0, "I"),
+    Field("efi_memmap_size", 0x1D4, "I"),
+    Field("efi_systab_hi", 0x1D8, "I"),
+    Field("efi_memmap_hi", 0x1DC, "I"),
+    Field("alt_mem_k", 0x1E0, "I"),
+    Field("e820_entries", 0x1E8, "B"),
+    Field("eddbuf_entries", 0x1E9, "B"),
+    Field("edd_mbr_sig_buf_entries", 0x1EA, "B"),
+    Field("secure_boot", 0x1EC, "B"),
+    Field("sentinel", 0x1EF, "B"),
+    Field("hdr", HDR_OFFSET, f"{HDR_LIMIT - HDR_OFFSET}s"),
+    Field("edd_mbr_sig_buffer", 0x290, f"{4 * EDD_MBR_SIG_MAX}s"),
+    Field("e820_table", 0x2D0, f"{20 * E820_MAX_ENTRIES_ZEROPAGE}s"),
+    Field("eddbuf", 0xD00, f"{SIZEOF_EDD_INFO * EDDMAXNR}s"),
+])
+
+# setup_data types (asm/setup_data.h)
+SETUP_NONE = 0
+SETUP_E820_EXT = 1
+SETUP_DTB = 2
+SETUP_PCI = 3
+SETUP_EFI = 4
+SETUP_RNG_SEED = 9
+SETUP_DATA_HEADER = struct.Struct("<QII")     # u64 next, u32 type, u32 len
+EFI_SETUP_DATA = struct.Struct("<QQQQ64x")    # fw_vendor, __unused (runtime), tables, smbios, reserved[8]
+RNG_SEED_LENGTH = 32                          # what the kernel's own kexec_file loader passes
+
+TYPE_OF_LOADER_KEXEC = 0xD0   # LOADER_TYPE_KEXEC (0x0D) << 4, version 0: kexec-tools and the kernel both
+LOADED_HIGH = 0x01
+XLF_KERNEL_64 = 0x01
+XLF_CAN_BE_LOADED_ABOVE_4G = 0x02
+XLF_EFI_KEXEC = 0x10
+
+
+def put(buf: bytearray, name: str, value, *, base: int = 0, layout: Layout = BOOT_PARAMS) -> None:
+    """Write one declared field into ``buf`` (the writing half of :class:`Layout`)."""
+    field = layout.fields[name]
+    struct.pack_into(layout.endian + field.code, buf, base + field.offset, value)

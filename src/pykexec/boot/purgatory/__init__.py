@@ -1,0 +1,211 @@
+"""pykexec's purgatory: the code kexec_load jumps to, which checks every segment and enters the image.
+
+The source sits beside this file (entry.S, sha256.c, sha256_ni.S,
+purgatory.c, purgatory.h, purgatory.lds); ``purgatory.bin`` is what
+``build.sh`` makes of it with Debian's gcc and binutils, and ``TOOLCHAIN``
+records their versions.  docs/purgatory.md describes the build and the
+layout.
+
+The image is position independent.  pykexec copies it, fills its parameter
+block (:data:`PARAMS`, declared in purgatory.h too) and loads it as one
+segment; its memory size includes a 16 KiB stack.  The parameter block holds:
+
+* ``flags``: skip checks (``kexec -i``), 32-bit entry (Multiboot), no SHA-NI,
+  verbose, reset (instead of halting) after refusing;
+* the 8250 port for messages (0x3f8; 0 for none);
+* the registers to enter with (``rsi`` = boot_params and ``rip`` for Linux;
+  ``eax`` = magic, ``ebx`` = information structure and ``eip`` for Multiboot);
+* the crash backup copy (source, destination, size);
+* up to 16 regions, each with its own SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Iterable, Sequence
+
+from ...errors import PykexecError
+from ...layout import Field, Layout
+from ...plan.common import PurgatorySize
+
+VERSION = 1
+MAX_REGIONS = 16
+MAGIC = b"PYKXPURG"
+
+PG_SKIP_CHECKS = 0x01
+PG_ENTRY32 = 0x02
+PG_NO_SHANI = 0x04
+PG_VERBOSE = 0x08
+PG_RESET_ON_FAILURE = 0x10
+SERIAL_COM1 = 0x3F8
+
+HEADER = Layout("purgatory", [
+    Field("jump", 0x00, "5s"),
+    Field("magic", 0x08, "8s"),
+    Field("version", 0x10, "I"),
+    Field("header_size", 0x14, "I"),
+    Field("params_offset", 0x18, "I"),
+    Field("params_size", 0x1C, "I"),
+    Field("image_size", 0x20, "I"),
+    Field("mem_size", 0x24, "I"),
+    Field("stack_end", 0x28, "I"),
+    Field("sha256_entry", 0x2C, "I"),
+    Field("has_shani_entry", 0x30, "I"),
+    Field("refuse_entry", 0x34, "I"),
+    Field("max_regions", 0x38, "I"),
+])
+REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip")
+PARAMS = Layout("pg_params", [
+    Field("flags", 0x00, "I"),
+    Field("serial_port", 0x04, "H"),
+    Field("nr_regions", 0x06, "H"),
+    *(Field(name, 0x08 + 8 * i, "Q") for i, name in enumerate(REGS)),
+    Field("backup_src", 0x90, "Q"),
+    Field("backup_dst", 0x98, "Q"),
+    Field("backup_size", 0xA0, "Q"),
+    Field("regions", 0xA8, f"{MAX_REGIONS * 0x30}s"),
+])
+REGION = struct.Struct("<QQ32s")      # start, len, sha256
+
+
+class PurgatoryError(PykexecError):
+    """The committed purgatory image is missing or does not match what this code expects."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """Memory the purgatory hashes before the jump, and the digest it must find."""
+
+    start: int
+    length: int
+    sha256: bytes
+
+    @classmethod
+    def of(cls, start: int, buf: bytes | memoryview, memsz: int) -> "Region":
+        """The region a segment fills: its bytes, then zeroes up to ``memsz`` (kexec-tools
+        ``update_purgatory`` hashes the padding too)."""
+        return cls(start, memsz, sha256_padded(buf, memsz))
+
+
+def sha256_padded(buf: bytes | memoryview, memsz: int) -> bytes:
+    h = hashlib.sha256(buf)
+    pad = memsz - len(buf)
+    zeros = bytes(min(pad, 1 << 20)) if pad > 0 else b""
+    while pad > 0:
+        n = min(pad, len(zeros))
+        h.update(zeros[:n] if n < len(zeros) else zeros)
+        pad -= n
+    return h.digest()
+
+
+@dataclass(frozen=True)
+class Params:
+    """What the purgatory does: check ``regions``, copy the backup, enter with ``regs``."""
+
+    regs: dict[str, int] = field(default_factory=dict)
+    regions: tuple[Region, ...] = ()
+    entry32: bool = False
+    skip_checks: bool = False
+    no_shani: bool = False
+    verbose: bool = False
+    reset_on_failure: bool = False
+    serial_port: int = SERIAL_COM1
+    backup_src: int = 0
+    backup_dst: int = 0
+    backup_size: int = 0
+
+    @property
+    def flags(self) -> int:
+        return ((PG_SKIP_CHECKS if self.skip_checks else 0) | (PG_ENTRY32 if self.entry32 else 0)
+                | (PG_NO_SHANI if self.no_shani else 0) | (PG_VERBOSE if self.verbose else 0)
+                | (PG_RESET_ON_FAILURE if self.reset_on_failure else 0))
+
+
+@dataclass(frozen=True)
+class Image:
+    """The built purgatory and its header."""
+
+    data: bytes = field(repr=False)
+    header: dict
+
+    @property
+    def mem_size(self) -> int:
+        return self.header["mem_size"]
+
+    @property
+    def params_offset(self) -> int:
+        return self.header["params_offset"]
+
+    def size(self, page: int = 4096) -> PurgatorySize:
+        """The segment the planner must find room for: entry at offset 0."""
+        memsz = -(-max(self.mem_size, len(self.data)) // page) * page
+        return PurgatorySize(bufsz=len(self.data), memsz=memsz, align=page, entry_offset=0,
+                             measured_from=f"pykexec purgatory v{self.header['version']} "
+                                           f"({len(self.data)} bytes, {self.mem_size:#x} in memory)")
+
+    def patched(self, params: Params) -> bytes:
+        """The image with its parameter block filled in."""
+        if len(params.regions) > MAX_REGIONS:
+            raise PurgatoryError(f"{len(params.regions)} regions to check; the purgatory holds {MAX_REGIONS}")
+        unknown = set(params.regs) - set(REGS)
+        if unknown:
+            raise PurgatoryError(f"unknown registers {sorted(unknown)}; the purgatory sets {', '.join(REGS)}")
+        if params.entry32 and any(v >> 32 for v in params.regs.values()):
+            raise PurgatoryError("a 32-bit entry takes 32-bit register values")
+        block = bytearray(PARAMS.size)
+        for name, value in (("flags", params.flags), ("serial_port", params.serial_port),
+                            ("nr_regions", len(params.regions)), ("backup_src", params.backup_src),
+                            ("backup_dst", params.backup_dst), ("backup_size", params.backup_size),
+                            *params.regs.items()):
+            f = PARAMS.fields[name]
+            struct.pack_into("<" + f.code, block, f.offset, value)
+        base = PARAMS.offset("regions")
+        for i, r in enumerate(params.regions):
+            REGION.pack_into(block, base + i * REGION.size, r.start, r.length, r.sha256)
+        out = bytearray(self.data)
+        out[self.params_offset:self.params_offset + len(block)] = block
+        return bytes(out)
+
+
+def parse(data: bytes) -> Image:
+    """Check the header of a purgatory image against what this module expects."""
+    if len(data) < HEADER.size or HEADER.get(data, "magic") != MAGIC:
+        raise PurgatoryError("purgatory.bin has no PYKXPURG header: rebuild it with "
+                             "src/pykexec/boot/purgatory/build.sh")
+    header = HEADER.unpack(data)
+    expected = {"version": VERSION, "params_size": PARAMS.size, "max_regions": MAX_REGIONS}
+    wrong = {k: (header[k], v) for k, v in expected.items() if header[k] != v}
+    if wrong:
+        detail = ", ".join(f"{k} {found} (expected {want})" for k, (found, want) in wrong.items())
+        raise PurgatoryError(f"purgatory.bin does not match this pykexec: {detail}; rebuild it")
+    if header["params_offset"] + PARAMS.size > len(data):
+        raise PurgatoryError("purgatory.bin: the parameter block lies outside the image")
+    return Image(bytes(data), header)
+
+
+@lru_cache(maxsize=1)
+def load() -> Image:
+    """The committed purgatory image (package data)."""
+    try:
+        data = resources.files(__package__).joinpath("purgatory.bin").read_bytes()
+    except (FileNotFoundError, OSError) as e:
+        raise PurgatoryError(f"purgatory.bin is missing from the pykexec package: {e}") from e
+    return parse(data)
+
+
+def regions_for(segments: Iterable, *, skip: Sequence[int] = ()) -> tuple[Region, ...]:
+    """One region per segment with bytes (``buffer``/``buf``, ``mem``, ``memsz``), in order."""
+    out = []
+    for i, seg in enumerate(segments):
+        if i in skip:
+            continue
+        buf = getattr(seg, "buffer", None)
+        if buf is None:
+            buf = getattr(seg, "buf")
+        out.append(Region.of(seg.mem, bytes(buf[:getattr(seg, "bufsz", len(buf))]), seg.memsz))
+    return tuple(out)

@@ -1,0 +1,65 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Build the pykexec purgatory with Debian's toolchain (gcc, as, ld, objcopy from
+# gcc-12 / binutils 2.40 on bookworm) into OUTDIR (default: this directory).
+#
+#   sh build.sh [OUTDIR]
+#
+# Writes OUTDIR/purgatory.bin and OUTDIR/TOOLCHAIN.  The build is deterministic:
+# no timestamps, no build id, no paths in the output, sources given relative to
+# this directory.  It refuses to produce an image that has relocations left,
+# a .got, or that differs when linked at another base address.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:-$here}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT INT TERM
+
+CC=${CC:-gcc}
+LD=${LD:-ld}
+OBJCOPY=${OBJCOPY:-objcopy}
+READELF=${READELF:-readelf}
+
+CFLAGS="-std=gnu11 -O2 -Wall -Wextra -Werror -ffreestanding -fno-builtin -nostdinc \
+ -fpie -fvisibility=hidden -mno-red-zone -mgeneral-regs-only -mcmodel=small \
+ -fno-stack-protector -fno-stack-clash-protection -fcf-protection=none \
+ -fno-asynchronous-unwind-tables -fno-unwind-tables -fno-exceptions \
+ -fno-tree-loop-distribute-patterns -fno-delete-null-pointer-checks \
+ -fno-common -fno-ident -fno-plt -ffile-prefix-map=$here=. -I."
+ASFLAGS="-fpie -nostdinc -I. -Wa,--noexecstack"
+
+cd "$here"
+$CC $ASFLAGS -c entry.S -o "$work/entry.o"
+$CC $ASFLAGS -c sha256_ni.S -o "$work/sha256_ni.o"
+$CC $CFLAGS -c sha256.c -o "$work/sha256.o"
+$CC $CFLAGS -c purgatory.c -o "$work/purgatory.o"
+
+objs="$work/entry.o $work/sha256_ni.o $work/sha256.o $work/purgatory.o"
+for base in 0 0x7f000000; do
+	$LD -nostdlib -static --no-dynamic-linker --build-id=none -z noexecstack \
+		-z norelro --no-warn-rwx-segments -T purgatory.lds --defsym=PG_BASE=$base \
+		-o "$work/purgatory-$base.elf" $objs
+	if $READELF -S "$work/purgatory-$base.elf" | grep -E '\.(rela?\.|got)' >/dev/null; then
+		echo "build.sh: relocations or a GOT left in the purgatory" >&2
+		$READELF -S "$work/purgatory-$base.elf" >&2
+		exit 1
+	fi
+	$OBJCOPY -O binary -j .text -j .rodata -j .data \
+		"$work/purgatory-$base.elf" "$work/purgatory-$base.bin"
+done
+if ! cmp -s "$work/purgatory-0.bin" "$work/purgatory-0x7f000000.bin"; then
+	echo "build.sh: the image changes with its load address: it is not position independent" >&2
+	exit 1
+fi
+
+install -m 0644 "$work/purgatory-0.bin" "$out/purgatory.bin"
+{
+	echo "gcc: $($CC --version | head -n1)"
+	echo "ld: $($LD --version | head -n1)"
+	echo "objcopy: $($OBJCOPY --version | head -n1)"
+} > "$out/TOOLCHAIN"
+echo "build.sh: $out/purgatory.bin ($(wc -c < "$out/purgatory.bin") bytes)"

@@ -1,0 +1,213 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * pykexec purgatory entry, x86_64.
+ *
+ * The kernel's relocate_kernel (arch/x86/kernel/relocate_kernel_64.S) jumps here
+ * in 64-bit mode, on its identity-mapped page tables, with interrupts off, every
+ * general register zero, CR4 = PAE (| LA57), and the old kernel's GDT, which may
+ * already be overwritten.  We:
+ *
+ *   1. take our own stack and load our own GDT (flat 32-bit code 0x08, 64-bit code
+ *      0x10 = __BOOT_CS, data 0x18 = __BOOT_DS);
+ *   2. enable SSE (CR4.OSFXSR) for the SHA-NI path and call pg_main, which hashes
+ *      every region and halts in pg_refuse on a mismatch;
+ *   3. restore CR0/CR4 and enter the next image:
+ *        - 64-bit (Linux, boot.rst "64-bit Boot Protocol"): every register from
+ *          pg_params.regs, rip last (rsi = boot_params);
+ *        - 32-bit (PG_ENTRY32, Multiboot 1 and 2 "Machine state"): drop to
+ *          compatibility mode, turn paging and EFER.LME off, and jump with
+ *          eax = magic, ebx = information structure, CS/DS flat 4 GiB.
+ *
+ * Everything is position independent (RIP-relative), so the image runs wherever
+ * the planner put it; PG_ENTRY32 needs that to be below 4 GiB.
+ */
+#include "purgatory.h"
+
+#define CR0_MP		(1 << 1)
+#define CR0_EM		(1 << 2)
+#define CR0_TS		(1 << 3)
+#define CR0_PG		(1 << 31)
+#define CR4_OSFXSR	(1 << 9)
+#define CR4_OSXMMEXCPT	(1 << 10)
+#define MSR_EFER	0xc0000080
+#define EFER_LME	(1 << 8)
+
+	.section .text.entry, "ax"
+	.code64
+	.globl	_start
+_start:
+	.byte	0xe9				/* jmp rel32: a fixed size keeps the header in place */
+	.long	purgatory_start - (_start + 5)
+	.byte	0xcc, 0xcc, 0xcc
+	/* The header pykexec reads: offsets are from _start. */
+pg_header:
+	.ascii	"PYKXPURG"
+	.long	PG_VERSION
+	.long	PG_HEADER_SIZE
+	.long	pg_params - _start
+	.long	PG_PARAMS_SIZE
+	.long	_image_end - _start		/* bytes in purgatory.bin */
+	.long	_end - _start			/* bytes in memory, with .bss and the stack */
+	.long	pg_stack_end - _start
+	.long	pg_sha256 - _start		/* host tests call these two */
+	.long	pg_cpu_has_shani - _start
+	.long	pg_refuse - _start		/* the halt loop after a mismatch */
+	.long	PG_MAX_REGIONS
+	.long	0
+	.org	PG_HEADER_SIZE, 0xcc		/* fails to assemble if the header outgrew it */
+
+purgatory_start:
+	cli
+	cld
+	leaq	pg_stack_end(%rip), %rsp
+
+	/* Our GDT; the descriptor's base is our own address, known only now. */
+	leaq	pg_gdt(%rip), %rax
+	movq	%rax, pg_gdt_desc+2(%rip)
+	lgdt	pg_gdt_desc(%rip)
+	leaq	1f(%rip), %rax
+	pushq	$PG_CS64
+	pushq	%rax
+	lretq
+1:	movl	$PG_DS, %eax
+	movl	%eax, %ds
+	movl	%eax, %es
+	movl	%eax, %ss
+	movl	%eax, %fs
+	movl	%eax, %gs
+
+	/* SSE for sha256rnds2 & co: CR4.OSFXSR, CR0.MP, and no EM/TS. */
+	movq	%cr4, %r12
+	movq	%r12, %rax
+	orq	$(CR4_OSFXSR | CR4_OSXMMEXCPT), %rax
+	movq	%rax, %cr4
+	movq	%cr0, %r13
+	movq	%r13, %rax
+	andq	$~(CR0_EM | CR0_TS), %rax
+	orq	$CR0_MP, %rax
+	movq	%rax, %cr0
+
+	call	pg_main			/* returns only if every region matched */
+
+	movq	%r13, %cr0
+	movq	%r12, %cr4
+
+	leaq	pg_params(%rip), %rax
+	testl	$PG_ENTRY32, PG_FLAGS(%rax)
+	jnz	enter32
+
+	/* 64-bit entry: every register from pg_params.regs, rip through the stack. */
+	leaq	PG_REGS(%rax), %rax
+	movq	PG_RSP(%rax), %rcx
+	testq	%rcx, %rcx
+	jz	2f
+	movq	%rcx, %rsp
+2:	pushq	PG_RIP(%rax)
+	movq	PG_RBX(%rax), %rbx
+	movq	PG_RCX(%rax), %rcx
+	movq	PG_RDX(%rax), %rdx
+	movq	PG_RSI(%rax), %rsi
+	movq	PG_RDI(%rax), %rdi
+	movq	PG_RBP(%rax), %rbp
+	movq	PG_R8(%rax), %r8
+	movq	PG_R9(%rax), %r9
+	movq	PG_R10(%rax), %r10
+	movq	PG_R11(%rax), %r11
+	movq	PG_R12(%rax), %r12
+	movq	PG_R13(%rax), %r13
+	movq	PG_R14(%rax), %r14
+	movq	PG_R15(%rax), %r15
+	movq	PG_RAX(%rax), %rax
+	ret
+
+enter32:
+	/* eax = magic, ebx = info structure, eip = entry; edi/esi carry them over. */
+	leaq	PG_REGS(%rax), %rax
+	movl	PG_RBX(%rax), %ebx
+	movl	PG_RAX(%rax), %edi
+	movl	PG_RIP(%rax), %esi
+	leaq	3f(%rip), %rcx
+	pushq	$PG_CS32
+	pushq	%rcx
+	lretq
+	.code32
+3:	movl	$PG_DS, %ecx
+	movl	%ecx, %ds
+	movl	%ecx, %es
+	movl	%ecx, %ss
+	movl	%ecx, %fs
+	movl	%ecx, %gs
+	movl	%cr0, %ecx		/* paging off: we leave IA-32e mode here */
+	andl	$~CR0_PG, %ecx
+	movl	%ecx, %cr0
+	movl	$MSR_EFER, %ecx
+	rdmsr
+	andl	$~EFER_LME, %eax
+	wrmsr
+	xorl	%ecx, %ecx		/* no PAE, no LA57, nothing */
+	movl	%ecx, %cr4
+	xorl	%edx, %edx
+	xorl	%ebp, %ebp
+	movl	%edi, %eax
+	xorl	%edi, %edi
+	jmp	*%esi
+	.code64
+
+	/* A segment did not match: never return, never jump. */
+	.globl	pg_refuse
+pg_refuse:
+	cli
+4:	hlt
+	jmp	4b
+
+	/* Reset: the PCI reset control register, the keyboard controller, then a triple fault. */
+	.globl	pg_reset
+pg_reset:
+	cli
+	movw	$0xcf9, %dx
+	movb	$0x02, %al
+	outb	%al, %dx
+	movb	$0x06, %al
+	outb	%al, %dx
+	movl	$100000, %ecx
+5:	pause
+	loop	5b
+	movb	$0xfe, %al
+	outb	%al, $0x64
+	movl	$100000, %ecx
+6:	pause
+	loop	6b
+	lidt	pg_null_idt(%rip)
+	int3
+	jmp	pg_refuse
+
+	.section .rodata
+	.balign	16
+pg_gdt:
+	.quad	0				/* 0x00 null */
+	.quad	0x00cf9a000000ffff		/* 0x08 32-bit code, base 0, 4 GiB */
+	.quad	0x00af9a000000ffff		/* 0x10 64-bit code (__BOOT_CS) */
+	.quad	0x00cf92000000ffff		/* 0x18 data, base 0, 4 GiB (__BOOT_DS) */
+pg_gdt_end:
+
+	.data
+	.balign	16
+pg_null_idt:
+	.word	0
+	.quad	0
+	.balign	16
+pg_gdt_desc:
+	.word	pg_gdt_end - pg_gdt - 1
+	.quad	0				/* patched with the GDT's address at run time */
+	.balign	16
+	.globl	pg_params
+pg_params:
+	.space	PG_PARAMS_SIZE
+
+	.bss
+	.balign	16
+pg_stack:
+	.space	PG_STACK_SIZE
+pg_stack_end:
+
+	.section .note.GNU-stack, "", @progbits

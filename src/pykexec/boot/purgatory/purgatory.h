@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * pykexec purgatory: the code kexec_load runs between the old kernel and the new one.
+ *
+ * The layout below is shared by entry.S (through the PG_* offsets), the C code
+ * (through the structs, checked with _Static_assert) and pykexec.boot.purgatory
+ * (through its Layout, pinned in tests/unit/boot/test_purgatory.py).  Change all
+ * three together and bump PG_VERSION.
+ */
+#ifndef PYKEXEC_PURGATORY_H
+#define PYKEXEC_PURGATORY_H
+
+#define PG_VERSION		1
+#define PG_MAX_REGIONS		16
+#define PG_HEADER_SIZE		0x40
+#define PG_STACK_SIZE		0x4000
+
+/* pg_params.flags */
+#define PG_SKIP_CHECKS		0x01	/* kexec -i: do not hash the segments */
+#define PG_ENTRY32		0x02	/* leave long mode: 32-bit protected mode, paging off */
+#define PG_NO_SHANI		0x04	/* use the portable SHA-256 even if CPUID offers SHA-NI */
+#define PG_VERBOSE		0x08	/* say what happens on the serial port, not only failures */
+#define PG_RESET_ON_FAILURE	0x10	/* after refusing, reset the machine instead of halting */
+
+/* Offsets in struct pg_params, for entry.S. */
+#define PG_FLAGS		0x00
+#define PG_SERIAL_PORT		0x04
+#define PG_NR_REGIONS		0x06
+#define PG_REGS			0x08
+#define PG_BACKUP_SRC		0x90
+#define PG_BACKUP_DST		0x98
+#define PG_BACKUP_SIZE		0xa0
+#define PG_REGIONS		0xa8
+#define PG_REGION_SIZE		0x30
+#define PG_PARAMS_SIZE		(PG_REGIONS + PG_MAX_REGIONS * PG_REGION_SIZE)
+
+/* Offsets in struct pg_regs. */
+#define PG_RAX	0x00
+#define PG_RBX	0x08
+#define PG_RCX	0x10
+#define PG_RDX	0x18
+#define PG_RSI	0x20
+#define PG_RDI	0x28
+#define PG_RSP	0x30
+#define PG_RBP	0x38
+#define PG_R8	0x40
+#define PG_R9	0x48
+#define PG_R10	0x50
+#define PG_R11	0x58
+#define PG_R12	0x60
+#define PG_R13	0x68
+#define PG_R14	0x70
+#define PG_R15	0x78
+#define PG_RIP	0x80
+
+/* GDT selectors.  0x10/0x18 are the Linux 64-bit boot protocol's __BOOT_CS/__BOOT_DS
+ * (Documentation/arch/x86/boot.rst, "64-bit Boot Protocol"). */
+#define PG_CS32			0x08
+#define PG_CS64			0x10
+#define PG_DS			0x18
+
+#ifndef __ASSEMBLER__
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#pragma GCC visibility push(hidden)
+
+struct pg_regs {
+	u64 rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
+	u64 r8, r9, r10, r11, r12, r13, r14, r15;
+	u64 rip;
+};
+
+struct pg_region {
+	u64 start;
+	u64 len;
+	u8 sha256[32];
+};
+
+struct pg_params {
+	u32 flags;
+	u16 serial_port;
+	u16 nr_regions;
+	struct pg_regs regs;
+	u64 backup_src;
+	u64 backup_dst;
+	u64 backup_size;
+	struct pg_region regions[PG_MAX_REGIONS];
+};
+
+_Static_assert(__builtin_offsetof(struct pg_params, regs) == PG_REGS, "PG_REGS");
+_Static_assert(__builtin_offsetof(struct pg_params, backup_src) == PG_BACKUP_SRC, "PG_BACKUP_SRC");
+_Static_assert(__builtin_offsetof(struct pg_params, regions) == PG_REGIONS, "PG_REGIONS");
+_Static_assert(sizeof(struct pg_region) == PG_REGION_SIZE, "PG_REGION_SIZE");
+_Static_assert(sizeof(struct pg_params) == PG_PARAMS_SIZE, "PG_PARAMS_SIZE");
+_Static_assert(__builtin_offsetof(struct pg_regs, rip) == PG_RIP, "PG_RIP");
+
+extern struct pg_params pg_params;
+
+/* sha256.c */
+int pg_cpu_has_shani(void);
+void pg_sha256(const void *data, u64 len, u8 out[32], u32 flags);
+
+/* sha256_ni.S */
+void pg_sha256_blocks_ni(u32 state[8], const u8 *data, u64 nblocks);
+
+/* purgatory.c */
+void *memcpy(void *dst, const void *src, unsigned long n);
+void *memset(void *dst, int c, unsigned long n);
+int memcmp(const void *a, const void *b, unsigned long n);
+void pg_main(void);
+void pg_refuse(void) __attribute__((noreturn));
+void pg_reset(void) __attribute__((noreturn));
+
+#pragma GCC visibility pop
+
+#endif /* __ASSEMBLER__ */
+#endif /* PYKEXEC_PURGATORY_H */

@@ -1,0 +1,470 @@
+"""The emulation engine: unicorn, guest memory on demand, service traps, guest calls, bounds.
+
+* Guest RAM is ``[0, memory)``, mapped into unicorn in 2 MiB chunks the first
+  time anything touches them (a ``UC_HOOK_MEM_*_UNMAPPED`` hook), so a 2 GiB
+  guest costs only what it uses.  Page 0 stays unmapped: a NULL access faults.
+* Every service function pointer is a slot on the trap page.  One code hook,
+  limited to that page, runs the Python service and returns to the caller.
+* A service that must run guest code (StartImage, a LoadFile2 that belongs
+  to the guest, notification functions) is a generator: it yields
+  :class:`GuestCall` and gets the callee's return value back when the callee
+  returns to the return trap.  ``Exit()`` unwinds to the StartImage that
+  started the image, restoring the registers saved there.
+* After ExitBootServices a block hook (added then, with the translation cache
+  flushed, so the decompression before it runs at full speed) stops at the
+  first block outside every loaded image and the trap page: the hand-over.
+* Bounds: instructions (counted by a native block hook, checked at
+  checkpoints), wall-clock time, and guest memory (the RAM size).
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator
+
+from ..errors import EmulationError, EmulationFault, EmulationLimit, StubExited
+from . import constants as c
+from .cpu import ARCHES, BlockCounter
+from .memory import EfiStatusError, MemoryMap
+
+log = logging.getLogger(__name__)
+
+CHUNK = 2 << 20
+TRAP_SLOT = 16
+CHECKPOINT_BLOCKS = 1 << 25
+NO_RETURN = object()
+UNTIL = 0xFFFF_FFFF_FFFF_F000
+
+
+@dataclass(frozen=True)
+class Options:
+    """Bounds and switches of one emulation run."""
+
+    memory: int = 2 << 30
+    max_instructions: int = 50_000_000_000
+    max_seconds: float = 600.0
+    history: int = 12
+    trace: Callable[[str], None] | None = None
+
+
+@dataclass
+class GuestCall:
+    """Yielded by a generator service: call guest ``fn(*args)`` and send back its result."""
+
+    fn: int
+    args: list[int]
+    start_image: int | None = None      # StartImage of this handle: Exit() unwinds to it
+
+
+@dataclass
+class Frame:
+    gen: Generator
+    caller: tuple[int, int]
+    record: "CallRecord"
+    base_sp: int
+    context: Any = None
+    start_image: int | None = None
+
+
+@dataclass
+class CallRecord:
+    seq: int
+    name: str
+    args: list[int]
+    pc: int
+    notes: list[str] = field(default_factory=list)
+    status: int | None = None
+    shown: str | None = None
+
+    def text(self) -> str:
+        args = self.shown if self.shown is not None else ", ".join(f"{a:#x}" for a in self.args)
+        status = "" if self.status is None else f" = {c.status_name(self.status)}"
+        notes = f" [{'; '.join(self.notes)}]" if self.notes else ""
+        return f"{self.name}({args}){status}{notes}"
+
+
+@dataclass
+class Image:
+    """An image loaded into guest memory (by the emulator or by LoadImage)."""
+
+    handle: int
+    base: int
+    size: int
+    entry: int
+    source: bytes
+    loaded_image: int
+    parent: int
+    name: str
+    started: bool = False
+    kernel_entry: int | None = None
+
+
+class Engine:
+    """unicorn plumbing shared by the boot services (see :mod:`.services`)."""
+
+    def __init__(self, arch: str, options: Options) -> None:
+        if arch not in ARCHES:
+            raise ValueError(f"arch must be one of {', '.join(ARCHES)}, not {arch!r}")
+        self.arch = arch
+        self.options = options
+        self.cpu = ARCHES[arch].create()
+        self.uc = self.cpu.uc
+        self.memory = MemoryMap(options.memory)
+        self.mapped: set[int] = set()
+        self.fault: str | None = None
+        self.failure: BaseException | None = None
+        self.stop_reason: str | None = None
+        self.frames: list[Frame] = []
+        self.history: collections.deque[str] = collections.deque(maxlen=options.history)
+        self.call_counts: collections.Counter[str] = collections.Counter()
+        self.seq = 0
+        self.record: CallRecord | None = None
+        self.images: list[Image] = []
+        self.exit_boot_services_done = False
+        self.handover: dict | None = None
+        self.pending_hooks: list[int] = []
+        self.traps: list[tuple[str, Callable, int]] = []
+        self.trap_base = 0
+        self.trap_end = 0
+        self.return_trap = 0
+        self.top_return_trap = 0
+        self.started = 0.0
+        self.instructions: int | None = None
+        self._icount: dict[int, int] = {}
+        u = __import__("unicorn")
+        self._u = u
+        self.uc.hook_add(u.UC_HOOK_MEM_READ_UNMAPPED | u.UC_HOOK_MEM_WRITE_UNMAPPED
+                         | u.UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped)
+        self.counter = BlockCounter.create(self.uc, with_table=(arch == "x86_64"))
+
+    # -- guest memory ----------------------------------------------------------------
+    def _map_chunk(self, index: int) -> None:
+        start = index * CHUNK
+        lo = max(start, c.PAGE)
+        self.uc.mem_map(lo, start + CHUNK - lo)
+        self.mapped.add(index)
+
+    def ensure_mapped(self, addr: int, size: int) -> None:
+        if addr < c.PAGE or addr + size > self.memory.ram_size:
+            raise EmulationLimit(f"[{addr:#x}, +{size:#x}) is outside guest RAM "
+                                 f"[{c.PAGE:#x}, {self.memory.ram_size:#x})")
+        for index in range(addr // CHUNK, (addr + max(size, 1) - 1) // CHUNK + 1):
+            if index not in self.mapped:
+                self._map_chunk(index)
+
+    def _on_unmapped(self, uc, access, addr, size, value, data) -> bool:
+        if c.PAGE <= addr and addr + size <= self.memory.ram_size:
+            self.ensure_mapped(addr, size)
+            return True
+        kinds = {self._u.UC_MEM_READ_UNMAPPED: "read", self._u.UC_MEM_WRITE_UNMAPPED: "write",
+                 self._u.UC_MEM_FETCH_UNMAPPED: "instruction fetch"}
+        where = "the NULL page" if addr < c.PAGE else \
+            f"outside guest RAM [0, {self.memory.ram_size:#x})"
+        self.fault = f"{kinds.get(access, 'access')} of {size} bytes at {addr:#x}, {where}"
+        return False
+
+    def read(self, addr: int, size: int) -> bytes:
+        if size == 0:
+            return b""
+        self.ensure_mapped(addr, size)
+        return bytes(self.uc.mem_read(addr, size))
+
+    def read_sparse(self, addr: int, size: int) -> bytes:
+        """Read a large range; chunks never touched read as zeros."""
+        out = bytearray()
+        pos, end = addr, addr + size
+        while pos < end:
+            index = pos // CHUNK
+            stop = min(end, (index + 1) * CHUNK)
+            if index in self.mapped and pos >= c.PAGE:
+                out += self.uc.mem_read(pos, stop - pos)
+            else:
+                out += bytes(stop - pos)
+            pos = stop
+        return bytes(out)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if data:
+            self.ensure_mapped(addr, len(data))
+            self.uc.mem_write(addr, bytes(data))
+
+    def u64(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 8), "little")
+
+    def u32(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 4), "little")
+
+    def put64(self, addr: int, value: int) -> None:
+        self.write(addr, (value & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little"))
+
+    def put32(self, addr: int, value: int) -> None:
+        self.write(addr, (value & 0xFFFFFFFF).to_bytes(4, "little"))
+
+    def utf16(self, addr: int, limit: int = 1 << 16) -> str:
+        out = bytearray()
+        while len(out) < limit:
+            ch = self.read(addr + len(out), 2)
+            if ch == b"\0\0":
+                break
+            out += ch
+        return out.decode("utf-16-le", "replace")
+
+    def guid_at(self, addr: int) -> bytes:
+        if addr == 0:
+            raise EfiStatusError(c.EFI_INVALID_PARAMETER, "NULL GUID pointer")
+        return self.read(addr, 16)
+
+    def alloc(self, mem_type: int, size: int) -> int:
+        """Pages for the firmware's own structures, mapped and zeroed."""
+        pages = -(-size // c.PAGE)
+        addr = self.memory.allocate_pages(c.ALLOCATE_ANY_PAGES, mem_type, pages)
+        self.write(addr, bytes(pages * c.PAGE))
+        return addr
+
+    # -- traps and calls -------------------------------------------------------------
+    def setup_traps(self, slots: int = 512) -> None:
+        size = slots * TRAP_SLOT
+        self.trap_base = self.alloc(c.RT_CODE, size)
+        self.trap_end = self.trap_base + size
+        self.write(self.trap_base, self.cpu.trap.ljust(TRAP_SLOT, b"\0") * slots)
+        self.uc.hook_add(self._u.UC_HOOK_CODE, self._on_trap, begin=self.trap_base,
+                         end=self.trap_end - 1)
+        self.return_trap = self.add_trap("<return>", self._returned)
+        self.top_return_trap = self.add_trap("<entry returned>", self._entry_returned)
+
+    def add_trap(self, name: str, fn: Callable) -> int:
+        """A trap slot that runs ``fn`` when called; its arguments come from the call."""
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind == p.POSITIONAL_OR_KEYWORD]
+        addr = self.trap_base + TRAP_SLOT * len(self.traps)
+        if addr >= self.trap_end:
+            raise RuntimeError("out of trap slots")
+        self.traps.append((name, fn, len(params)))
+        return addr
+
+    def _on_trap(self, uc, addr, size, data) -> None:
+        try:
+            index = (addr - self.trap_base) // TRAP_SLOT
+            if index >= len(self.traps) or (addr - self.trap_base) % TRAP_SLOT:
+                raise EmulationFault(f"jump into the trap page at {addr:#x}, not a service entry",
+                                     pc=addr, calls=tuple(self.history))
+            name, fn, nargs = self.traps[index]
+            if fn in (self._returned, self._entry_returned):
+                fn()
+                return
+            self._dispatch(name, fn, nargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised by run()
+            self.failure = e
+            self.uc.emu_stop()
+
+    def _dispatch(self, name: str, fn: Callable, nargs: int) -> None:
+        caller = self.cpu.caller()
+        args = self.cpu.args(nargs)
+        self.seq += 1
+        self.call_counts[name] += 1
+        record = CallRecord(self.seq, name, args, caller[0])
+        outer, self.record = self.record, record
+        try:
+            try:
+                result = fn(*args)
+            except EfiStatusError as e:
+                if e.why:
+                    record.notes.append(e.why)
+                result = e.status
+            if inspect.isgenerator(result):
+                frame = Frame(result, caller, record, base_sp=self.cpu.sp())
+                self.frames.append(frame)
+                self._advance(frame, None)
+                return
+            if result is NO_RETURN:
+                return
+            self._complete(record, result, caller)
+        finally:
+            self.record = outer
+
+    def _advance(self, frame: Frame, value: Any) -> None:
+        outer, self.record = self.record, frame.record
+        try:
+            try:
+                request = frame.gen.send(value)
+            except StopIteration as stop:
+                self.frames.remove(frame)
+                self._complete(frame.record, stop.value, frame.caller)
+                return
+            except EfiStatusError as e:
+                self.frames.remove(frame)
+                if e.why:
+                    frame.record.notes.append(e.why)
+                self._complete(frame.record, e.status, frame.caller)
+                return
+            if request.start_image is not None:
+                frame.context = self.cpu.context()
+                frame.start_image = request.start_image
+            self.cpu.call(request.fn, request.args, self.return_trap, sp=frame.base_sp)
+        finally:
+            self.record = outer
+
+    def _complete(self, record: CallRecord, status: int, caller: tuple[int, int]) -> None:
+        record.status = status
+        text = record.text()
+        self.history.append(text)
+        if self.options.trace:
+            self.options.trace(f"[{record.seq}] {text}")
+        self.cpu.finish(status, caller)
+
+    def show(self, text: str) -> None:
+        """The current call's arguments, decoded, for its trace line."""
+        if self.record is not None:
+            self.record.shown = text
+
+    def note(self, text: str) -> None:
+        """Add a detail (decoded arguments, outputs) to the current call's trace line."""
+        if self.record is not None:
+            self.record.notes.append(text)
+
+    def _returned(self) -> None:
+        if not self.frames:
+            raise EmulationFault("a return to the emulator's return trap with no call pending",
+                                 pc=self.cpu.pc(), calls=tuple(self.history))
+        self._advance(self.frames[-1], self.cpu.result())
+
+    def _entry_returned(self) -> None:
+        status = self.cpu.result()
+        raise StubExited(f"the image's entry point returned {c.status_name(status)} "
+                         "without handing over to a kernel", pc=self.cpu.pc(),
+                         calls=tuple(self.history), instructions=self.count_instructions())
+
+    def unwind_exit(self, handle: int, status: int) -> bool:
+        """Exit(): return from the StartImage of ``handle`` with ``status``; False if none."""
+        for i in range(len(self.frames) - 1, -1, -1):
+            frame = self.frames[i]
+            if frame.start_image == handle:
+                for dead in self.frames[i + 1:]:
+                    dead.gen.close()
+                del self.frames[i + 1:]
+                self.cpu.restore(frame.context)
+                self._advance(frame, status)
+                return True
+        return False
+
+    # -- hand-over detection -----------------------------------------------------------
+    def in_images(self, pc: int) -> bool:
+        if self.trap_base <= pc < self.trap_end:
+            return True
+        return any(img.base <= pc < img.base + img.size for img in self.images)
+
+    def after_exit_boot_services(self) -> None:
+        self.exit_boot_services_done = True
+        self.stop_reason = "ebs"
+        self.uc.emu_stop()
+
+    def _on_block(self, uc, addr, size, data) -> None:
+        if self.handover is None and not self.in_images(addr):
+            self._handover(addr, "first instruction outside the loaded images")
+
+    def _on_kernel_entry(self, uc, addr, size, data) -> None:
+        if self.exit_boot_services_done and self.handover is None:
+            self._handover(addr, "the kernel entry point of the loaded bzImage (startup_64)")
+
+    def _handover(self, pc: int, how: str) -> None:
+        self.handover = {"pc": pc, "how": how, "registers": self.cpu.handover_registers()}
+        self.stop_reason = "handover"
+        self.uc.emu_stop()
+
+    def watch_kernel_entry(self, addr: int) -> None:
+        self.pending_hooks.append(addr)
+        self.stop_reason = self.stop_reason or "hooks"
+        self.uc.emu_stop()
+
+    # -- running -----------------------------------------------------------------------
+    def count_instructions(self) -> int | None:
+        """Instructions executed so far: exact, from the native block counter."""
+        if self.counter is None:
+            return None
+        k = self.counter.counters
+        if self.arch == "arm64":
+            return k.bytes // 4
+        total = 0
+        for addr, n in self.counter.block_counts().items():
+            icount = self._icount.get(addr)
+            if icount is None:
+                try:
+                    icount = self.uc.ctl_request_cache(addr).icount
+                except Exception:  # noqa: BLE001 - memory gone since: estimate from bytes
+                    icount = 0
+                self._icount[addr] = icount
+            total += n * icount
+        # blocks the table had no room for: 4 bytes an instruction, a stated approximation
+        return total + k.overflow_bytes // 4
+
+    def run(self, entry: int, args: list[int], stack_top: int) -> dict:
+        """Call ``entry(*args)`` and run until the hand-over; return it."""
+        self.cpu.call(entry, args, self.top_return_trap, sp=stack_top + 256)
+        for addr in self.pending_hooks:
+            self.uc.hook_add(self._u.UC_HOOK_CODE, self._on_kernel_entry, begin=addr, end=addr)
+        self.pending_hooks.clear()
+        self.started = time.monotonic()
+        checkpoint = CHECKPOINT_BLOCKS
+        if self.counter:
+            self.counter.counters.stop_at = checkpoint
+        while True:
+            self.stop_reason = None
+            remaining = self.options.max_seconds - (time.monotonic() - self.started)
+            if remaining <= 0:
+                self._limit(f"time limit of {self.options.max_seconds:g} s reached")
+            pc = self.cpu.pc()
+            try:
+                self.uc.emu_start(pc, UNTIL, timeout=int(remaining * 1e6))
+            except self._u.UcError as e:
+                if self.failure is None:
+                    raise self._fault(e) from e
+            if self.failure is not None:
+                failure, self.failure = self.failure, None
+                if isinstance(failure, EmulationError):
+                    raise failure
+                raise EmulationError(f"{type(failure).__name__} in the emulator: {failure}",
+                                     pc=self.cpu.pc(), calls=tuple(self.history)) from failure
+            if self.stop_reason == "handover":
+                self.instructions = self.count_instructions()
+                return self.handover
+            if self.stop_reason == "ebs":
+                self.uc.hook_add(self._u.UC_HOOK_BLOCK, self._on_block)
+                self.uc.ctl_flush_tb()
+            if self.pending_hooks:
+                for addr in self.pending_hooks:
+                    self.uc.hook_add(self._u.UC_HOOK_CODE, self._on_kernel_entry,
+                                     begin=addr, end=addr)
+                self.pending_hooks.clear()
+                self.uc.ctl_flush_tb()
+            if self.stop_reason is not None:
+                continue
+            if self.counter and self.counter.counters.blocks >= checkpoint:
+                n = self.count_instructions()
+                if n is not None and n >= self.options.max_instructions:
+                    self._limit(f"instruction limit of {self.options.max_instructions} reached")
+                checkpoint += CHECKPOINT_BLOCKS
+                self.counter.counters.stop_at = checkpoint
+                continue
+            if time.monotonic() - self.started >= self.options.max_seconds:
+                self._limit(f"time limit of {self.options.max_seconds:g} s reached")
+            raise EmulationFault("the CPU stopped (a halt or wait-for-interrupt instruction) "
+                                 "before any hand-over to a kernel", pc=self.cpu.pc(),
+                                 calls=tuple(self.history),
+                                 instructions=self.count_instructions())
+
+    def _limit(self, what: str):
+        raise EmulationLimit(f"{what}: the stub loops or needs more", pc=self.cpu.pc(),
+                             calls=tuple(self.history), instructions=self.count_instructions())
+
+    def _fault(self, e) -> EmulationFault:
+        what = self.fault or str(e)
+        self.fault = None
+        return EmulationFault(f"emulated code faulted: {what}", pc=self.cpu.pc(),
+                              calls=tuple(self.history), instructions=self.count_instructions())
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started

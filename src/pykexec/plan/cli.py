@@ -1,0 +1,90 @@
+"""The ``machine`` and ``plan`` verbs, for pykexec.cli to merge into its tables.
+
+``COMMANDS`` has cli.py's shape (name -> (help, [(flags, kwargs), ...])) and
+``HANDLERS`` maps each name to ``function(args) -> int``.  Errors are raised
+as PykexecError subclasses; cli.main prints them and returns their exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Callable
+
+from .. import api
+from ..errors import LoadRefused, UsageError
+from ..machine import description, format_machine, snapshot, to_json
+from ..machine.model import Machine
+from . import plan
+from .loadplan import TARGETS
+
+MACHINE_OPTION = (("--machine",), {"metavar": "FILE",
+                                   "help": "a machine description (JSON from 'pykexec machine --json', or a "
+                                           "/proc/iomem dump) instead of this host"})
+
+COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
+    "machine": ("describe this host's memory, crash region and kexec state (no root needed)", [
+        (("--json",), {"action": "store_true", "help": "print the machine description as JSON"}),
+        MACHINE_OPTION,
+    ]),
+    "plan": ("plan where a load would go and check it as the receiver would", [
+        (("image",), {"help": "boot image file"}),
+        (("--initrd",), {"metavar": "FILE", "help": "initrd to load (default: the one the image carries)"}),
+        (("--append", "--command-line"), {"dest": "cmdline", "metavar": "S",
+                                          "help": "the new kernel's command line"}),
+        (("--crash",), {"action": "store_true", "help": "plan a crash (kdump) load"}),
+        (("--target",), {"choices": TARGETS, "help": "receiver: kexec_file_load (linux-file), kexec_load "
+                         "(linux-user), Xen (xen), Xen CRASH_EFI (xen-efi); default from image and machine"}),
+        MACHINE_OPTION,
+        (("--json",), {"action": "store_true", "help": "print the plan as one JSON object"}),
+        (("--profile",), {"type": int, "metavar": "N", "help": "UKI profile @N (default @0)"}),
+    ]),
+}
+
+
+def _machine(args: argparse.Namespace) -> Machine:
+    path = getattr(args, "machine", None)
+    return description.load(path) if path else snapshot()
+
+
+def cmd_machine(args: argparse.Namespace) -> int:
+    machine = _machine(args)
+    if args.json:
+        print(json.dumps(to_json(machine), indent=2))
+    else:
+        print(format_machine(machine))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    machine = _machine(args)
+    prepared = api.prepare_file(args.image, profile=args.profile)
+    initrd = None
+    if args.initrd:
+        with open(args.initrd, "rb") as f:
+            initrd = f.read()
+    result = plan(prepared, machine=machine, target=args.target, crash=args.crash, initrd=initrd,
+                  cmdline=args.cmdline)
+    violations = result.validate()
+    if args.json:
+        print(json.dumps(result.to_json(violations=violations), indent=2))
+    else:
+        print(result)
+        for v in violations:
+            print(f"  refused: {v}")
+    if violations:
+        first = violations[0]
+        where = "" if first.segment is None else f" (segment {first.segment}, {first.role})"
+        error = LoadRefused(f"{result.target} would refuse this load with {first.errno}{where}: "
+                            f"{first.message}")
+        error.violations = violations
+        raise error
+    return 0
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "machine": cmd_machine,
+    "plan": cmd_plan,
+}
+
+__all__ = ["COMMANDS", "HANDLERS", "cmd_machine", "cmd_plan", "UsageError"]

@@ -1,0 +1,108 @@
+"""Each validator rule, on hand-made and mutated plans; the errno is the receiver's."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pykexec.machine import Range
+from pykexec.plan import LoadPlan, plan, validate_linux, validate_xen
+from pykexec.plan.kexec_buf import Segment
+
+from .conftest import GiB, MiB, debian61_bzimage, simple_machine
+
+MACHINE = simple_machine(Range(MiB, 4 * GiB), crashk_res=Range(0x20000000, 0x10000000),
+                         xen_crash_area=Range(0x20000000, 0x10000000), mem_total=4 * GiB)
+
+
+def make(segments, *, target="linux-file", crash=False, entry=0x100000, machine=MACHINE, kexec_type=None,
+         arch="x86_64"):
+    return LoadPlan(target=target, crash=crash, entry=entry, cmdline="", segments=tuple(segments), arch=arch,
+                    machine=machine, kexec_type=kexec_type)
+
+
+def seg(mem, memsz, bufsz=0, role="s", **kw):
+    return Segment(role, mem, memsz, bufsz, **kw)
+
+
+def rules(violations):
+    return [(v.rule, v.errno, v.segment) for v in violations]
+
+
+@pytest.mark.parametrize("segments, want", [
+    ([seg(0x100800, 0x1000)], [("page-aligned", "EADDRNOTAVAIL", 0)]),
+    ([seg(0x100000, 0x800)], [("page-aligned", "EADDRNOTAVAIL", 0)]),
+    ([seg((1 << 64) - 0x1000, 0x2000)], [("no-wrap", "EADDRNOTAVAIL", 0)]),
+    ([seg(1 << 46, 0x1000)], [("destination-limit", "EADDRNOTAVAIL", 0)]),
+    ([seg(0x100000, 0x2000), seg(0x101000, 0x1000)], [("overlap", "EINVAL", 1)]),
+    ([seg(0x100000, 0x1000, bufsz=0x1001)], [("bufsz-le-memsz", "EINVAL", 0)]),
+    ([seg(0x100000, 3 * GiB)], [("half-of-ram", "EINVAL", 0)]),
+    ([seg(0x100000, GiB + 0x1000), seg(2 * GiB, GiB)], [("half-of-ram", "EINVAL", None)]),
+    ([seg(i * 0x1000 + MiB, 0x1000) for i in range(17)], [("segment-count", "EINVAL", None)]),
+])
+def test_linux_rules(segments, want):
+    assert rules(validate_linux(make(segments))) == want
+
+
+def test_linux_crash_region():
+    p = make([seg(0x20000000, 0x1000), seg(0x30000000, 0x1000)], crash=True)
+    assert rules(validate_linux(p)) == [("crash-region", "EADDRNOTAVAIL", 1)]
+    none = make([seg(0x20000000, 0x1000)], crash=True, machine=MACHINE.with_changes(crashk_res=None))
+    assert rules(validate_linux(none)) == [("crash-region", "EADDRNOTAVAIL", 0)]
+
+
+def test_5level_raises_the_destination_limit():
+    p = make([seg(1 << 46, 0x1000)], machine=MACHINE.with_changes(x86_5level=True))
+    assert validate_linux(p) == ()
+
+
+def test_kexec_load_under_lockdown_is_eperm():
+    p = make([seg(MiB, 0x1000)], target="linux-user", machine=MACHINE.with_changes(lockdown="integrity"))
+    assert rules(validate_linux(p)) == [("lockdown", "EPERM", None)]
+    assert validate_linux(make([seg(MiB, 0x1000)], machine=MACHINE.with_changes(lockdown="integrity"))) == ()
+
+
+@pytest.mark.parametrize("segments, crash, entry, want", [
+    ([seg(i * 0x1000 + MiB, 0x1000) for i in range(16)], False, 0, [("segment-count", "EINVAL", None)]),
+    ([seg(0x100800, 0x1000)], False, 0, [("page-aligned", "EADDRNOTAVAIL", 0)]),
+    ([seg(MiB, 0x2000), seg(MiB + 0x1000, 0x1000)], False, 0, [("overlap", "EINVAL", 1)]),
+    ([seg(MiB, 0x1000, bufsz=0x2000)], False, 0, [("bufsz-le-memsz", "EINVAL", 0)]),
+    ([seg(0x20000000, 0x1000)], True, 0x40000000, [("crash-entry", "EADDRNOTAVAIL", None)]),
+    ([seg(0, MiB, null=True), seg(0x20000000, 0x1000)], True, 0x20000000, []),
+    ([seg(0x30000000, 0x1000)], True, 0x20000000, [("crash-region", "EADDRNOTAVAIL", 0)]),
+])
+def test_xen_rules(segments, crash, entry, want):
+    p = make(segments, target="xen", crash=crash, entry=entry)
+    assert rules(validate_xen(p)) == want
+
+
+def _efi_plan(**fields):
+    bz = debian61_bzimage(**fields)
+    m = MACHINE.with_changes(possible_cpus=1)
+    return plan(bz, machine=m, target="xen-efi", crash=True)
+
+
+def test_xen_crash_efi_kernel_checks():
+    good = _efi_plan()
+    assert validate_xen(good) == ()
+    k = good.segments[0]
+    shifted = dataclasses.replace(good, segments=(dataclasses.replace(k, offset=k.offset + 0x200),)
+                                  + good.segments[1:])
+    assert rules(validate_xen(shifted)) == [("efi-kernel-alignment", "EINVAL", 0)]
+    bad = bytearray(k.buffer)
+    bad[0x230:0x234] = (0x300000).to_bytes(4, "little")
+    assert rules(validate_xen(dataclasses.replace(good, segments=(dataclasses.replace(k, buffer=bytes(bad)),)
+                                                  + good.segments[1:]))) == [("efi-kernel-alignment", "EINVAL", 0)]
+    bad[0x202:0x206] = b"NOPE"
+    assert rules(validate_xen(dataclasses.replace(good, segments=(dataclasses.replace(k, buffer=bytes(bad)),)
+                                                  + good.segments[1:]))) == [("efi-kernel-header", "EINVAL", 0)]
+    wrong_entry = dataclasses.replace(good, entry=good.entry + 0x1000)
+    assert rules(validate_xen(wrong_entry)) == [("efi-entry", "EINVAL", 0)]
+
+
+def test_violation_sentences():
+    v = validate_linux(make([seg(0x100000, 0x1000, bufsz=0x1001, role="initrd")]))[0]
+    assert str(v) == ("EINVAL: segment 0 (initrd): buffer of 0x1001 bytes is larger than its 0x1000-byte memory "
+                      "[bufsz-le-memsz]")
+    assert v.to_json()["errno"] == "EINVAL"

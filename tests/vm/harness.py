@@ -1,0 +1,1075 @@
+"""Boot real kernels under QEMU (TCG) with an initramfs that runs pykexec.
+
+The guest is built from the host that runs the tests, so that the guest runs
+the *same* interpreter, stdlib, shared libraries and packages:
+
+* ``base`` layer (cached): static busybox and its applet links, the
+  interpreter (``sys.executable`` and every symlink on the way to it),
+  libpython, the stdlib without tests/GUI/ensurepip/config, the venv's
+  ``pyvenv.cfg`` and site-packages holding pykexec's dependencies, every
+  shared library ``ldd`` lists for all of those, and Debian's kexec-tools
+  ``kexec`` (at ``/opt/kexec-tools/sbin/kexec``, off ``PATH``) with its
+  libraries.  Everything sits at its original path.
+* ``pykexec`` layer (cached by content): the pykexec package at its original
+  path (it is installed editable), its dist-info and ``.pth``, a ``pykexec``
+  command and a ``kexec`` shim that runs ``pykexec kexec "$@"``.
+* ``scenario`` layer (per boot): ``/init``, ``/dev/console``, ``/vm/lib.sh``,
+  the scenario's stage scripts and files.
+* ``embed`` layer (per boot, uncompressed): ``/vm/vmlinuz`` (the kernel the
+  guest booted) and ``/vm/initrd.img`` = base + pykexec + scenario, so that
+  the guest can kexec into the same kernel with the same tools, plus any big
+  files a scenario adds (UKIs, ...).
+
+The kernel unpacks concatenated newc archives in order (later files replace
+earlier ones), so the layers are simply concatenated into the ``-initrd``.
+
+``/init`` mounts proc, sys, devtmpfs and debugfs, finds the stage (``stage=N``
+on the command line, else ``/vm/stage``, else 1), runs
+``/vm/scenario/stage<N>`` and powers off; QEMU runs with ``-no-reboot``.
+The guest reports through lines ``@@PYKX <name> <value>`` on the serial
+console (see ``/vm/lib.sh``), which :class:`Serial` parses.
+
+Cache: ``~/.cache/pykexec-tests/vm/`` (or ``$PYKEXEC_TEST_CACHE/vm``):
+``layers/`` (built archives, keyed by package versions and a hash of every
+input), ``deb/`` (kexec-tools), ``runs/<scenario>.<time>.<rand>/`` (the last runs' serial
+log and initrds), ``vm-timings.json`` (wall time of every boot).
+
+Material that cannot be had raises :class:`VmError` (an AssertionError), so a
+test fails with the reason; nothing here ever skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator, Optional, Sequence, Union
+
+try:
+    from tests import material
+except ImportError:  # tests/ itself on sys.path
+    import material  # type: ignore[no-redef]
+
+log = logging.getLogger(__name__)
+
+#: bump to rebuild every cached layer
+LAYOUT_VERSION = 3
+
+#: the guest's interpreter: the one running the tests, at the same path
+GUEST_PYTHON = sys.executable
+#: Debian's kexec-tools inside the guest (not on PATH: ``kexec`` is the shim)
+GUEST_KEXEC_TOOLS = "/opt/kexec-tools/sbin/kexec"
+#: where the guest finds the kernel it booted and its own initramfs
+GUEST_VMLINUZ = "/vm/vmlinuz"
+GUEST_INITRD = "/vm/initrd.img"
+
+MARK = "@@PYKX"
+DEFAULT_TIMEOUT = 180.0
+DEFAULT_MEMORY = 1024
+#: compression of the cached layers: "gzip" or "zstd" (the kernel unpacks zstd faster under TCG)
+LAYER_COMPRESSION = os.environ.get("PYKEXEC_VM_COMPRESSION", "gzip")
+ZSTD_LEVEL = 12
+
+# stdlib parts the guest never needs (top-level names under lib/python3.X)
+STDLIB_EXCLUDE = frozenset({
+    "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
+    "pydoc_data", "site-packages", "dist-packages", "__phello__",
+    "turtle.py", "sqlite3/test", "distutils/tests", "unittest/test",
+    "ctypes/test", "tkinter/test",
+})
+DYNLOAD_EXCLUDE = re.compile(r"^(_tkinter|_test|_ctypes_test|_xxtestfuzz|xxlimited|xxsubtype|_xxsubinterpreters)")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class VmError(AssertionError):
+    """A VM scenario could not be prepared or did not do what it should."""
+
+
+# --------------------------------------------------------------------------
+# basics
+
+
+def cache_dir() -> Path:
+    d = material.cache_root() / "vm"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _run(cmd: Sequence, *, what: str, cwd: Optional[PathLike] = None, timeout: float = 1800,
+         env: Optional[dict] = None) -> str:
+    try:
+        proc = subprocess.run([os.fspath(c) for c in cmd], cwd=cwd, env=env, timeout=timeout,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    except FileNotFoundError as e:
+        raise VmError(f"{what}: {cmd[0]} not found ({e})") from e
+    except subprocess.TimeoutExpired as e:
+        raise VmError(f"{what}: `{' '.join(map(str, cmd))}` timed out after {timeout} s") from e
+    if proc.returncode != 0:
+        raise VmError(f"{what}: `{' '.join(map(str, cmd))}` exited {proc.returncode}:\n"
+                      f"{proc.stderr.decode(errors='replace')[-3000:]}")
+    return proc.stdout.decode(errors="replace")
+
+
+@contextlib.contextmanager
+def _lock(name: str) -> Iterator[None]:
+    d = cache_dir() / "locks"
+    d.mkdir(exist_ok=True)
+    with open(d / f"{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _atomic_write(path: Path, writer) -> Path:
+    """Call ``writer(fileobj)`` on a temp file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _dpkg_version(pkg: str) -> Optional[str]:
+    proc = subprocess.run(["dpkg-query", "-W", "-f", "${Status}\t${Version}", pkg],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if proc.returncode != 0 or "install ok installed" not in proc.stdout:
+        return None
+    return proc.stdout.split("\t", 1)[1]
+
+
+def _apt_install(pkgs: Sequence[str], why: str) -> None:
+    """apt-get install host tools (the system's own suite only)."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *pkgs]
+    log.info("installing %s for %s", " ".join(pkgs), why)
+    try:
+        _run(cmd, what=f"install {' '.join(pkgs)} ({why})", env=env)
+    except VmError:
+        # a fresh machine may have no lists yet
+        _run(["apt-get", "update"], what="apt-get update", env=env)
+        _run(cmd, what=f"install {' '.join(pkgs)} ({why})", env=env)
+
+
+def _is_static_elf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            return False
+        phoff = int.from_bytes(head[0x20:0x28], "little")
+        phentsize = int.from_bytes(head[0x36:0x38], "little")
+        phnum = int.from_bytes(head[0x38:0x3a], "little")
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return all(int.from_bytes(table[i:i + 4], "little") != 3  # PT_INTERP
+               for i in range(0, len(table), phentsize))
+
+
+def host_tools() -> dict:
+    """Make sure qemu-system-x86_64, static busybox and ldd exist; return their paths and versions."""
+    if shutil.which("qemu-system-x86_64") is None or _dpkg_version("qemu-system-x86") is None:
+        _apt_install(["qemu-system-x86"], "booting guests")
+    busybox = Path("/bin/busybox")
+    if _dpkg_version("busybox-static") is None or not busybox.exists() or not _is_static_elf(busybox):
+        _apt_install(["busybox-static"], "the guest's /bin/busybox")
+    if not busybox.exists() or not _is_static_elf(busybox):
+        raise VmError(f"{busybox} is not a static ELF even after installing busybox-static")
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        raise VmError("qemu-system-x86_64 is not on PATH even after installing qemu-system-x86")
+    if shutil.which("ldd") is None:
+        raise VmError("ldd is missing (package libc-bin)")
+    return {
+        "qemu": qemu,
+        "qemu_version": _dpkg_version("qemu-system-x86"),
+        "busybox": str(busybox),
+        "busybox_version": _dpkg_version("busybox-static"),
+    }
+
+
+# --------------------------------------------------------------------------
+# material
+
+
+def kernel() -> Path:
+    """bookworm's linux-image-6.1.0-N-cloud-amd64 bzImage (tests/material.py caches it)."""
+    try:
+        return material.bookworm_cloud_bzimage()
+    except Exception as e:  # material raises RuntimeError with the reason
+        raise VmError(f"cannot get the bookworm cloud kernel: {e}") from e
+
+
+def _apt_candidate(pkg: str) -> str:
+    out = _run(["apt-cache", "policy", pkg], what=f"apt-cache policy {pkg}")
+    m = re.search(r"Candidate:\s*(\S+)", out)
+    if not m or m.group(1) == "(none)":
+        raise VmError(f"apt knows no candidate version of {pkg} (run apt-get update?):\n{out}")
+    return m.group(1)
+
+
+def kexec_tools() -> Path:
+    """Debian's kexec-tools ``kexec`` (downloaded and unpacked, never installed).
+
+    Its shared libraries (libxenctrl, ...) must be resolvable for ``ldd``, so
+    the library packages it depends on are installed on the host.
+    """
+    version = _apt_candidate("kexec-tools")
+    dest = cache_dir() / "deb" / f"kexec-tools_{version.replace(':', '%3a')}"
+    binary = dest / "sbin" / "kexec"
+    with _lock("kexec-tools"):
+        if not binary.exists():
+            work = Path(tempfile.mkdtemp(prefix="kexec-tools.", dir=cache_dir()))
+            try:
+                os.chmod(work, 0o777)  # so apt's _apt user may write there
+                _run(["apt-get", "download", f"kexec-tools={version}"], cwd=work,
+                     what="apt-get download kexec-tools")
+                debs = list(work.glob("kexec-tools_*.deb"))
+                if len(debs) != 1:
+                    raise VmError(f"apt-get download kexec-tools left {debs}")
+                tree = work / "tree"
+                _run(["dpkg-deb", "-x", debs[0], tree], what="dpkg-deb -x kexec-tools")
+                if not (tree / "sbin" / "kexec").exists():
+                    raise VmError(f"{debs[0].name} has no sbin/kexec")
+                if dest.exists():
+                    shutil.rmtree(dest)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tree, dest)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        deps = _run(["apt-cache", "depends", "kexec-tools"], what="apt-cache depends kexec-tools")
+        libs = sorted({m.group(1) for m in re.finditer(r"^\s*Depends:\s*(lib[\w.+-]+)", deps, re.M)})
+        missing = [p for p in libs if _dpkg_version(p) is None]
+        if missing:
+            _apt_install(missing, "the libraries of kexec-tools' kexec")
+    return binary
+
+
+# --------------------------------------------------------------------------
+# newc cpio
+
+
+class Cpio:
+    """An in-order newc (``070701``) archive of directories, files, symlinks and devices.
+
+    Guest paths are canonicalised through the host's symlinked directories
+    (``/bin`` -> ``usr/bin`` on merged-/usr Debian), so that an archive never
+    emits a directory where the guest has a symlink.  Host files are streamed
+    when the archive is written.  Adding a path twice replaces the entry.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, path: str) -> bool:
+        return canon(path) in self._entries
+
+    @property
+    def paths(self) -> list[str]:
+        return list(self._entries)
+
+    def _parents(self, path: str) -> None:
+        parts = path.strip("/").split("/")[:-1]
+        cur = ""
+        for p in parts:
+            cur += "/" + p
+            if cur not in self._entries:
+                self._entries[cur] = ("dir", 0o755, 0)
+
+    def dir(self, path: str, mode: int = 0o755) -> None:
+        path = canon(path)
+        self._parents(path)
+        self._entries[path] = ("dir", mode, 0)
+
+    def data(self, path: str, data: Union[bytes, str], mode: int = 0o644, mtime: int = 0) -> None:
+        path = canon(path)
+        self._parents(path)
+        self._entries.pop(path, None)
+        self._entries[path] = ("data", mode, mtime, data.encode() if isinstance(data, str) else bytes(data))
+
+    def file(self, path: str, host: PathLike, mode: Optional[int] = None) -> None:
+        """A host file (streamed at write time), with its mode and mtime unless ``mode`` is given."""
+        path = canon(path)
+        st = os.stat(host)
+        self._parents(path)
+        self._entries.pop(path, None)
+        self._entries[path] = ("file", stat.S_IMODE(st.st_mode) if mode is None else mode,
+                               int(st.st_mtime), os.fspath(host), st.st_size)
+
+    def symlink(self, path: str, target: str) -> None:
+        path = canon(path)
+        self._parents(path)
+        self._entries[path] = ("symlink", 0o777, 0, target)
+
+    def chardev(self, path: str, major: int, minor: int, mode: int = 0o600) -> None:
+        path = canon(path)
+        self._parents(path)
+        self._entries[path] = ("chr", mode, 0, major, minor)
+
+    def host_path(self, path: PathLike) -> None:
+        """Copy a host path (file, symlink or directory entry) at its own path,
+        with every symlink met on the way (both the links and their targets)."""
+        _add_host_path(self, os.path.abspath(os.fspath(path)), set())
+
+    def write(self, out: BinaryIO) -> None:
+        ino = 1
+        for path, entry in self._entries.items():
+            kind, mode, mtime = entry[0], entry[1], entry[2]
+            name = path.lstrip("/").encode()
+            rmaj = rmin = 0
+            if kind == "dir":
+                fmode, size, body = stat.S_IFDIR | mode, 0, None
+            elif kind == "data":
+                fmode, size, body = stat.S_IFREG | mode, len(entry[3]), entry[3]
+            elif kind == "file":
+                fmode, size, body = stat.S_IFREG | mode, entry[4], None
+            elif kind == "symlink":
+                body = entry[3].encode()
+                fmode, size = stat.S_IFLNK | 0o777, len(body)
+            else:
+                fmode, size, body = stat.S_IFCHR | mode, 0, None
+                rmaj, rmin = entry[3], entry[4]
+            _newc_header(out, ino, fmode, 2 if kind == "dir" else 1, mtime, size, rmaj, rmin, name)
+            ino += 1
+            if kind == "file":
+                copied = 0
+                with open(entry[3], "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        out.write(chunk)
+                        copied += len(chunk)
+                if copied != size:
+                    raise VmError(f"{entry[3]} changed size while being archived")
+            elif body is not None:
+                out.write(body)
+            out.write(b"\0" * (-size % 4))
+        _newc_header(out, 0, 0, 1, 0, 0, 0, 0, b"TRAILER!!!")
+
+    def write_file(self, path: Path, *, compress: Union[bool, str]) -> Path:
+        """Write the archive to ``path``: ``compress`` is "gzip" (or True), "zstd", or False."""
+        method = "gzip" if compress is True else (compress or "none")
+
+        def writer(f):
+            if method == "gzip":
+                with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0) as gz:
+                    self.write(gz)
+            elif method == "zstd":
+                import zstandard  # a pykexec dependency; the kernel has RD_ZSTD
+                # level <= 19 keeps the window within what the kernel's unzstd accepts
+                cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+                with cctx.stream_writer(f, closefd=False) as z:
+                    self.write(z)
+            elif method == "none":
+                self.write(f)
+            else:
+                raise ValueError(f"compression must be gzip, zstd or none, not {compress!r}")
+        return _atomic_write(path, writer)
+
+
+def _newc_header(out: BinaryIO, ino: int, mode: int, nlink: int, mtime: int, size: int,
+                 rmaj: int, rmin: int, name: bytes) -> None:
+    namesize = len(name) + 1
+    fields = (ino, mode, 0, 0, nlink, max(0, min(mtime, 0xFFFFFFFF)), size, 0, 0, rmaj, rmin, namesize, 0)
+    hdr = b"070701" + b"".join(b"%08X" % v for v in fields) + name + b"\0"
+    out.write(hdr + b"\0" * (-len(hdr) % 4))
+
+
+def canon(path: str) -> str:
+    """A guest path with its parent directories resolved through the host's symlinks."""
+    path = "/" + path.strip("/")
+    parent, base = os.path.split(path)
+    cur = "/"
+    for comp in [c for c in parent.split("/") if c]:
+        nxt = os.path.join(cur, comp)
+        cur = os.path.realpath(nxt) if os.path.islink(nxt) else nxt
+    return os.path.join(cur, base)
+
+
+def _add_host_path(cpio: Cpio, path: str, seen: set) -> None:
+    if path in seen:
+        return
+    seen.add(path)
+    # symlinked directories on the way
+    cur = "/"
+    for comp in [c for c in os.path.dirname(path).split("/") if c]:
+        nxt = os.path.join(cur, comp)
+        if os.path.islink(nxt):
+            cpio.symlink(nxt, os.readlink(nxt))
+            cur = os.path.realpath(nxt)
+            _add_host_path(cpio, cur, seen)
+        else:
+            cur = nxt
+    real = os.path.join(cur, os.path.basename(path))
+    if os.path.islink(real):
+        target = os.readlink(real)
+        cpio.symlink(real, target)
+        _add_host_path(cpio, os.path.normpath(os.path.join(os.path.dirname(real), target)), seen)
+    elif os.path.isdir(real):
+        cpio.dir(real, stat.S_IMODE(os.stat(real).st_mode))
+    elif os.path.isfile(real):
+        cpio.file(real, real)
+    else:
+        raise VmError(f"{path}: not found on the host")
+
+
+# --------------------------------------------------------------------------
+# the base layer: busybox, python, libraries, packages, kexec-tools
+
+
+def _stdlib_files() -> list[Path]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for root, dirs, names in os.walk(stdlib):
+        rel = Path(root).relative_to(stdlib)
+        keep = []
+        for d in dirs:
+            r = (rel / d).as_posix()
+            if r in STDLIB_EXCLUDE or d in ("test", "tests") or r.startswith("config-"):
+                continue
+            keep.append(d)
+        dirs[:] = sorted(keep)
+        in_cache = Path(root).name == "__pycache__"
+        for n in sorted(names):
+            r = (rel / n).as_posix()
+            if r in STDLIB_EXCLUDE:
+                continue
+            if in_cache and not n.endswith(f".{sys.implementation.cache_tag}.pyc"):
+                continue  # keep the plain .pyc, drop .opt-1/.opt-2
+            if rel.as_posix() == "lib-dynload" and DYNLOAD_EXCLUDE.match(n):
+                continue
+            files.append(Path(root) / n)
+    return files
+
+
+def _requirement_name(req: str) -> Optional[str]:
+    if ";" in req and "extra" in req.split(";", 1)[1]:
+        return None
+    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
+    return m.group(1) if m else None
+
+
+def _dists(root: str = "pykexec", extra: Iterable[str] = ()) -> list[metadata.Distribution]:
+    """The distribution ``root`` and its required dependencies, recursively."""
+    todo = [root, *extra]
+    seen: dict[str, metadata.Distribution] = {}
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError as e:
+            raise VmError(f"{name} (needed by {root}) is not installed in {sys.prefix}") from e
+        seen[key] = dist
+        todo += [n for n in map(_requirement_name, dist.requires or []) if n]
+    return list(seen.values())
+
+
+def _dist_files(dist: metadata.Distribution) -> list[Path]:
+    out = []
+    for f in dist.files or []:
+        p = Path(os.path.normpath(dist.locate_file(f)))
+        if ".." in f.parts or not p.is_file():
+            continue  # console scripts in bin/ and the like
+        if p.parent.name == "__pycache__" and not p.name.endswith(f".{sys.implementation.cache_tag}.pyc"):
+            continue
+        out.append(p)
+    return out
+
+
+def _ldd(paths: Iterable[Path]) -> dict[Path, list[str]]:
+    """ldd each file: {file: [library paths]}; a library ``not found`` raises VmError."""
+    result: dict[Path, list[str]] = {}
+    paths = list(paths)
+    for i in range(0, len(paths), 64):
+        batch = paths[i:i + 64]
+        proc = subprocess.run(["ldd", *map(os.fspath, batch)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        current: Optional[Path] = batch[0] if len(batch) == 1 else None
+        for line in proc.stdout.splitlines():
+            if len(batch) > 1 and not line.startswith("\t") and line.endswith(":"):
+                current = Path(line[:-1])
+                result.setdefault(current, [])
+                continue
+            if current is None:
+                continue
+            result.setdefault(current, [])
+            line = line.strip()
+            if "not found" in line:
+                raise VmError(f"ldd {current}: {line}")
+            m = re.match(r"\S+ => (/\S+)", line) or re.match(r"(/\S+) \(0x", line)
+            if m:
+                result[current].append(m.group(1))
+    return result
+
+
+def _base_inputs() -> dict:
+    """Everything the base layer is made of, as host paths, plus the key parts."""
+    tools = host_tools()
+    kexec = kexec_tools()
+    interp = Path(sys.executable)
+    stdlib = _stdlib_files()
+    dists = _dists()
+    pkg_files = [f for d in dists if d.metadata["Name"].lower() != "pykexec" for f in _dist_files(d)]
+    elves = [Path(os.path.realpath(interp)), kexec]
+    elves += [p for p in stdlib if p.suffix == ".so"]
+    elves += [p for p in pkg_files if p.suffix == ".so" or ".so." in p.name]
+    libs = sorted({lib for found in _ldd(elves).values() for lib in found})
+    venv_cfg = Path(sys.prefix) / "pyvenv.cfg"
+    return {
+        "tools": tools,
+        "interp": interp,
+        "venv_cfg": venv_cfg if venv_cfg.exists() else None,
+        "stdlib": stdlib,
+        "pkg_files": pkg_files,
+        "dists": sorted(f"{d.metadata['Name']}=={d.version}" for d in dists if d.metadata["Name"].lower() != "pykexec"),
+        "libs": libs,
+        "kexec": kexec,
+        "kexec_version": kexec.parents[1].name,
+    }
+
+
+def _key(parts: Iterable) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, Path) and p.exists():
+            st = p.stat()
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        else:
+            h.update(f"{p}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def base_layer() -> Path:
+    """The cached base archive (gzip'd newc)."""
+    inp = _base_inputs()
+    key = _key([LAYOUT_VERSION, inp["tools"]["busybox_version"], inp["kexec_version"], sys.version,
+                *inp["dists"], inp["interp"], *inp["stdlib"], *inp["pkg_files"],
+                *map(Path, inp["libs"]), inp["venv_cfg"]])
+    key = _key([key, LAYER_COMPRESSION])
+    path = cache_dir() / "layers" / f"base-py{sys.version_info[0]}.{sys.version_info[1]}-{key}.cpio.{LAYER_COMPRESSION}"
+    with _lock("base"):
+        if path.exists():
+            return path
+        t0 = time.monotonic()
+        c = Cpio()
+        for d in ("/bin", "/sbin", "/usr/bin", "/usr/sbin", "/lib", "/lib64", "/etc", "/root"):
+            if os.path.islink(d):
+                c.host_path(d)
+        c.host_path("/bin/busybox")
+        applets = _run([inp["tools"]["busybox"], "--list-full"], what="busybox --list-full")
+        for rel in applets.split():
+            if rel and "/" in rel:
+                dest = "/" + rel
+                if canon(dest) != canon("/bin/busybox"):
+                    c.symlink(dest, "/bin/busybox")
+        c.host_path(inp["interp"])
+        for f in inp["stdlib"]:
+            c.host_path(f)
+        if inp["venv_cfg"] is not None:
+            c.host_path(inp["venv_cfg"])
+            for name in ("python", "python3", f"python3.{sys.version_info[1]}"):
+                p = Path(sys.prefix) / "bin" / name
+                if p.exists() or p.is_symlink():
+                    c.host_path(p)
+        for f in inp["pkg_files"]:
+            c.host_path(f)
+        for lib in inp["libs"]:
+            c.host_path(lib)
+        # ctypes.util.find_library runs ldconfig -p
+        for extra in ("/sbin/ldconfig", "/etc/ld.so.cache"):
+            if os.path.exists(extra):
+                c.host_path(extra)
+        c.file(GUEST_KEXEC_TOOLS, inp["kexec"], mode=0o755)
+        c.write_file(path, compress=LAYER_COMPRESSION)
+        log.info("built %s (%d entries, %.1f MB) in %.1f s", path.name, len(c),
+                 path.stat().st_size / 1e6, time.monotonic() - t0)
+        for old in path.parent.glob(f"base-*.cpio.{LAYER_COMPRESSION}"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    return path
+
+
+def _pykexec_files() -> tuple[Path, list[Path]]:
+    import pykexec
+    pkg_dir = Path(pykexec.__file__).resolve().parent
+    files = sorted(p for p in pkg_dir.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                   and p.suffix not in (".pyc", ".pyo"))
+    extra = []
+    try:
+        dist = metadata.distribution("pykexec")
+        extra = [p for p in _dist_files(dist) if pkg_dir not in p.parents and p.parent.name != "__pycache__"]
+    except metadata.PackageNotFoundError:
+        pass
+    return pkg_dir, files + extra
+
+
+def _add_pycs(c: Cpio, sources: Sequence[Path]) -> None:
+    """Compile ``sources`` (timestamp pycs; the archive keeps the sources' mtimes) into ``c``.
+
+    The source tree is not touched; compiling in the guest costs seconds under TCG.
+    """
+    import importlib.util
+    import py_compile
+    with tempfile.TemporaryDirectory(prefix="pyc.") as td:
+        for i, src in enumerate(sources):
+            tmp = os.path.join(td, f"{i}.pyc")
+            try:
+                py_compile.compile(os.fspath(src), cfile=tmp, doraise=True,
+                                   invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+            except py_compile.PyCompileError:
+                continue  # the guest reports the syntax error itself
+            c.data(importlib.util.cache_from_source(os.fspath(src)), Path(tmp).read_bytes(),
+                   mtime=int(os.stat(src).st_mtime))
+
+
+PYKEXEC_WRAPPER = """#!/bin/sh
+exec {python} -m pykexec "$@"
+"""
+
+KEXEC_SHIM = """#!/bin/sh
+# kexec-tools compatible front end: pykexec kexec
+exec pykexec kexec "$@"
+"""
+
+
+def pykexec_layer() -> Path:
+    """pykexec at its original path, plus /usr/local/bin/pykexec and the kexec shim."""
+    pkg_dir, files = _pykexec_files()
+    h = hashlib.sha256()
+    h.update(f"{LAYOUT_VERSION}\0{GUEST_PYTHON}\n".encode())
+    for f in files:
+        h.update(os.fspath(f).encode() + b"\0" + f.read_bytes() + b"\0")
+    path = cache_dir() / "layers" / f"pykexec-{h.hexdigest()[:16]}.cpio.gz"
+    with _lock("pykexec"):
+        if path.exists():
+            return path
+        c = Cpio()
+        for f in files:
+            c.host_path(f)
+        _add_pycs(c, [f for f in files if f.suffix == ".py"])
+        c.data("/usr/local/bin/pykexec", PYKEXEC_WRAPPER.format(python=GUEST_PYTHON), mode=0o755)
+        c.data("/usr/local/sbin/kexec", KEXEC_SHIM, mode=0o755)
+        c.write_file(path, compress=True)
+        olds = sorted(path.parent.glob("pykexec-*.cpio.gz"), key=lambda p: p.stat().st_mtime)
+        for old in olds[:-8]:
+            if old != path:
+                old.unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------
+# /init and the guest-side helpers
+
+INIT = r"""#!/bin/busybox sh
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root TMPDIR=/tmp PYTHONUTF8=1 LANG=C.UTF-8
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mkdir -p /tmp /run
+stage=
+for w in $(cat /proc/cmdline); do
+    case "$w" in
+        stage=*) stage="${w#stage=}" ;;
+    esac
+done
+[ -z "$stage" ] && [ -f /vm/stage ] && stage="$(cat /vm/stage)"
+[ -z "$stage" ] && stage=1
+echo "@@PYKX stage-begin $stage $(cat /vm/scenario/name 2>/dev/null) uptime=$(cut -d' ' -f1 /proc/uptime)"
+script=/vm/scenario/stage$stage
+if [ -x "$script" ]; then
+    "$script"
+    rc=$?
+else
+    echo "@@PYKX no-stage-script $script"
+    rc=127
+fi
+echo "@@PYKX stage-end $stage rc=$rc uptime=$(cut -d' ' -f1 /proc/uptime)"
+sync
+poweroff -f
+sleep 5
+echo "@@PYKX poweroff-failed"
+"""
+
+LIB_SH = r"""# sourced by stage scripts: . /vm/lib.sh
+mark() { n="$1"; shift; echo "@@PYKX $n $*"; }
+# run NAME CMD...: run CMD, report NAME.rc, and every line of stdout/stderr as NAME.out / NAME.err
+run() {
+    _n="$1"; shift
+    _t0=$(cut -d' ' -f1 /proc/uptime)
+    "$@" >/tmp/.run.out 2>/tmp/.run.err
+    _rc=$?
+    _t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "@@PYKX $_n.secs $(awk "BEGIN{print $_t1 - $_t0}")"
+    while IFS= read -r _l || [ -n "$_l" ]; do echo "@@PYKX $_n.out $_l"; done </tmp/.run.out
+    while IFS= read -r _l || [ -n "$_l" ]; do echo "@@PYKX $_n.err $_l"; done </tmp/.run.err
+    echo "@@PYKX $_n.rc $_rc"
+    return $_rc
+}
+# show NAME FILE: every line of FILE as NAME
+show() { while IFS= read -r _l || [ -n "$_l" ]; do echo "@@PYKX $1 $_l"; done <"$2"; }
+"""
+
+PY_HELPERS = r'''
+# guest helpers for python stage scripts
+import subprocess as _sp, sys as _sys
+def mark(name, *values):
+    print("@@PYKX", name, *values, flush=True)
+def run(name, *cmd):
+    p = _sp.run(list(cmd), stdout=_sp.PIPE, stderr=_sp.PIPE, text=True, errors="replace")
+    for l in p.stdout.splitlines(): mark(name + ".out", l)
+    for l in p.stderr.splitlines(): mark(name + ".err", l)
+    mark(name + ".rc", p.returncode)
+    return p
+'''
+
+
+def sh_script(body: str) -> str:
+    """A busybox-sh stage script with /vm/lib.sh sourced."""
+    return "#!/bin/sh\n. /vm/lib.sh\n" + body.lstrip("\n")
+
+
+def py_script(body: str) -> str:
+    """A Python stage script run by the guest's copy of the test interpreter."""
+    return f"#!{GUEST_PYTHON}\n" + PY_HELPERS + body.lstrip("\n")
+
+
+# --------------------------------------------------------------------------
+# serial console
+
+
+@dataclasses.dataclass
+class Serial:
+    """The serial console of one VM run, with its ``@@PYKX`` marks."""
+
+    scenario: str
+    text: str
+    seconds: float
+    log_path: Path
+
+    @property
+    def marks(self) -> list[tuple[str, str]]:
+        out = []
+        for raw in self.text.splitlines():
+            line = raw.rstrip("\r")
+            i = line.find(MARK + " ")
+            if i < 0:
+                continue
+            rest = line[i + len(MARK) + 1:]
+            name, _, value = rest.partition(" ")
+            out.append((name, value))
+        return out
+
+    def values(self, name: str) -> list[str]:
+        return [v for n, v in self.marks if n == name]
+
+    def value(self, name: str) -> str:
+        vals = self.values(name)
+        if len(vals) != 1:
+            self.fail(f"expected one mark {name!r}, found {len(vals)}: {vals}")
+        return vals[0]
+
+    def has(self, name: str) -> bool:
+        return any(n == name for n, _ in self.marks)
+
+    def lines(self, name: str) -> str:
+        """A multi-line report (``run``'s NAME.out / ``show``) joined back together."""
+        return "\n".join(self.values(name))
+
+    def rc(self, name: str) -> int:
+        return int(self.value(name + ".rc"))
+
+    def command(self, name: str) -> str:
+        """A readable summary of ``run NAME ...`` for assertion messages."""
+        return (f"[{name}] rc={self.values(name + '.rc')}\n  stdout: {self.values(name + '.out')}\n"
+                f"  stderr: {self.values(name + '.err')}")
+
+    def expect_in_order(self, *names: str) -> None:
+        """Each of ``names`` (a mark name, or ``name value-prefix``) appears, in this order."""
+        marks = self.marks
+        i = 0
+        for want in names:
+            wname, _, wval = want.partition(" ")
+            while i < len(marks) and not (marks[i][0] == wname and marks[i][1].startswith(wval)):
+                i += 1
+            if i == len(marks):
+                self.fail(f"mark {want!r} missing (or out of order) in expected sequence {names}")
+            i += 1
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.text.splitlines()[-n:])
+
+    def fail(self, msg: str) -> None:
+        raise VmError(f"{self.scenario}: {msg}\n--- serial log {self.log_path} (tail) ---\n{self.tail()}")
+
+
+# --------------------------------------------------------------------------
+# QEMU
+
+
+def _record_timing(record: dict) -> None:
+    path = cache_dir() / "vm-timings.json"
+    with _lock("timings"):
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, list):
+                data = []
+        except (FileNotFoundError, ValueError):
+            data = []
+        data.append(record)
+        _atomic_write(path, lambda f: f.write(json.dumps(data[-2000:], indent=1).encode()))
+
+
+def run_qemu(*, kernel: PathLike, initrd: PathLike, append: str, log_path: Path, scenario: str,
+             memory: int = DEFAULT_MEMORY, timeout: float = DEFAULT_TIMEOUT, smp: int = 1,
+             extra_args: Sequence[str] = ()) -> Serial:
+    """Boot once; return the serial console.  Times out (killing QEMU) with the log tail."""
+    tools = host_tools()
+    cmd = [tools["qemu"], "-accel", "tcg", "-cpu", os.environ.get("PYKEXEC_VM_CPU", "max"), "-m", str(memory), "-smp", str(smp),
+           "-nographic", "-no-reboot", "-nic", "none",
+           "-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd), "-append", append, *extra_args]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with open(log_path, "wb") as out:
+        out.write(("# " + " ".join(cmd) + "\n").encode())
+        out.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+            timed_out = True
+    seconds = time.monotonic() - t0
+    text = log_path.read_bytes().decode(errors="replace")
+    serial = Serial(scenario, text, seconds, log_path)
+    _record_timing({"scenario": scenario, "seconds": round(seconds, 2), "memory": memory,
+                    "timed_out": timed_out, "qemu_rc": rc, "pid": os.getpid(),
+                    "when": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    print(f"[vm] {scenario}: {seconds:.1f} s wall (qemu rc {rc}{', TIMEOUT' if timed_out else ''})",
+          file=sys.stderr)
+    if timed_out:
+        serial.fail(f"QEMU did not power off within {timeout:.0f} s (killed)")
+    if rc != 0:
+        serial.fail(f"QEMU exited {rc}")
+    return serial
+
+
+class Guest:
+    """One scenario: its stage scripts and files, its initramfs, one boot.
+
+    >>> g = Guest("demo")
+    >>> g.stage(1, sh_script("mark hello world"))
+    >>> serial = g.boot()
+    >>> serial.value("hello")
+    'world'
+    """
+
+    def __init__(self, scenario: str) -> None:
+        self.scenario = scenario
+        safe = re.sub(r"[^\w.-]", "_", scenario)
+        runs = cache_dir() / "runs"
+        runs.mkdir(exist_ok=True)
+        # one directory per run (several sessions may boot the same scenario at once);
+        # keep the last few of each scenario for post-mortems
+        for old in sorted(runs.glob(f"{safe}.*"), key=lambda p: p.stat().st_mtime)[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{safe}.{time.strftime('%H%M%S')}.", dir=runs))
+        self.layer = Cpio()
+        self.embedded = Cpio()
+        self._inner: Optional[Path] = None
+        self.kernel = kernel()
+        self.layer.data("/vm/scenario/name", scenario + "\n")
+
+    # -- building
+    def stage(self, n: int, script: str) -> None:
+        self._mutable()
+        self.layer.data(f"/vm/scenario/stage{n}", script, mode=0o755)
+
+    def file(self, path: str, data: Union[bytes, str], mode: int = 0o644) -> None:
+        self._mutable()
+        self.layer.data(path, data, mode)
+
+    def host_file(self, path: str, host: PathLike, mode: int = 0o644) -> None:
+        self._mutable()
+        self.layer.file(path, host, mode)
+
+    def embed(self, path: str, host: PathLike, mode: int = 0o644) -> None:
+        """A (big) file only in the booted initramfs, not in /vm/initrd.img."""
+        self.embedded.file(path, host, mode)
+
+    def _mutable(self) -> None:
+        if self._inner is not None:
+            raise RuntimeError("the scenario layer is frozen once initrd() was built")
+
+    def initrd(self) -> Path:
+        """base + pykexec + scenario: what the guest sees as /vm/initrd.img (host path)."""
+        if self._inner is None:
+            for d, mode in (("/proc", 0o755), ("/sys", 0o755), ("/dev", 0o755), ("/tmp", 0o1777),
+                            ("/run", 0o755), ("/root", 0o700), ("/mnt", 0o755)):
+                self.layer.dir(d, mode)
+            self.layer.chardev("/dev/console", 5, 1)
+            self.layer.data("/init", INIT, mode=0o755)
+            self.layer.data("/vm/lib.sh", LIB_SH)
+            scen = self.layer.write_file(self.dir / "scenario.cpio.gz", compress=True)
+            parts = [base_layer(), pykexec_layer(), scen]
+            self._inner = _atomic_write(self.dir / "initrd.img", lambda f: _concat(parts, f))
+        return self._inner
+
+    def archive(self, path: str, files: dict, *, compress: Union[bool, str] = False) -> Path:
+        """Put a separate archive, made of ``{guest path: bytes|str}``, at ``path`` in the
+        scenario layer (e.g. to append to /vm/initrd.img for stage 2); returns its host path."""
+        host = self.build_archive("archive" + path.replace("/", "_"), files, compress=compress)
+        self.host_file(path, host)
+        return host
+
+    def build_archive(self, name: str, files: dict, *, compress: Union[bool, str] = False) -> Path:
+        """An archive of ``{guest path: bytes|str}`` written to the run directory (host only)."""
+        c = Cpio()
+        for p, data in files.items():
+            c.data(p, data)
+        return c.write_file(self.dir / name, compress=compress)
+
+    def boot(self, append: str = "", *, memory: int = DEFAULT_MEMORY, timeout: float = DEFAULT_TIMEOUT,
+             kernel: Optional[PathLike] = None, quiet: bool = True, embed_initrd: bool = True) -> Serial:
+        inner = self.initrd()
+        boot_kernel = Path(kernel) if kernel is not None else self.kernel
+        self.embedded.file(GUEST_VMLINUZ, boot_kernel)
+        if embed_initrd:
+            self.embedded.file(GUEST_INITRD, inner)
+        emb = self.embedded.write_file(self.dir / "embed.cpio", compress=False)
+        full = _atomic_write(self.dir / "boot-initrd.img", lambda f: _concat([inner, emb], f))
+        cmdline = " ".join(w for w in ["console=ttyS0", "panic=-1", "quiet" if quiet else "", append] if w)
+        return run_qemu(kernel=boot_kernel, initrd=full, append=cmdline, memory=memory, timeout=timeout,
+                        log_path=self.dir / "serial.log", scenario=self.scenario)
+
+
+def _concat(parts: Sequence[Path], out: BinaryIO) -> None:
+    for p in parts:
+        with open(p, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+        # keep each archive 4-byte aligned for the kernel's unpacker
+        out.write(b"\0" * (-out.tell() % 4))
+
+
+def prepare() -> dict:
+    """Fetch/build everything shared by all scenarios (for a warm-up or CI pre-step)."""
+    t0 = time.monotonic()
+    out = {"kernel": kernel(), "base": base_layer(), "pykexec": pykexec_layer()}
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    return out
+
+
+def pykexec_has(*argv: str) -> bool:
+    """True if ``pykexec ARGV --help`` succeeds on the host (a subcommand/flag exists)."""
+    proc = subprocess.run([sys.executable, "-m", "pykexec", *argv, "--help"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    return proc.returncode == 0
+
+
+def pykexec_help(*argv: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "pykexec", *argv, "--help"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+if __name__ == "__main__":  # python -m tests.vm.harness: warm the cache and boot a smoke test
+    logging.basicConfig(level=logging.INFO)
+    print(prepare())
+    g = Guest("smoke")
+    g.stage(1, sh_script("""
+mark uname "$(uname -r)"
+run py {python} -c 'import ctypes, zlib, lzma, hashlib, zstandard, lz4.frame, lzo, pefile, elftools; print("ok")'
+run pyk pykexec --version
+run kt /opt/kexec-tools/sbin/kexec --version
+""".format(python=GUEST_PYTHON)))
+    s = g.boot()
+    print("\n".join(f"{n} {v}" for n, v in s.marks))
+
+
+# --------------------------------------------------------------------------
+# pieces the scenarios share
+
+#: stage 2 of most scenarios: report the command line and the stage-2-only token
+STAGE2_REPORT = sh_script("""
+mark cmdline "$(cat /proc/cmdline)"
+if [ -f /vm/token ]; then mark token "$(cat /vm/token)"; else mark token "(no /vm/token)"; fi
+mark kernel "$(uname -r)"
+""")
+
+
+def token() -> str:
+    """A random token for markers and stage-2-only files."""
+    import secrets
+    return secrets.token_hex(8)
+
+
+def add_token_archive(g: Guest, value: str, path: str = "/vm/token.cpio", extra: Optional[dict] = None) -> None:
+    """A small archive at ``path`` holding /vm/token = value (stage 1 appends it to the stage-2 initrd)."""
+    g.archive(path, {"/vm/token": value + "\n", **(extra or {})})
+
+
+def expect_stage2(serial: Serial, *, cmdline: Optional[str] = None, token_value: Optional[str] = None) -> None:
+    """Stage 2 began and ended cleanly, with this exact cmdline and token."""
+    serial.expect_in_order("stage-begin 1", "stage-begin 2", "stage-end 2 rc=0")
+    if cmdline is not None:
+        got = serial.value("cmdline")
+        if got.strip() != cmdline:
+            serial.fail(f"stage 2 /proc/cmdline is {got!r}, expected {cmdline!r}")
+    if token_value is not None:
+        got = serial.value("token")
+        if got.strip() != token_value:
+            serial.fail(f"stage 2 /vm/token is {got!r}, expected {token_value!r}")
+
+
+def expect_ok(serial: Serial, name: str) -> None:
+    """``run NAME ...`` exited 0."""
+    if serial.values(name + ".rc") != ["0"]:
+        serial.fail(f"command failed:\n{serial.command(name)}")
+
+
+def expect_usage_error(serial: Serial, name: str) -> None:
+    """``run NAME pykexec ...`` failed with exit code 2 and exactly one ``pykexec: error:`` line."""
+    err = serial.values(name + ".err")
+    if serial.values(name + ".rc") != ["2"] or len(err) != 1 or not err[0].startswith("pykexec: error:"):
+        serial.fail(f"expected exit 2 and one 'pykexec: error:' line:\n{serial.command(name)}")
+
+
+def status_json(serial: Serial, name: str) -> dict:
+    """The JSON printed by ``run NAME pykexec status --json``."""
+    expect_ok(serial, name)
+    text = serial.lines(name + ".out")
+    try:
+        return json.loads(text)
+    except ValueError:
+        serial.fail(f"`pykexec status --json` printed no JSON:\n{serial.command(name)}")
+        raise

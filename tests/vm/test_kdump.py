@@ -1,0 +1,101 @@
+"""Scenario 3: kdump.  A crash kernel loaded with ``pykexec load --crash`` must
+boot on a panic and find a 4 MiB pattern, held in memory by a process of the
+crashed kernel, in /proc/vmcore.
+
+The pattern is 1024 pages, each one unique (a magic, the seed and the page
+index, then SHAKE-256 bytes), in an anonymous mmap (page aligned), so each
+page can be looked for on its own: user pages are not physically contiguous.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from . import harness as h
+
+pytestmark = pytest.mark.vm
+
+PAGES = 1024
+CRASHKERNEL = "256M"
+
+PATTERN = '''
+import hashlib
+PAGE, PAGES = 4096, {pages}
+MAGIC = b"PYKXPAT1" + bytes.fromhex("{seed}")
+def page(i):
+    head = MAGIC + i.to_bytes(4, "little")
+    return head + hashlib.shake_256(MAGIC + i.to_bytes(4, "little")).digest(PAGE - len(head))
+'''
+
+HOLDER = '''
+import mmap, os, time
+m = mmap.mmap(-1, PAGE * PAGES)
+for i in range(PAGES):
+    m[i * PAGE:(i + 1) * PAGE] = page(i)
+assert m[:len(MAGIC)] == MAGIC
+with open("/tmp/holder.ready", "w") as f:
+    f.write(str(os.getpid()))
+while True:
+    time.sleep(3600)
+'''
+
+SCANNER = '''
+found = set()
+CHUNK = 16 << 20
+total = 0
+with open("/proc/vmcore", "rb", buffering=0) as f:
+    tail = b""
+    while True:
+        chunk = f.read(CHUNK)
+        if not chunk:
+            break
+        total += len(chunk)
+        buf = tail + chunk
+        pos = buf.find(MAGIC)
+        while pos >= 0 and pos + PAGE <= len(buf):
+            i = int.from_bytes(buf[pos + len(MAGIC):pos + len(MAGIC) + 4], "little")
+            if i < PAGES and i not in found and buf[pos:pos + PAGE] == page(i):
+                found.add(i)
+            pos = buf.find(MAGIC, pos + 1)
+        tail = buf[-PAGE:]
+mark("vmcore-bytes", total)
+mark("pages-found", len(found), PAGES)
+mark("pattern", "FOUND" if len(found) == PAGES else "NOT FOUND")
+'''
+
+
+def test_kdump_vmcore_holds_pattern(vm_material):
+    marker, seed = h.token(), h.token()
+    g = h.Guest("kdump")
+    pattern = PATTERN.format(pages=PAGES, seed=seed)
+    g.file("/vm/holder.py", f"#!{h.GUEST_PYTHON}\n" + pattern + HOLDER, mode=0o755)
+    capture_cmdline = f"console=ttyS0 stage=2 marker={marker} irqpoll nr_cpus=1 reset_devices"
+    g.stage(1, h.sh_script(f"""
+mark crash-size "$(cat /sys/kernel/kexec_crash_size)"
+run load pykexec load --crash /vm/vmlinuz --initrd /vm/initrd.img --command-line "{capture_cmdline}" || exit 1
+mark crash-loaded "$(cat /sys/kernel/kexec_crash_loaded)"
+/vm/holder.py &
+i=0
+while [ ! -f /tmp/holder.ready ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
+[ -f /tmp/holder.ready ] || {{ mark holder-not-ready; exit 1; }}
+mark holder-ready "$(cat /tmp/holder.ready)"
+echo 1 > /proc/sys/kernel/sysrq
+mark crashing
+echo c > /proc/sysrq-trigger
+mark still-alive
+"""))
+    g.stage(2, h.py_script(pattern + f"""
+mark("cmdline", open("/proc/cmdline").read().strip())
+""" + SCANNER))
+    serial = g.boot(f"crashkernel={CRASHKERNEL}", memory=1024, timeout=300)
+
+    h.expect_ok(serial, "load")
+    if serial.value("crash-loaded") != "1":
+        serial.fail("/sys/kernel/kexec_crash_loaded is not 1 after `pykexec load --crash`")
+    serial.expect_in_order("stage-begin 1", "holder-ready", "crashing", "stage-begin 2", "pattern",
+                           "stage-end 2 rc=0")
+    cmdline = serial.value("cmdline")
+    if not cmdline.startswith(capture_cmdline) or "elfcorehdr=" not in cmdline:
+        serial.fail(f"capture kernel cmdline {cmdline!r}: expected {capture_cmdline!r} plus elfcorehdr=")
+    if serial.value("pattern") != "FOUND":
+        serial.fail(f"the pattern is not in /proc/vmcore: pages found {serial.value('pages-found')}")
