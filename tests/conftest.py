@@ -7,6 +7,7 @@ session) to the tests.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -69,3 +70,18 @@ def run_pykexec(*args: str, env: dict | None = None, timeout: float = 60) -> sub
 def pykexec_cli():
     """Run the CLI as a subprocess: ``pykexec_cli("inspect", path)``."""
     return run_pykexec
+
+
+@pytest.fixture
+def frozen_gc():
+    """Freeze what the session has allocated so far out of the collector's sight.
+
+    pefile calls gc.collect() every time it rejects an image; in a long test session
+    with a large heap that costs tens of milliseconds per call, and the truncation tests
+    make hundreds of such calls.  Objects created during the test are collected normally.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

@@ -13,9 +13,15 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import formats, loader
+from . import formats, loader, trust
+from .formats.arm64_image import Arm64Image
+from .formats.bzimage import BzImage
+from .machine import snapshot
+from .machine.model import Machine
+from .plan import plan as plan_load
+from .plan.loadplan import LoadPlan
 from .backends.linux import LinuxSyscalls, Status, Syscalls, read_lockdown, read_status  # noqa: F401  (Status is API)
-from .errors import UsageError
+from .errors import LoadRefused, PlacementError, UsageError
 from .limits import Limits
 from .prepare import Prepared, join_initrds, prepare
 
@@ -126,6 +132,8 @@ class LoadOptions:
     crash: bool = False
     mode: str = "auto"
     debug: bool = False
+    require_signature: bool | None = None
+    trust: tuple[str | Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,17 +147,35 @@ class LoadSummary:
     initrd_size: int
     cmdline: str | None
     crash: bool
+    signature: str | None = None
 
 
 def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None = None,
-         sysfs: Path = Path("/sys"), limits: Limits | None = None) -> tuple[LoadSummary, loader.LoadReport | None]:
-    """Prepare and load an image; with ``dry_run``, stop before the system call."""
+         sysfs: Path = Path("/sys"), limits: Limits | None = None, machine: Machine | None = None,
+         efivars: Path = trust.EFIVARS,
+         ) -> tuple[LoadSummary, loader.LoadReport | None, LoadPlan | None]:
+    """Prepare, plan and load an image; with ``dry_run``, stop before the system call.
+
+    The plan is the planner's prediction for this machine (``machine``, or a
+    snapshot of this host).  When the memory map is the kernel's own
+    (/proc/iomem) and the planner knows the image, a plan the kernel would
+    refuse stops the load before any system call.
+    """
     image = open_file(opts.image)
     initrds = [open_file(p) for p in opts.initrds]
+    addons: list[OpenedFile] = []
     try:
-        addons = addon_dir(opts.image) if opts.addons is None else list(opts.addons)
-        prepared = prepare(image.data, profile=opts.profile,
-                           addons=tuple(read_image(a) for a in addons) if _is_uki(image) else (),
+        if formats.uki.probe(image.data):
+            addons = [open_file(p) for p in (addon_dir(opts.image) if opts.addons is None
+                                              else opts.addons)]
+        policy = trust.check_load(
+            image.data, image_name=str(opts.image),
+            files=[(str(f.path), os.fstat(f.fd)) for f in (image, *initrds, *addons)],
+            addons=[(str(f.path), f.data) for f in addons], initrds=[str(f.path) for f in initrds],
+            require=opts.require_signature, trust_files=opts.trust, lockdown=read_lockdown(sysfs),
+            efivars=efivars, cmdline_override=(opts.command_line is not None
+                                               or opts.append is not None or opts.reuse_cmdline))
+        prepared = prepare(image.data, profile=opts.profile, addons=tuple(f.data for f in addons),
                            limits=limits or Limits.from_env())
         req = _request(opts, image, initrds, prepared)
         summary = LoadSummary(
@@ -157,20 +183,44 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
             kernel_size=len(prepared.kernel),
             kernel_source="original file" if req.kernel_fd is not None else "memfd (prepared)",
             initrd_size=len(req.initrd) if req.initrd is not None else
-            sum(len(f.data) for f in initrds), cmdline=req.cmdline, crash=opts.crash)
+            sum(len(f.data) for f in initrds), cmdline=req.cmdline, crash=opts.crash,
+            signature=policy.summary)
+        machine = machine or snapshot(sys=str(sysfs))
+        predicted = _plan(req, machine, [f.data for f in initrds])
         if dry_run:
-            return summary, None
+            return summary, None, predicted
+        if predicted is not None and machine.memory_source == "iomem":
+            refuse_if_violated(predicted)
         with loader.LoadLock():
             report = loader.load(req, syscalls or LinuxSyscalls(), lockdown=read_lockdown(sysfs))
-        return summary, report
+        return summary, report, predicted
     finally:
-        image.close()
-        for f in initrds:
+        for f in (image, *initrds, *addons):
             f.close()
 
 
-def _is_uki(image: OpenedFile) -> bool:
-    return formats.uki.probe(image.data)
+def _plan(req: loader.LoadRequest, machine: Machine, initrds: list[bytes]) -> LoadPlan | None:
+    """The planner's prediction, or None when it has no planner for this image or machine."""
+    layer = req.prepared.kernel_layer
+    if not isinstance(layer, (BzImage, Arm64Image)) or machine.arch not in (None, layer.arch):
+        return None
+    initrd = req.initrd if req.initrd is not None else (initrds[0] if initrds else None)
+    target = "linux-user" if req.mode == "user" else "linux-file"
+    try:
+        return plan_load(req.prepared, machine=machine, target=target, crash=req.crash,
+                         initrd=initrd, cmdline=req.cmdline or "")
+    except PlacementError as e:
+        raise LoadRefused(f"the load cannot fit: {e}") from e
+
+
+def refuse_if_violated(predicted: LoadPlan) -> None:
+    """Stop before the system call when the receiver's rules would refuse the plan."""
+    violations = predicted.validate()
+    if violations:
+        first = violations[0]
+        where = "" if first.segment is None else f" (segment {first.segment}, {first.role})"
+        raise LoadRefused(f"{predicted.target} would refuse this load with {first.errno}{where}: "
+                          f"{first.message}")
 
 
 def _request(opts: LoadOptions, image: OpenedFile, initrds: list[OpenedFile],

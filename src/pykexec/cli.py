@@ -15,8 +15,10 @@ import sys
 from typing import Callable
 
 from . import __version__, api, kexec_compat
+from .plan import cli as plan_cli
+from .trust import cli as trust_cli
 from .errors import PykexecError, UsageError
-from .limits import Limits, terminal_progress
+from .limits import Limits, byte_count, terminal_progress
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,7 +30,7 @@ class Parser(argparse.ArgumentParser):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    p.add_argument("--max-output", type=lambda s: int(s, 0), metavar="BYTES",
+    p.add_argument("--max-output", type=lambda s: byte_count(s, "--max-output"), metavar="BYTES",
                    help="cap on decompressed output (default 2 GiB, or $PYKEXEC_MAX_OUTPUT)")
 
 
@@ -62,6 +64,8 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
         (("--debug-syscall",), {"action": "store_true",
                                 "help": "pass KEXEC_FILE_DEBUG: the kernel logs where it put each segment"}),
         (("--dry-run",), {"action": "store_true", "help": "show what would be loaded, and stop"}),
+        plan_cli.MACHINE_OPTION,
+        *trust_cli.LOAD_OPTIONS,
         (("--json",), {"action": "store_true", "help": "print the result as JSON"}),
     ]),
     "exec": ("reboot into the loaded kernel now (syncs file systems first)", [
@@ -74,6 +78,10 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
         (("--json",), {"action": "store_true", "help": "print one JSON object"}),
     ]),
 }
+
+
+COMMANDS.update(plan_cli.COMMANDS)
+COMMANDS.update(trust_cli.COMMANDS)
 
 
 def build_parser() -> Parser:
@@ -139,19 +147,26 @@ def cmd_load(args: argparse.Namespace) -> int:
         image=args.image, initrds=tuple(args.initrd), command_line=args.command_line,
         append=args.append, reuse_cmdline=args.reuse_cmdline, profile=args.profile,
         addons=None if args.addon is None else tuple(args.addon), crash=args.crash,
-        mode=args.mode, debug=args.debug_syscall)
-    summary, report = api.load(opts, dry_run=args.dry_run, limits=_limits(args))
+        mode=args.mode, debug=args.debug_syscall, **trust_cli.load_policy_args(args))
+    machine = plan_cli.load_machine(args)
+    summary, report, predicted = api.load(opts, dry_run=args.dry_run, limits=_limits(args),
+                                          machine=machine)
     result = {**dataclasses.asdict(summary), "loaded": report is not None,
               "syscall": report.syscall if report else None,
-              "attempts": report.attempts if report else []}
+              "attempts": report.attempts if report else [],
+              "plan": predicted.to_json(violations=predicted.validate()) if predicted else None}
     if args.json:
         print(json.dumps(result))
     else:
+        if predicted is not None:
+            print(predicted)
         kind = "crash kernel" if summary.crash else "kernel"
         print(f"{kind}: {summary.kernel_format}, {summary.kernel_size} bytes "
               f"({' → '.join(summary.layers)}), passed as {summary.kernel_source}")
         print(f"initrd: {summary.initrd_size} bytes")
         print(f"cmdline: {summary.cmdline!r}")
+        if summary.signature:
+            print(f"signature: {summary.signature}")
         print("dry run: nothing loaded" if report is None else f"loaded with {report.syscall}")
     return 0
 
@@ -186,6 +201,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "exec": cmd_exec,
     "unload": cmd_unload,
     "status": cmd_status,
+    **plan_cli.HANDLERS,
+    **trust_cli.HANDLERS,
 }
 
 

@@ -13,13 +13,26 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from .errors import UsageError
+
 DEFAULT_MAX_OUTPUT = 2 << 30
 DEFAULT_MAX_DEPTH = 8
 
 
+def byte_count(text: str, what: str) -> int:
+    """A positive byte count written in decimal or 0x hex, or a UsageError naming ``what``."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UsageError(f"{what}: {text!r} is not a positive number of bytes")
+    return value
+
+
 def _env_max_output() -> int:
     value = os.environ.get("PYKEXEC_MAX_OUTPUT")
-    return int(value, 0) if value else DEFAULT_MAX_OUTPUT
+    return byte_count(value, "PYKEXEC_MAX_OUTPUT") if value else DEFAULT_MAX_OUTPUT
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ and a command line.  Wrappers the kernel cannot probe are opened here: a UKI
 gives its ``.linux`` and the sections of the chosen profile, a zboot or a
 compressed Image gives the decompressed Image.  A bzImage stays a bzImage;
 its decompressed vmlinux is kept alongside for tools that want it.
+
+Initrd order follows UAPI.5 "PE Addons": add-on ``.ucode`` archives are
+prefixed in reverse add-on order, then the UKI's ``.ucode`` and ``.initrd``,
+then the add-ons' ``.initrd`` archives in order.
 """
 
 from __future__ import annotations
@@ -69,12 +73,12 @@ def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, .
         return _from_kernel_chain(tuple(layers), data)
     parts = top.parts(profile)
     chain = layers[1:]
-    resolved = top.resolve_profile(profile)
-    if top.chosen(".linux", resolved) is not top.chosen(".linux", None):
+    if top.chosen(".linux", top.resolve_profile(profile)) is not top.chosen(
+            ".linux", top.resolve_profile(None)):
         chain = formats.unwrap(parts.linux, limits)
     extras = tuple(_addon(a, limits) for a in addons)
     cmdline = " ".join(c for c in (parts.cmdline, *(a.cmdline for a in extras)) if c) or None
-    initrds = (parts.ucode, *(a.section(".ucode") for a in extras),
+    initrds = (*(a.section(".ucode") for a in reversed(extras)), parts.ucode,
                parts.initrd, *(a.section(".initrd") for a in extras))
     base = _from_kernel_chain((top, *chain), parts.linux)
     return Prepared(layers=base.layers, kernel_layer=base.kernel_layer, kernel=base.kernel,

@@ -13,6 +13,8 @@ from tests import builders as b
 
 from .contract import parse_or_error, truncations, unwrap_or_error
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
+
 
 @pytest.mark.parametrize("name, offset", [("code0", 0), ("code1", 4), ("text_offset", 8),
                                           ("image_size", 0x10), ("flags", 0x18), ("magic", 0x38),

@@ -14,6 +14,8 @@ from tests import builders as b
 
 from .contract import parse_or_error, truncations, unwrap_or_error
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
+
 VERSIONS = (0x200, 0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x207, 0x208, 0x209, 0x20A,
             0x20B, 0x20C, 0x20D, 0x20E, 0x20F)
 

@@ -11,6 +11,8 @@ import pytest
 from pykexec import cli, formats
 from tests import builders as b
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
+
 GOOD = {
     "bzimage": b.bzimage(),
     "zboot": b.zboot(compression="zstd22"),

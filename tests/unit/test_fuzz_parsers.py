@@ -25,6 +25,8 @@ from tests import builders as b
 
 from .contract import FUZZ_LIMITS, outcome, unwrap_or_error
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
+
 EXAMPLES = int(os.environ.get("PYKEXEC_FUZZ_EXAMPLES", "25"))
 DERANDOMIZE = "PYKEXEC_FUZZ_EXAMPLES" not in os.environ
 CORPUS = Path(__file__).resolve().parent.parent / "fuzz" / "corpus"

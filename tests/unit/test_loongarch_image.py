@@ -12,6 +12,8 @@ from tests import builders as b
 
 from .contract import parse_or_error, truncations, unwrap_or_error
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
+
 
 @pytest.mark.parametrize("name, offset", [("kernel_entry", 8), ("kernel_asize", 0x10),
                                           ("text_offset", 0x18), ("pe_header", 0x3C)])

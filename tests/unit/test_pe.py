@@ -15,6 +15,8 @@ from tests import builders as b
 
 from .contract import parse_or_error, truncations, unwrap_or_error
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
+
 SECTIONS = [(".text", b"\xc3" * 100), (".data", b"D" * 700, 0x2000), (".reloc", b"\0" * 12)]
 
 

@@ -10,6 +10,8 @@ from tests import builders as b
 
 from .contract import outcome
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
+
 IMAGE = b.arm64_image()
 VMLINUX = b.elf64(load=b"\xcc" * 77)
 BZ = b.bzimage(vmlinux=VMLINUX)

@@ -12,6 +12,8 @@ from tests import builders as b
 
 from .contract import unwrap_or_error
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
+
 SAMPLES = b.samples()
 
 

@@ -12,6 +12,8 @@ from tests import builders as b
 
 from .contract import parse_or_error, truncations, unwrap_or_error
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
+
 
 @pytest.mark.parametrize("name, offset", [("text_offset", 8), ("image_size", 0x10), ("flags", 0x18),
                                           ("version", 0x20), ("magic", 0x30), ("magic2", 0x38),

@@ -13,6 +13,8 @@ from tests import builders as b
 
 from .contract import outcome, parse_or_error, truncations, unwrap_or_error
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
+
 KERNEL_A = b.arm64_image(data=b"kernel-A" * 10)
 KERNEL_B = b.arm64_image(data=b"kernel-B" * 10)
 

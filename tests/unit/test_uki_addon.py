@@ -13,6 +13,8 @@ from tests import builders as b
 
 from .contract import outcome, parse_or_error, truncations, unwrap_or_error
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
+
 
 @pytest.mark.parametrize("kw, sections", [
     ({"cmdline": "a=1"}, (".cmdline",)),

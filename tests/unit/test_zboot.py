@@ -17,6 +17,8 @@ from tests import builders as b
 
 from .contract import parse_or_error, truncations, unwrap_or_error
 
+pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
+
 ZBOOT_TYPES = tuple(b.ZBOOT_COMPRESSIONS)
 
 

@@ -630,23 +630,34 @@ def _pykexec_files() -> tuple[Path, list[Path]]:
     return pkg_dir, files + extra
 
 
-def _add_pycs(c: Cpio, sources: Sequence[Path]) -> None:
-    """Compile ``sources`` (timestamp pycs; the archive keeps the sources' mtimes) into ``c``.
+def _snapshot(path: Path) -> tuple[bytes, int]:
+    """A file's bytes and mtime, read consistently (the tree may be edited while we build)."""
+    for _ in range(20):
+        before = os.stat(path)
+        data = path.read_bytes()
+        after = os.stat(path)
+        if (before.st_mtime_ns, before.st_size) == (after.st_mtime_ns, after.st_size) == \
+                (after.st_mtime_ns, len(data)):
+            return data, int(after.st_mtime)
+        time.sleep(0.05)
+    raise VmError(f"{path} keeps changing; cannot archive it")
 
-    The source tree is not touched; compiling in the guest costs seconds under TCG.
+
+def _pyc(source: bytes, path: Path, mtime: int) -> Optional[bytes]:
+    """A timestamp-validated pyc of ``source`` (as py_compile writes it), or None on a syntax error.
+
+    Compiled on the host because compiling in the guest costs seconds under TCG;
+    the archive gives the source the same mtime, so the guest accepts the pyc.
     """
     import importlib.util
-    import py_compile
-    with tempfile.TemporaryDirectory(prefix="pyc.") as td:
-        for i, src in enumerate(sources):
-            tmp = os.path.join(td, f"{i}.pyc")
-            try:
-                py_compile.compile(os.fspath(src), cfile=tmp, doraise=True,
-                                   invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
-            except py_compile.PyCompileError:
-                continue  # the guest reports the syntax error itself
-            c.data(importlib.util.cache_from_source(os.fspath(src)), Path(tmp).read_bytes(),
-                   mtime=int(os.stat(src).st_mtime))
+    import marshal
+    try:
+        code = compile(source, os.fspath(path), "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return None  # the guest reports the error itself
+    header = importlib.util.MAGIC_NUMBER + (0).to_bytes(4, "little")
+    header += (mtime & 0xFFFFFFFF).to_bytes(4, "little") + (len(source) & 0xFFFFFFFF).to_bytes(4, "little")
+    return header + marshal.dumps(code)
 
 
 PYKEXEC_WRAPPER = """#!/bin/sh
@@ -660,20 +671,29 @@ exec pykexec kexec "$@"
 
 
 def pykexec_layer() -> Path:
-    """pykexec at its original path, plus /usr/local/bin/pykexec and the kexec shim."""
+    """pykexec at its original path (with pycs), plus /usr/local/bin/pykexec and the kexec shim.
+
+    The sources are read once, so the layer is consistent even while the tree is edited.
+    """
+    import importlib.util
     pkg_dir, files = _pykexec_files()
+    snap = {f: _snapshot(f) for f in files}
     h = hashlib.sha256()
     h.update(f"{LAYOUT_VERSION}\0{GUEST_PYTHON}\n".encode())
-    for f in files:
-        h.update(os.fspath(f).encode() + b"\0" + f.read_bytes() + b"\0")
+    for f, (data, mtime) in snap.items():
+        h.update(os.fspath(f).encode() + b"\0" + data + b"\0%d\0" % mtime)
     path = cache_dir() / "layers" / f"pykexec-{h.hexdigest()[:16]}.cpio.gz"
     with _lock("pykexec"):
         if path.exists():
             return path
         c = Cpio()
-        for f in files:
-            c.host_path(f)
-        _add_pycs(c, [f for f in files if f.suffix == ".py"])
+        for f, (data, mtime) in snap.items():
+            mode = stat.S_IMODE(os.stat(f).st_mode)
+            c.data(os.fspath(f), data, mode=mode, mtime=mtime)
+            if f.suffix == ".py":
+                pyc = _pyc(data, f, mtime)
+                if pyc is not None:
+                    c.data(importlib.util.cache_from_source(os.fspath(f)), pyc, mtime=mtime)
         c.data("/usr/local/bin/pykexec", PYKEXEC_WRAPPER.format(python=GUEST_PYTHON), mode=0o755)
         c.data("/usr/local/sbin/kexec", KEXEC_SHIM, mode=0o755)
         c.write_file(path, compress=True)

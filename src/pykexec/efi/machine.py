@@ -137,8 +137,15 @@ class Engine:
         self._icount: dict[int, int] = {}
         u = __import__("unicorn")
         self._u = u
-        self.uc.hook_add(u.UC_HOOK_MEM_READ_UNMAPPED | u.UC_HOOK_MEM_WRITE_UNMAPPED
-                         | u.UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped)
+        # Guest virtual = guest physical here (x86 paging off, arm64 MMU off).  The
+        # "virtual" TLB mode says so to unicorn and makes stores ~10x faster than
+        # walking the emulated MMU's TLB path.
+        self.uc.ctl_set_tlb_mode(u.UC_TLB_VIRTUAL)
+        # Memory is mapped when the allocator hands it out.  An access anywhere else
+        # in RAM is mapped when it faults: an unmapped-memory hook slows every load
+        # and store ~4x, so it is only added while re-running the faulting instruction.
+        self.memory.on_allocate = self.ensure_mapped
+        self._probe: int | None = None
         self.counter = BlockCounter.create(self.uc, with_table=(arch == "x86_64"))
 
     # -- guest memory ----------------------------------------------------------------
@@ -159,6 +166,8 @@ class Engine:
     def _on_unmapped(self, uc, access, addr, size, value, data) -> bool:
         if c.PAGE <= addr and addr + size <= self.memory.ram_size:
             self.ensure_mapped(addr, size)
+            self.stop_reason = self.stop_reason or "mapped"
+            self.uc.emu_stop()
             return True
         kinds = {self._u.UC_MEM_READ_UNMAPPED: "read", self._u.UC_MEM_WRITE_UNMAPPED: "write",
                  self._u.UC_MEM_FETCH_UNMAPPED: "instruction fetch"}
@@ -393,7 +402,7 @@ class Engine:
             icount = self._icount.get(addr)
             if icount is None:
                 try:
-                    icount = self.uc.ctl_request_cache(addr).icount
+                    icount = self.uc.ctl_request_cache(addr)[1]
                 except Exception:  # noqa: BLE001 - memory gone since: estimate from bytes
                     icount = 0
                 self._icount[addr] = icount
@@ -420,8 +429,19 @@ class Engine:
             try:
                 self.uc.emu_start(pc, UNTIL, timeout=int(remaining * 1e6))
             except self._u.UcError as e:
+                unmapped = (self._u.UC_ERR_READ_UNMAPPED, self._u.UC_ERR_WRITE_UNMAPPED,
+                            self._u.UC_ERR_FETCH_UNMAPPED)
+                if self.failure is None and e.errno in unmapped and self._probe is None:
+                    u = self._u
+                    self._probe = self.uc.hook_add(
+                        u.UC_HOOK_MEM_READ_UNMAPPED | u.UC_HOOK_MEM_WRITE_UNMAPPED
+                        | u.UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped)
+                    continue
                 if self.failure is None:
                     raise self._fault(e) from e
+            if self._probe is not None:
+                self.uc.hook_del(self._probe)
+                self._probe = None
             if self.failure is not None:
                 failure, self.failure = self.failure, None
                 if isinstance(failure, EmulationError):
@@ -441,6 +461,8 @@ class Engine:
                 self.pending_hooks.clear()
                 self.uc.ctl_flush_tb()
             if self.stop_reason is not None:
+                continue
+            if self._probe is not None:
                 continue
             if self.counter and self.counter.counters.blocks >= checkpoint:
                 n = self.count_instructions()

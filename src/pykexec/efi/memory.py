@@ -82,6 +82,7 @@ class MemoryMap:
         self.key = 1
         self.descs: list[Descriptor] = [Descriptor(0, ram_size, c.CONVENTIONAL)]
         self.allocated: dict[int, tuple[int, int]] = {}  # start -> (end, type): AllocatePages ranges
+        self.on_allocate = None                           # (base, size) -> None, e.g. map it
         for start, end in holes:
             self._set(start, end, c.RESERVED, c.EFI_MEMORY_UC)
 
@@ -139,6 +140,8 @@ class MemoryMap:
         self._set(base, base + size, mem_type)
         self.allocated[base] = (base + size, mem_type)
         self.key += 1
+        if self.on_allocate is not None:
+            self.on_allocate(base, size)
         return base
 
     def _highest_fit(self, size: int, limit: int, align: int, avoid: int | None) -> int | None:

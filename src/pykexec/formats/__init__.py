@@ -3,7 +3,9 @@
 Formats are tried in a fixed order, as the kernel's ``kexec_file_ops`` and
 kexec-tools' ``file_type[]`` are: the first whose probe accepts the bytes
 parses them.  Specific formats come before general ones (a zboot, a bzImage
-or an arm64 Image is also a PE image; a UKI is a PE image with ``.linux``).
+or an arm64 Image is also a PE image; a UKI is a PE image with ``.linux``;
+a LoongArch Image is recognised only by its PE Machine, so UKIs and add-ons
+for LoongArch must be claimed first).
 Wrappers hand their inner bytes back to the registry, so nesting such as
 UKI → zboot → gzip → arm64 Image is followed to the end.
 """
@@ -21,9 +23,9 @@ FORMATS: tuple[Format, ...] = (
     bzimage.FORMAT,
     arm64_image.FORMAT,
     riscv_image.FORMAT,
-    loongarch_image.FORMAT,
     uki.FORMAT,
     uki_addon.FORMAT,
+    loongarch_image.FORMAT,
     pe.FORMAT,
     elf.FORMAT,
     multiboot2.FORMAT,

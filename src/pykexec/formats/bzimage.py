@@ -188,7 +188,9 @@ def parse(data: Buffer) -> BzImage:
 def _payload(data: Buffer, setup_size: int, value) -> tuple[int | None, int | None, str]:
     """Locate the compressed vmlinux: from the 2.08+ header, else by gzip magic."""
     offset, length = value("payload_offset"), value("payload_length")
-    if offset is None:
+    if offset == 0 and length == 0:
+        return None, None, "absent"
+    if offset is None or length is None:
         found = bytes(data[setup_size:]).find(GZIP_MAGIC)
         if found < 0:
             return None, None, "absent"

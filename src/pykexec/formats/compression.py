@@ -172,12 +172,12 @@ def _lz4_legacy(data: memoryview, sink: Sink) -> int:
         if pos + 4 + size > len(data):
             raise _truncated("lz4", pos)
         block = data[pos + 4:pos + 4 + size]
-        most = min(LZ4_LEGACY_BLOCK, sink.remaining)
         try:
-            sink.add(lz4.block.decompress(block, uncompressed_size=most))
+            out = lz4.block.decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK)
         except lz4.block.LZ4BlockError as e:
-            raise FormatError("lz4", f"block does not decode within {most} bytes ({e})",
-                              field="block", offset=pos) from e
+            raise FormatError("lz4", f"block does not decode within {LZ4_LEGACY_BLOCK} bytes "
+                              f"({e})", field="block", offset=pos) from e
+        sink.add(out)
         pos += 4 + size
     return pos
 

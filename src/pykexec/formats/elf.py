@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
+from elftools.construct.core import ConstructError
 from elftools.elf.elffile import ELFFile
 
 from ..errors import FormatError
@@ -88,7 +89,8 @@ def parse(data: Buffer) -> Elf:
         segments = tuple(_segment(s) for s in elf.iter_segments())
         notes = tuple(_notes(elf, data))
         header = elf.header
-    except (ELFError, struct.error, ValueError, KeyError, IndexError, TypeError) as e:
+    except (ELFError, ConstructError, struct.error, ValueError, KeyError, IndexError,
+            TypeError) as e:
         raise FormatError("elf", f"malformed: {e}", field="e_ident") from e
     for s in segments:
         if s.p_type == "PT_LOAD" and s.p_offset + s.p_filesz > len(data):

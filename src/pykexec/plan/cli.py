@@ -12,7 +12,7 @@ import json
 from typing import Callable
 
 from .. import api
-from ..errors import LoadRefused, UsageError
+from ..errors import UsageError
 from ..machine import description, format_machine, snapshot, to_json
 from ..machine.model import Machine
 from . import plan
@@ -42,9 +42,14 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
 }
 
 
-def _machine(args: argparse.Namespace) -> Machine:
+def load_machine(args: argparse.Namespace) -> Machine | None:
+    """The machine ``--machine FILE`` describes, or None for this host."""
     path = getattr(args, "machine", None)
-    return description.load(path) if path else snapshot()
+    return description.load(path) if path else None
+
+
+def _machine(args: argparse.Namespace) -> Machine:
+    return load_machine(args) or snapshot()
 
 
 def cmd_machine(args: argparse.Namespace) -> int:
@@ -72,13 +77,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(result)
         for v in violations:
             print(f"  refused: {v}")
-    if violations:
-        first = violations[0]
-        where = "" if first.segment is None else f" (segment {first.segment}, {first.role})"
-        error = LoadRefused(f"{result.target} would refuse this load with {first.errno}{where}: "
-                            f"{first.message}")
-        error.violations = violations
-        raise error
+    api.refuse_if_violated(result)
     return 0
 
 

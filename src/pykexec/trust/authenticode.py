@@ -205,7 +205,8 @@ def authentihash(data: bytes, algorithm: str = "sha256", where: SignedLayout | N
 # ---------------------------------------------------------------- the certificate table
 
 
-def certificate_entries(data: bytes, where: SignedLayout | None = None) -> tuple[CertificateEntry, ...]:
+def certificate_entries(data: bytes,
+                        where: SignedLayout | None = None) -> tuple[CertificateEntry, ...]:
     """Every WIN_CERTIFICATE in the table; zero padding after the last one is allowed."""
     where = where or layout(data)
     if not where.signed:
@@ -245,8 +246,8 @@ def parse_signed_data(blob: bytes) -> SignedData:
     sd = _explicit(kids[1], "SignedData").expect(der.SEQUENCE, "SignedData", LAYER).children(LAYER)
     if len(sd) < 4:
         raise FormatError(LAYER, "SignedData has fewer than 4 fields")
-    digest_algorithms = tuple(_digest_name(der.algorithm(a, LAYER))
-                              for a in sd[1].expect(der.SET, "digestAlgorithms", LAYER).children(LAYER))
+    algorithms = sd[1].expect(der.SET, "digestAlgorithms", LAYER).children(LAYER)
+    digest_algorithms = tuple(_digest_name(der.algorithm(a, LAYER)) for a in algorithms)
     encap = sd[2].expect(der.SEQUENCE, "contentInfo", LAYER).children(LAYER)
     content_type = der.oid(encap[0], LAYER)
     if content_type != OID_SPC_INDIRECT_DATA or len(encap) != 2:
@@ -294,7 +295,8 @@ def _digest_name(oid: str) -> str:
 
 
 def _spc(spc: der.Element) -> tuple[str, str, bytes]:
-    """SpcIndirectDataContent ::= SEQUENCE { data SpcAttributeTypeAndOptionalValue, messageDigest DigestInfo }"""
+    """SpcIndirectDataContent ::= SEQUENCE {
+        data SpcAttributeTypeAndOptionalValue, messageDigest DigestInfo }"""
     kids = spc.children(LAYER)
     if len(kids) != 2:
         raise FormatError(LAYER, "SpcIndirectDataContent must have 2 fields")

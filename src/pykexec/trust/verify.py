@@ -364,7 +364,8 @@ def _build_chain(leaf: x509.Certificate, pool: list[x509.Certificate], trust: Tr
                 why = _issued_by(top, a.certificate)
                 if why is None:
                     return path + [a], a
-                reasons.append(f"trusted {a.certificate.subject.rfc4514_string()} ({a.source}): {why}")
+                reasons.append(f"trusted {a.certificate.subject.rfc4514_string()} "
+                               f"({a.source}): {why}")
         for c in pool:
             if c in path or c.subject != top.issuer:
                 continue

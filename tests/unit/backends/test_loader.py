@@ -12,9 +12,17 @@ import pytest
 from pykexec import api, loader
 from pykexec.backends.linux import (KEXEC_FILE_DEBUG, KEXEC_FILE_NO_INITRAMFS,
                                     KEXEC_FILE_ON_CRASH, KEXEC_FILE_UNLOAD)
-from pykexec.errors import LoadRefused, SyscallError
+from pykexec.errors import LoadRefused, SignatureRejected, SyscallError
+
+from pykexec.machine.model import Machine
 
 from .fakes import FakeSyscalls
+
+
+def run_load(opts: api.LoadOptions, fake: FakeSyscalls, sysfs: Path, **kw):
+    """api.load on a described machine, with no efivarfs: hermetic."""
+    return api.load(opts, syscalls=fake, sysfs=sysfs, machine=Machine(arch="x86_64"),
+                    efivars=sysfs / "no-efivars", **kw)
 
 
 def arm64_image(size: int = 0x3000) -> bytes:
@@ -44,9 +52,8 @@ def test_plain_image_passes_original_file_and_initrd(tmp_path, sysfs):
     image = write(tmp_path, "Image", arm64_image())
     initrd = write(tmp_path, "initrd", b"cpio" * 100)
     fake = FakeSyscalls()
-    summary, report = api.load(api.LoadOptions(image=image, initrds=(initrd,),
-                                               command_line="console=ttyAMA0"),
-                               syscalls=fake, sysfs=sysfs)
+    summary, report, _ = run_load(api.LoadOptions(image=image, initrds=(initrd,),
+                                                  command_line="console=ttyAMA0"), fake, sysfs)
     (call, kernel, got_initrd, cmdline, flags), = fake.calls
     assert (call, kernel, got_initrd, cmdline, flags) == (
         "kexec_file_load", image.read_bytes(), initrd.read_bytes(), "console=ttyAMA0", 0)
@@ -58,7 +65,7 @@ def test_gzip_image_goes_through_memfd_decompressed(tmp_path, sysfs):
     raw = arm64_image()
     image = write(tmp_path, "Image.gz", gzip.compress(raw))
     fake = FakeSyscalls()
-    summary, _ = api.load(api.LoadOptions(image=image, crash=True), syscalls=fake, sysfs=sysfs)
+    summary, _, _ = run_load(api.LoadOptions(image=image, crash=True), fake, sysfs)
     _, kernel, initrd, cmdline, flags = fake.calls[0]
     assert kernel == raw and initrd is None and cmdline is None
     assert flags == KEXEC_FILE_ON_CRASH | KEXEC_FILE_NO_INITRAMFS
@@ -67,8 +74,8 @@ def test_gzip_image_goes_through_memfd_decompressed(tmp_path, sysfs):
 
 def test_dry_run_makes_no_call(tmp_path, sysfs):
     fake = FakeSyscalls()
-    summary, report = api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())),
-                               dry_run=True, syscalls=fake, sysfs=sysfs)
+    summary, report, _ = run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())),
+                                  fake, sysfs, dry_run=True)
     assert report is None and fake.calls == [] and summary.kernel_format == "arm64-image"
 
 
@@ -76,8 +83,7 @@ def test_dry_run_makes_no_call(tmp_path, sysfs):
 def test_signature_errors_never_fall_back(tmp_path, sysfs, err):
     fake = FakeSyscalls(fail={"kexec_file_load": err})
     with pytest.raises(SyscallError) as info:
-        api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), syscalls=fake,
-                 sysfs=sysfs)
+        run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), fake, sysfs)
     assert [c[0] for c in fake.calls] == ["kexec_file_load"]
     assert info.value.errno_value == err and info.value.advice
 
@@ -86,39 +92,36 @@ def test_signature_errors_never_fall_back(tmp_path, sysfs, err):
 def test_fallback_errnos_try_user_mode(tmp_path, sysfs, err):
     fake = FakeSyscalls(fail={"kexec_file_load": err})
     with pytest.raises(LoadRefused, match="kexec_load"):
-        api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), syscalls=fake,
-                 sysfs=sysfs)
+        run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), fake, sysfs)
 
 
 def test_no_fallback_under_lockdown(tmp_path, sysfs):
     (sysfs / "kernel" / "security" / "lockdown").write_text("none [integrity] confidentiality\n")
     fake = FakeSyscalls(fail={"kexec_file_load": errno.ENOEXEC})
     with pytest.raises(SyscallError, match="ENOEXEC"):
-        api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), syscalls=fake,
-                 sysfs=sysfs)
+        run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()),
+                                 require_signature=False), fake, sysfs)
 
 
 def test_user_mode_refused_up_front_under_lockdown(tmp_path, sysfs):
     (sysfs / "kernel" / "security" / "lockdown").write_text("none [integrity] confidentiality\n")
     fake = FakeSyscalls()
     with pytest.raises(LoadRefused, match="lockdown"):
-        api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), mode="user"),
-                 syscalls=fake, sysfs=sysfs)
+        run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), mode="user",
+                                 require_signature=False), fake, sysfs)
     assert fake.calls == []
 
 
 def test_debug_flag(tmp_path, sysfs):
     fake = FakeSyscalls()
-    api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), debug=True),
-             syscalls=fake, sysfs=sysfs)
+    run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), debug=True), fake, sysfs)
     assert fake.calls[0][4] & KEXEC_FILE_DEBUG
 
 
 def test_several_initrds_are_joined_in_a_memfd(tmp_path, sysfs):
     a, b = write(tmp_path, "a", b"12345"), write(tmp_path, "b", b"678")
     fake = FakeSyscalls()
-    api.load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), initrds=(a, b)),
-             syscalls=fake, sysfs=sysfs)
+    run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), initrds=(a, b)), fake, sysfs)
     assert fake.calls[0][2] == b"12345" + bytes(3) + b"678" + bytes(1)
 
 
@@ -167,3 +170,11 @@ def test_lock_serialises(tmp_path):
         with pytest.raises(Exception, match="load lock"):
             with loader.LoadLock(timeout=0.2, paths=paths):
                 pass
+
+
+def test_unsigned_image_refused_under_lockdown_before_any_call(tmp_path, sysfs):
+    (sysfs / "kernel" / "security" / "lockdown").write_text("none [integrity] confidentiality\n")
+    fake = FakeSyscalls()
+    with pytest.raises(SignatureRejected):
+        run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), fake, sysfs)
+    assert fake.calls == []
