@@ -8,8 +8,9 @@ Cases (material from tests/material.py, fetched and cached on first use):
   sid-bzimage-zstd  sid's 7.x cloud bzImage.  Its payload (payload_offset and
                     payload_length at 0x248/0x24c, counted from the end of the
                     setup, (setup_sects+1)*512) is cut out to a file, and
-                    ``zstd -d -c payload >/dev/null`` is timed against
-                    ``python -m pykexec extract IMAGE -o DIR``.
+                    ``zstd -d -c payload > FILE`` is timed against
+                    ``python -m pykexec extract IMAGE -o DIR``.  Both write
+                    what they decompress to a file: the same job.
   arm64-zboot-gzip  the gzip arm64 EFI zboot kernel.  Its payload (offset u32
                     at 8, size u32 at 12) against ``gzip -d -c``.
 
@@ -70,10 +71,10 @@ def ensure_gnu_time() -> bool:
     return os.access(TIME, os.X_OK)
 
 
-def run_measured(cmd, *, env=None) -> tuple:
-    """Run cmd (stdout to /dev/null); return (wall seconds, peak RSS bytes)."""
+def run_measured(cmd, *, env=None, stdout=os.devnull) -> tuple:
+    """Run cmd (stdout to a file); return (wall seconds, peak RSS bytes)."""
     argv = [os.fspath(c) for c in cmd]
-    with open(os.devnull, "wb") as devnull, tempfile.TemporaryFile() as err, \
+    with open(stdout, "wb") as devnull, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile(prefix="rss.") as rss:
         if USE_TIME:
             argv = [TIME, "-f", "%M", "-o", rss.name, *argv]
@@ -135,7 +136,9 @@ def bench_case(name: str, image: Path, payload: bytes, tool: list, suffix: str, 
     def one(cmd, cand):
         if cand and outdir.exists():
             shutil.rmtree(outdir)
-        return run_measured(cmd, env=env if cand else None)
+        if cand:
+            return run_measured(cmd, env=env)
+        return run_measured(cmd, stdout=work / f"{name}.baseline.out")
 
     one(baseline, False)  # warm-up: page cache, imports
     one(candidate, True)
@@ -161,7 +164,7 @@ def bench_case(name: str, image: Path, payload: bytes, tool: list, suffix: str, 
         "output_size": out_size,
         "extract_dir_size": extract_size,
         "runs": runs,
-        "baseline": {"cmd": " ".join(map(str, [*tool, "-d", "-c", "PAYLOAD"])),
+        "baseline": {"cmd": " ".join(map(str, [*tool, "-d", "-c", "PAYLOAD", ">", "FILE"])),
                      "median_s": bm, "times_s": base_t, "peak_rss": max(base_rss)},
         "pykexec": {"cmd": "python -m pykexec extract IMAGE -o DIR",
                     "median_s": cm, "times_s": cand_t, "peak_rss": peak},

@@ -8,19 +8,25 @@ this material must fail, never skip, when it is missing.
 Nothing is committed to the repository: everything lives in the cache,
 ``~/.cache/pykexec-tests/`` or ``$PYKEXEC_TEST_CACHE``.  Cache layout::
 
-    apt/<config>/            private apt configurations (sources.list, lists/,
-                             cache/, empty status and preferences) for the
-                             suites the system does not use: "sid" (amd64 +
-                             arm64) and "<codename>-arm64" (arm64 packages of
-                             the system's own suite)
-    deb/<pkg>_<ver>_<arch>/  files extracted from one .deb (only the members
-                             needed; the .deb itself is not kept)
-    derived/<name>_<ver>/    files computed from a package (e.g. Image.gz)
-    src/<pkg>_<ver>/         unpacked kernel source tree (linux-source-6.1)
-    build/zboot-arm64_<ver>/ the one arm64 build tree (O=) used for zboot
-    zboot/arm64_<ver>_<comp>/ Image + vmlinuz.efi for each compression
-    locks/                   fcntl lock files
-    tmp/                     staging; finished work is moved into place
+    apt/system/                 apt's binary caches and memoised version look-ups
+                                for the system's own sources (read-only use)
+    apt/sid/, apt/<codename>-arm64/
+                                private apt configurations: sources.list (the
+                                system's Debian mirror), lists/, cache/, empty
+                                status and preferences.  sid: amd64 + arm64;
+                                <codename>-arm64: arm64 packages of the
+                                system's own suite
+    deb/<pkg>_<version>_<arch>/ the members needed from one .deb (the .deb is
+                                not kept), e.g. boot/vmlinuz-*; linux-source
+                                is unpacked there as linux/ (the kernel tree)
+    derived/Image.gz_<pkg>_<version>_<arch>/
+                                files computed from a package (Image.gz)
+    build/zboot-arm64_<linux-source key>/
+                                the one arm64 build tree (make O=...)
+    zboot/arm64_<linux-source key>_<compression>/
+                                Image + vmlinuz.efi (+ the .config) per compression
+    locks/                      fcntl lock files, one per cache entry
+    tmp/                        staging; finished work is renamed into place
 
 Every key includes the Debian package version, so a new upload gives a new
 entry.  Versions are resolved from the apt lists already on disk; private
@@ -580,9 +586,11 @@ def _package(
 ) -> Path:
     """Directory holding the files of ``pkg`` (candidate version) extracted from its .deb.
 
-    ``pkg`` may carry an architecture (``name:arm64``).  ``members`` are tar
-    wildcards (``./boot/vmlinuz-*``); None extracts everything.  ``post(dir)``
-    may transform the extracted tree before it is published.
+    ``pkg`` may carry an architecture (``name:arm64``).  ``members`` are
+    fnmatch patterns on the archive's member names (``./boot/vmlinuz-*``);
+    None extracts everything.  The entry is keyed by package, version and
+    architecture only, so every caller must ask one package for the same
+    members.  ``post(dir)`` may transform the tree before it is published.
     """
     for attempt in (0, 1):
         info = apt.show(pkg)

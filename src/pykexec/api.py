@@ -12,18 +12,19 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import formats, loader, trust
+from . import formats, loader
 from .formats.arm64_image import Arm64Image
 from .formats.bzimage import BzImage
-from .machine import snapshot
-from .machine.model import Machine
-from .plan import plan as plan_load
-from .plan.loadplan import LoadPlan
 from .backends.linux import LinuxSyscalls, Status, Syscalls, read_lockdown, read_status  # noqa: F401  (Status is API)
 from .errors import LoadRefused, PlacementError, UsageError
 from .limits import Limits
 from .prepare import Prepared, join_initrds, prepare
+
+if TYPE_CHECKING:  # the machine model, planner and trust store load only when a load needs them
+    from .machine.model import Machine
+    from .plan.loadplan import LoadPlan
 
 PROC_CMDLINE = Path("/proc/cmdline")
 DROPPED_ON_REUSE = ("BOOT_IMAGE=", "initrd=")
@@ -152,7 +153,7 @@ class LoadSummary:
 
 def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None = None,
          sysfs: Path = Path("/sys"), limits: Limits | None = None, machine: Machine | None = None,
-         efivars: Path = trust.EFIVARS,
+         efivars: Path | None = None,
          ) -> tuple[LoadSummary, loader.LoadReport | None, LoadPlan | None]:
     """Prepare, plan and load an image; with ``dry_run``, stop before the system call.
 
@@ -161,6 +162,8 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
     (/proc/iomem) and the planner knows the image, a plan the kernel would
     refuse stops the load before any system call.
     """
+    from . import trust
+    from .machine import snapshot
     image = open_file(opts.image)
     initrds = [open_file(p) for p in opts.initrds]
     addons: list[OpenedFile] = []
@@ -173,7 +176,7 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
             files=[(str(f.path), os.fstat(f.fd)) for f in (image, *initrds, *addons)],
             addons=[(str(f.path), f.data) for f in addons], initrds=[str(f.path) for f in initrds],
             require=opts.require_signature, trust_files=opts.trust, lockdown=read_lockdown(sysfs),
-            efivars=efivars, cmdline_override=(opts.command_line is not None
+            efivars=efivars or trust.EFIVARS, cmdline_override=(opts.command_line is not None
                                                or opts.append is not None or opts.reuse_cmdline))
         prepared = prepare(image.data, profile=opts.profile, addons=tuple(f.data for f in addons),
                            limits=limits or Limits.from_env())
@@ -201,6 +204,7 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
 
 def _plan(req: loader.LoadRequest, machine: Machine, initrds: list[bytes]) -> LoadPlan | None:
     """The planner's prediction, or None when it has no planner for this image or machine."""
+    from .plan import plan as plan_load
     layer = req.prepared.kernel_layer
     if not isinstance(layer, (BzImage, Arm64Image)) or machine.arch not in (None, layer.arch):
         return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 from dataclasses import replace
 import json
 import logging
@@ -15,8 +16,6 @@ import sys
 from typing import Callable
 
 from . import __version__, api, kexec_compat
-from .plan import cli as plan_cli
-from .trust import cli as trust_cli
 from .errors import PykexecError, UsageError
 from .limits import Limits, byte_count, terminal_progress
 
@@ -46,7 +45,30 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
         (("--profile",), {"type": int, "metavar": "N", "help": "UKI profile @N (default @0)"}),
         (("--json",), {"action": "store_true", "help": "list what was written as JSON"}),
     ]),
-    "load": ("load a kernel to boot with `pykexec exec` (or on a crash, with --crash)", [
+    "load": ("load a kernel to boot with `pykexec exec` (or on a crash, with --crash)",
+             lambda: _load_options()),
+    "exec": ("reboot into the loaded kernel now (syncs file systems first)", [
+        (("--no-sync",), {"action": "store_true", "help": "do not sync file systems first"}),
+    ]),
+    "unload": ("unload the loaded kernel", [
+        (("--crash",), {"action": "store_true", "help": "unload the crash kernel instead"}),
+    ]),
+    "status": ("report what is loaded", [
+        (("--json",), {"action": "store_true", "help": "print one JSON object"}),
+    ]),
+}
+
+
+# Verbs whose modules pull in heavy dependencies (the planner, cryptography,
+# unicorn): imported only when that verb runs, or for the full --help.
+EXTERNAL = {"machine": "pykexec.plan.cli", "plan": "pykexec.plan.cli",
+            "verify": "pykexec.trust.cli"}
+
+
+def _load_options() -> list[tuple[tuple[str, ...], dict]]:
+    from .plan import cli as plan_cli
+    from .trust import cli as trust_cli
+    return [
         (("image",), {"help": "kernel image: bzImage, Image, zboot, UKI, ..."}),
         (("--initrd",), {"action": "append", "default": [], "metavar": "FILE",
                          "help": "initrd; repeat to concatenate several"}),
@@ -64,33 +86,37 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
         (("--debug-syscall",), {"action": "store_true",
                                 "help": "pass KEXEC_FILE_DEBUG: the kernel logs where it put each segment"}),
         (("--dry-run",), {"action": "store_true", "help": "show what would be loaded, and stop"}),
-        plan_cli.MACHINE_OPTION,
-        *trust_cli.LOAD_OPTIONS,
         (("--json",), {"action": "store_true", "help": "print the result as JSON"}),
-    ]),
-    "exec": ("reboot into the loaded kernel now (syncs file systems first)", [
-        (("--no-sync",), {"action": "store_true", "help": "do not sync file systems first"}),
-    ]),
-    "unload": ("unload the loaded kernel", [
-        (("--crash",), {"action": "store_true", "help": "unload the crash kernel instead"}),
-    ]),
-    "status": ("report what is loaded", [
-        (("--json",), {"action": "store_true", "help": "print one JSON object"}),
-    ]),
-}
+            plan_cli.MACHINE_OPTION,
+        *trust_cli.LOAD_OPTIONS,
+    ]
 
 
-COMMANDS.update(plan_cli.COMMANDS)
-COMMANDS.update(trust_cli.COMMANDS)
+def _external(name: str):
+    return importlib.import_module(EXTERNAL[name])
 
 
-def build_parser() -> Parser:
+def _command(name: str) -> tuple[str, list[tuple[tuple[str, ...], dict]]]:
+    help_text, options = COMMANDS[name] if name in COMMANDS else _external(name).COMMANDS[name]
+    return help_text, options() if callable(options) else options
+
+
+def handler(name: str) -> Callable[[argparse.Namespace], int]:
+    return HANDLERS[name] if name in HANDLERS else _external(name).HANDLERS[name]
+
+
+def build_parser(wanted: str | None = None) -> Parser:
+    """The parser; with ``wanted``, only that verb's options are built (and imported)."""
     parser = Parser(prog="pykexec", description="Understand, plan and load kexec boot images.")
     parser.add_argument("--version", action="version", version=f"pykexec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     sub.add_parser("kexec", help="kexec-tools compatible front end (pykexec kexec --help)",
                    add_help=False)
-    for name, (help_text, options) in COMMANDS.items():
+    for name in (*COMMANDS, *EXTERNAL):
+        if wanted not in (None, name):
+            sub.add_parser(name)
+            continue
+        help_text, options = _command(name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         for flags, kwargs in options:
             p.add_argument(*flags, **kwargs)
@@ -147,8 +173,10 @@ def cmd_load(args: argparse.Namespace) -> int:
         image=args.image, initrds=tuple(args.initrd), command_line=args.command_line,
         append=args.append, reuse_cmdline=args.reuse_cmdline, profile=args.profile,
         addons=None if args.addon is None else tuple(args.addon), crash=args.crash,
-        mode=args.mode, debug=args.debug_syscall, **trust_cli.load_policy_args(args))
-    machine = plan_cli.load_machine(args)
+        mode=args.mode, debug=args.debug_syscall, require_signature=args.require_signature,
+        trust=tuple(args.trust))
+    from .plan.cli import load_machine
+    machine = load_machine(args)
     summary, report, predicted = api.load(opts, dry_run=args.dry_run, limits=_limits(args),
                                           machine=machine)
     result = {**dataclasses.asdict(summary), "loaded": report is not None,
@@ -201,8 +229,6 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "exec": cmd_exec,
     "unload": cmd_unload,
     "status": cmd_status,
-    **plan_cli.HANDLERS,
-    **trust_cli.HANDLERS,
 }
 
 
@@ -212,15 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["kexec"]:
             return kexec_compat.main(argv[1:])
-        args = build_parser().parse_args(argv)
+        wanted = next((a for a in argv if not a.startswith("-")), None)
+        known = wanted in COMMANDS or wanted in EXTERNAL
+        args = build_parser(wanted if known else None).parse_args(argv)
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                             format="pykexec: %(message)s")
-        return HANDLERS[args.command](args)
+        return handler(args.command)(args)
     except PykexecError as e:
         if debug:
             raise
         print(f"pykexec: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        return 1
     except OSError as e:
         if debug:
             raise

@@ -161,3 +161,15 @@ class StubExited(EmulationError):
 
 class EmulatorUnavailable(PykexecError):
     """The optional emulator dependency (unicorn) is not installed."""
+
+
+class UserLoadRefused(LoadRefused):
+    """A kexec_load pykexec built breaks a rule the kernel enforces; ``violations`` says which."""
+
+    def __init__(self, message: str, violations: tuple = ()) -> None:
+        self.violations = tuple(violations)
+        super().__init__(message)
+
+
+class PurgatoryError(PykexecError):
+    """The committed purgatory image is missing, or does not match what this pykexec expects."""

@@ -467,15 +467,47 @@ def _stdlib_files() -> list[Path]:
 
 
 def _requirement_name(req: str) -> Optional[str]:
-    if ";" in req and "extra" in req.split(";", 1)[1]:
+    """The distribution a requirement names, or None if its marker excludes it here."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        if ";" in req and "extra" in req.split(";", 1)[1]:
+            return None
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
+        return m.group(1) if m else None
+    r = Requirement(req)
+    if r.marker is not None and not r.marker.evaluate({"extra": ""}):
         return None
-    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
-    return m.group(1) if m else None
+    return r.name
+
+
+def _source_requirements(root: str) -> list[str]:
+    """[project] dependencies of ``root``'s pyproject.toml when it is installed from a
+    source tree (editable): they may be newer than the installed metadata."""
+    import tomllib
+    try:
+        dist = metadata.distribution(root)
+    except metadata.PackageNotFoundError:
+        return []
+    module = __import__(root)
+    for parent in Path(module.__file__).resolve().parents:
+        pyproject = parent / "pyproject.toml"
+        if pyproject.is_file():
+            try:
+                project = tomllib.loads(pyproject.read_text()).get("project", {})
+            except (OSError, tomllib.TOMLDecodeError):
+                return []
+            if re.sub(r"[-_.]+", "-", project.get("name", "")).lower() != \
+                    re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower():
+                return []
+            return list(project.get("dependencies", []))
+    return []
 
 
 def _dists(root: str = "pykexec", extra: Iterable[str] = ()) -> list[metadata.Distribution]:
-    """The distribution ``root`` and its required dependencies, recursively."""
-    todo = [root, *extra]
+    """The distribution ``root`` and its required dependencies, recursively (from the
+    installed metadata and, for a source install, from its pyproject.toml)."""
+    todo = [root, *extra, *[n for n in map(_requirement_name, _source_requirements(root)) if n]]
     seen: dict[str, metadata.Distribution] = {}
     while todo:
         name = todo.pop()

@@ -259,14 +259,19 @@ def _aout_piece(data: bytes, header_offset: int, f: dict, layer: str) -> Piece:
     if offset < 0:
         raise FormatError(layer, f"header_addr {f['header_addr']:#x} and load_addr {load_addr:#x} put the "
                           "load before the start of the file", field="load_addr")
+    if offset >= len(data):
+        raise FormatError(layer, f"the load starts at file offset {offset:#x}, past the end of the "
+                          f"{len(data):#x}-byte image", field="load_addr")
     size = len(data) - offset if f["load_end_addr"] == 0 else f["load_end_addr"] - load_addr
-    if size <= 0 or offset + size > len(data):
-        raise FormatError(layer, f"load_end_addr {f['load_end_addr']:#x} runs outside the "
-                          f"{len(data):#x}-byte image", field="load_end_addr")
+    if size <= 0:
+        raise FormatError(layer, f"load_end_addr {f['load_end_addr']:#x} is not above load_addr "
+                          f"{load_addr:#x}", field="load_end_addr")
     memsz = f["bss_end_addr"] - load_addr if f["bss_end_addr"] else size
     if memsz < size:
         raise FormatError(layer, f"bss_end_addr {f['bss_end_addr']:#x} is below the end of the load",
                           field="bss_end_addr")
+    # A file shorter than load_end_addr says is loaded as far as it goes, the rest zeroed (as GRUB,
+    # whose short read leaves the zeroed chunk).
     return Piece(load_addr, bytes(data[offset:offset + size]), memsz)
 
 
@@ -363,6 +368,11 @@ def multiboot1_info(base: int, *, cmdline: str, modules: Sequence[PlacedModule],
         strings.extend(_cstr(text))
         return addr
 
+    size = strings_at + len(_cstr(cmdline)) + len(_cstr(bootloader_name)) + sum(len(_cstr(m.string))
+                                                                              for m in modules)
+    if base + size > MB_ADDRESS_LIMIT + 1:
+        raise FormatError("multiboot", f"the information structure at {base:#x} would end above 4 GiB",
+                          field="mbi")
     cmdline_addr = string(cmdline)
     name_addr = string(bootloader_name)
     mods = b"".join(MB1_MODULE.pack(m.start, m.end, string(m.string), 0) for m in modules)
@@ -372,11 +382,7 @@ def multiboot1_info(base: int, *, cmdline: str, modules: Sequence[PlacedModule],
     struct.pack_into("<III", info, 16, cmdline_addr, len(modules), base + mods_at)
     struct.pack_into("<II", info, 44, len(mmap), base + mmap_at)
     struct.pack_into("<I", info, 64, name_addr)
-    out = bytes(info) + mods + mmap + bytes(strings)
-    if base + len(out) > MB_ADDRESS_LIMIT + 1:
-        raise FormatError("multiboot", f"the information structure at {base:#x} ends above 4 GiB",
-                          field="mbi")
-    return out
+    return bytes(info) + mods + mmap + bytes(strings)
 
 
 def parse_multiboot2_info(data: bytes) -> list[tuple[int, bytes]]:

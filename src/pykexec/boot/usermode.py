@@ -21,7 +21,7 @@ byte.  :func:`build_user_load` does that for x86_64:
 Then the purgatory (:mod:`.purgatory`) gets every other segment's SHA-256 and
 the entry registers, and the whole plan goes through the Linux validator
 (:func:`pykexec.plan.validate.validate_linux`) before anything is returned:
-a plan the kernel would refuse raises :class:`~pykexec.errors.LoadRefused`.
+a plan the kernel would refuse raises :class:`~pykexec.errors.UserLoadRefused`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from ..backends.linux import KEXEC_ON_CRASH, UserSegment
-from ..errors import FormatError, LoadRefused, NotLoadable, PlacementError, UsageError
+from ..errors import FormatError, NotLoadable, PlacementError, UsageError, UserLoadRefused
 from ..formats.bzimage import BzImage
 from ..formats.elf import Elf
 from ..formats.multiboot import Multiboot
@@ -330,8 +330,9 @@ def _vmlinux(ctx: _Context, elf: Elf, initrd: bytes | None, cmdline: str | None)
     if len(raw_cmdline) > zeropage.COMMAND_LINE_SIZE:
         raise PlacementError(f"the command line is {len(raw_cmdline)} bytes with its NUL; x86 kernels take at "
                              f"most {zeropage.COMMAND_LINE_SIZE}", errno="EINVAL")
-    pur = place(placer, KexecBuf("purgatory", pg.size(ctx.page).bufsz, pg.size(ctx.page).memsz,
-                                 buf_min=plan_x86.MIN_PURGATORY_ADDR, buf_max=FOUR_GIB - 1), walks)
+    size = pg.size(ctx.page)
+    place(placer, KexecBuf("purgatory", size.bufsz, size.memsz, buf_min=plan_x86.MIN_PURGATORY_ADDR,
+                           buf_max=FOUR_GIB - 1), walks)
     params_size = 4096 + len(raw_cmdline)
     setup = place(placer, KexecBuf("boot-params", params_size, params_size, buf_align=16,
                                    buf_min=plan_x86.MIN_BOOTPARAM_ADDR, buf_max=FOUR_GIB - 1), walks)
@@ -343,8 +344,9 @@ def _vmlinux(ctx: _Context, elf: Elf, initrd: bytes | None, cmdline: str | None)
         if node is not None:
             seg = place(placer, KexecBuf(role, node.size, node.size, buf_min=MiB, top_down=True), walks)
             nodes.append((seg.mem, node))
-    for (addr, raw), (_, node) in zip(zeropage.chain(nodes), nodes):
-        fills[_role_at({s.role: s for s in placer.segments}, addr)] = raw
+    by_role = {s.role: s for s in placer.segments}
+    for addr, raw in zeropage.chain(nodes):
+        fills[_role_at(by_role, addr)] = raw
     initrd_seg = None
     if initrd is not None:
         initrd_seg = place(placer, KexecBuf("initrd", len(initrd), len(initrd), buf_min=plan_x86.MIN_INITRD_LOAD_ADDR,
@@ -458,7 +460,7 @@ def _multiboot(ctx: _Context, image: MultibootImage, kind: str, modules: Sequenc
     delta = 0
     if image.relocatable is not None:
         size = image.link_end - image.link_base
-        kbuf = KexecBuf("kernel", size, size, buf_align=align_down_pow2(align), buf_min=low,
+        kbuf = KexecBuf("kernel", size, size, buf_align=_pow2_floor(align), buf_min=low,
                         buf_max=high + size - 1, top_down=top_down)
         probe = place(placer, kbuf, walks)
         placer.remove_last()
@@ -495,15 +497,14 @@ def _multiboot(ctx: _Context, image: MultibootImage, kind: str, modules: Sequenc
     size = len(info(MiB))
     mbi = place(placer, KexecBuf("mbi", size, size, buf_min=MiB, buf_max=FOUR_GIB - 1, top_down=True), walks)
     fills["mbi"] = info(mbi.mem)
-    pur = place(placer, KexecBuf("purgatory", pg.size(ctx.page).bufsz, pg.size(ctx.page).memsz, buf_min=MiB,
-                                 buf_max=FOUR_GIB - 1, top_down=True), walks)
-    del pur
+    place(placer, KexecBuf("purgatory", pg.size(ctx.page).bufsz, pg.size(ctx.page).memsz, buf_min=MiB,
+                           buf_max=FOUR_GIB - 1, top_down=True), walks)
     regs = {"rax": image.magic, "rbx": mbi.mem, "rip": image.entry + delta}
     return _finish(ctx, placer, fills, regs, entry32=True, cmdline=text, entry_arg=mbi.mem, protocol=kind,
                    crash=None)
 
 
-def align_down_pow2(value: int) -> int:
+def _pow2_floor(value: int) -> int:
     """The largest power of two not above ``value`` (a relocatable tag's align need not be one)."""
     return 1 << (max(value, 1).bit_length() - 1)
 
@@ -569,7 +570,7 @@ def _finish(ctx: _Context, placer: Placer, fills: dict[str, bytes], regs: dict[s
                     notes=tuple(ctx.notes))
     violations = plan.validate()
     if violations:
-        raise LoadRefused("the kernel would refuse this kexec_load: "
+        raise UserLoadRefused("the kernel would refuse this kexec_load: "
                           + "; ".join(str(v) for v in violations), violations)
     user = tuple(UserSegment(bytes(s.buffer[:s.bufsz]), s.mem, s.memsz) for s in segments)
     return UserLoad(entry=pur.mem, segments=user, flags=KEXEC_ON_CRASH if ctx.crash else 0, plan=plan,

@@ -136,6 +136,8 @@ def arm64_capture(fw, handover: dict) -> dict:
         start, end = chosen.get("linux,initrd-start"), chosen.get("linux,initrd-end")
         if start is not None and end is not None and end > start:
             initrd = fw.read_sparse(start, end - start)
+    if initrd is None:
+        initrd = _initrd_table(fw)
     start, end, mtype = _kernel_region(fw, pc)
     region = fw.read_sparse(start, end - start)
     kernel = region[:image_length(region)]
@@ -148,6 +150,19 @@ def arm64_capture(fw, handover: dict) -> dict:
                    "kernel_region": {"size": len(region),
                                      "type": c.memory_type_name(mtype) if mtype is not None else None}},
     }
+
+
+def _initrd_table(fw) -> bytes | None:
+    """The LINUX_EFI_INITRD_MEDIA configuration table: ``struct { u64 base, size; }``.
+
+    Since v5.8 the arm64 stub passes the initrd it loaded through LoadFile2 this
+    way rather than in ``/chosen``; the kernel reads it from the EFI system table.
+    """
+    for guid, table in fw.config_tables:
+        if guid == c.LINUX_EFI_INITRD_MEDIA and table:
+            base, size = struct.unpack("<QQ", fw.read(table, 16))
+            return fw.read_sparse(base, size) if size else None
+    return None
 
 
 def image_length(region: bytes) -> int:

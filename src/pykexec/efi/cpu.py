@@ -47,6 +47,9 @@ class Cpu:
     def write64(self, addr: int, value: int) -> None:
         self.uc.mem_write(addr, struct.pack("<Q", value & MASK64))
 
+    def make_deterministic(self) -> None:
+        """Hide the CPU's sources of entropy, so the same image always runs the same way."""
+
     def context(self):
         return self.uc.context_save()
 
@@ -70,6 +73,72 @@ class X86_64(Cpu):
     def create(cls):
         u = _unicorn()
         return cls(u.Uc(u.UC_ARCH_X86, u.UC_MODE_64))
+
+    # CPUID bits hidden from the guest: RDRAND (1.ECX[30]) and RDSEED (7.0.EBX[18]),
+    # whose values come from the host's randomness.  (The TSC stays: stubs such as
+    # 6.1's x86 KASLR code call port I/O through an uninitialised table without it;
+    # RDTSC itself is made deterministic by Firmware.watch_rdtsc.)
+    HIDDEN = {(1, "ecx"): 1 << 30, (7, "ebx"): 1 << 18}
+    RDTSC = (b"\x0f\x31", b"\x0f\x01\xf9")      # rdtsc, rdtscp
+
+    def timestamp(self, value: int, size: int) -> None:
+        """Complete an RDTSC(P) at the PC with ``value``: EDX:EAX (ECX 0 for RDTSCP)."""
+        x = self.x
+        self.uc.reg_write(x.UC_X86_REG_RAX, value & 0xFFFFFFFF)
+        self.uc.reg_write(x.UC_X86_REG_RDX, (value >> 32) & 0xFFFFFFFF)
+        if size == 3:
+            self.uc.reg_write(x.UC_X86_REG_RCX, 0)
+        self.set_pc(self.pc() + size)
+
+    def make_deterministic(self) -> None:
+        u = _unicorn()
+        x = self.x
+        regs = (x.UC_X86_REG_EAX, x.UC_X86_REG_EBX, x.UC_X86_REG_ECX, x.UC_X86_REG_EDX)
+        table = self._cpuid_table(u, regs)
+
+        def cpuid(uc, data) -> bool:
+            leaf, sub = uc.reg_read(x.UC_X86_REG_EAX), uc.reg_read(x.UC_X86_REG_ECX)
+            values = table.get((leaf, sub)) or table.get((leaf, 0)) or [0, 0, 0, 0]
+            for r, v in zip(regs, values):
+                uc.reg_write(r, v)
+            return True
+
+        self.uc.hook_add(u.UC_HOOK_INSN, cpuid, None, 1, 0, x.UC_X86_INS_CPUID)
+        self.uc.hook_add(u.UC_HOOK_INSN, lambda uc, port, size, data: 0, None, 1, 0,
+                         x.UC_X86_INS_IN)
+        self.uc.hook_add(u.UC_HOOK_INSN, lambda uc, port, size, value, data: None, None, 1, 0,
+                         x.UC_X86_INS_OUT)
+        self._keep = cpuid
+
+    def _cpuid_table(self, u, regs) -> dict[tuple[int, int], list[int]]:
+        """The model's CPUID leaves, read once from a scratch CPU, with HIDDEN bits cleared.
+
+        (A scratch CPU cannot be run from inside a hook of this one: unicorn's
+        translator state is per thread.)
+        """
+        x = self.x
+        scratch = u.Uc(u.UC_ARCH_X86, u.UC_MODE_64)
+        scratch.mem_map(0x1000, 0x1000)
+        scratch.mem_write(0x1000, b"\x0f\xa2")           # cpuid
+
+        def query(leaf: int, sub: int) -> list[int]:
+            scratch.reg_write(x.UC_X86_REG_EAX, leaf)
+            scratch.reg_write(x.UC_X86_REG_ECX, sub)
+            scratch.emu_start(0x1000, 0x1002)
+            return [scratch.reg_read(r) for r in regs]
+
+        table = {}
+        for base in (0, 0x80000000):
+            top = min(query(base, 0)[0], base + 0x40)
+            for leaf in range(base, top + 1):
+                for sub in range(8):
+                    values = query(leaf, sub)
+                    for i, name in enumerate(("eax", "ebx", "ecx", "edx")):
+                        hide = self.HIDDEN.get((leaf, name), 0)
+                        if hide and (leaf != 7 or sub == 0):
+                            values[i] &= ~hide
+                    table[(leaf, sub)] = values
+        return table
 
     def pc(self) -> int:
         return self.uc.reg_read(self.PC)

@@ -126,7 +126,7 @@ class Engine:
         self.images: list[Image] = []
         self.exit_boot_services_done = False
         self.handover: dict | None = None
-        self.pending_hooks: list[int] = []
+        self.pending_hooks: list[tuple[int, Callable]] = []
         self.traps: list[tuple[str, Callable, int]] = []
         self.trap_base = 0
         self.trap_end = 0
@@ -137,10 +137,10 @@ class Engine:
         self._icount: dict[int, int] = {}
         u = __import__("unicorn")
         self._u = u
-        # Guest virtual = guest physical here (x86 paging off, arm64 MMU off).  The
-        # "virtual" TLB mode says so to unicorn and makes stores ~10x faster than
-        # walking the emulated MMU's TLB path.
-        self.uc.ctl_set_tlb_mode(u.UC_TLB_VIRTUAL)
+        # unicorn's "virtual" TLB mode would make stores cheaper but every TLB fill dearer
+        # (it restores the guest state from the TB on each fill); decompressors miss the
+        # TLB often, and measured on the real stubs the default (CPU) mode is faster.
+        self.cpu.make_deterministic()
         # Memory is mapped when the allocator hands it out.  An access anywhere else
         # in RAM is mapped when it faults: an unmapped-memory hook slows every load
         # and store ~4x, so it is only added while re-running the faulting instruction.
@@ -270,6 +270,15 @@ class Engine:
             self.failure = e
             self.uc.emu_stop()
 
+    def _guarded(self, fn: Callable) -> Callable:
+        def hook(uc, addr, size, data) -> None:
+            try:
+                fn(uc, addr, size, data)
+            except BaseException as e:  # noqa: BLE001 - re-raised by run()
+                self.failure = e
+                self.uc.emu_stop()
+        return hook
+
     def _dispatch(self, name: str, fn: Callable, nargs: int) -> None:
         caller = self.cpu.caller()
         args = self.cpu.args(nargs)
@@ -384,10 +393,33 @@ class Engine:
         self.stop_reason = "handover"
         self.uc.emu_stop()
 
-    def watch_kernel_entry(self, addr: int) -> None:
-        self.pending_hooks.append(addr)
+    def watch(self, addr: int, fn: Callable) -> None:
+        """Run ``fn(uc, addr, size, data)`` when the instruction at ``addr`` executes."""
+        self.pending_hooks.append((addr, fn))
         self.stop_reason = self.stop_reason or "hooks"
         self.uc.emu_stop()
+
+    def watch_kernel_entry(self, addr: int) -> None:
+        self.watch(addr, self._on_kernel_entry)
+
+    def _on_rdtsc(self, uc, addr, size, data) -> None:
+        # A virtual time-stamp counter: 1 GHz from the blocks executed, so the same
+        # image reads the same values (the host's TSC would leak into KASLR seeds).
+        blocks = self.counter.counters.blocks if self.counter else self.seq
+        self.tsc = max(getattr(self, "tsc", 0) + 1, 1_000_000_000 + 64 * blocks)
+        self.cpu.timestamp(self.tsc, 3 if self.read(addr, 3) == b"\x0f\x01\xf9" else 2)
+
+    def watch_rdtsc(self, base: int, image: bytes, ranges) -> int:
+        """Hook every RDTSC/RDTSCP byte pattern in ``ranges`` (RVAs) of an image at ``base``."""
+        found = 0
+        for start, end in ranges:
+            for pattern in getattr(self.cpu, "RDTSC", ()):
+                at = image.find(pattern, start, end)
+                while at >= 0:
+                    self.watch(base + at, self._on_rdtsc)
+                    found += 1
+                    at = image.find(pattern, at + 1, end)
+        return found
 
     # -- running -----------------------------------------------------------------------
     def count_instructions(self) -> int | None:
@@ -413,8 +445,8 @@ class Engine:
     def run(self, entry: int, args: list[int], stack_top: int) -> dict:
         """Call ``entry(*args)`` and run until the hand-over; return it."""
         self.cpu.call(entry, args, self.top_return_trap, sp=stack_top + 256)
-        for addr in self.pending_hooks:
-            self.uc.hook_add(self._u.UC_HOOK_CODE, self._on_kernel_entry, begin=addr, end=addr)
+        for addr, fn in self.pending_hooks:
+            self.uc.hook_add(self._u.UC_HOOK_CODE, self._guarded(fn), begin=addr, end=addr)
         self.pending_hooks.clear()
         self.started = time.monotonic()
         checkpoint = CHECKPOINT_BLOCKS
@@ -427,7 +459,10 @@ class Engine:
                 self._limit(f"time limit of {self.options.max_seconds:g} s reached")
             pc = self.cpu.pc()
             try:
-                self.uc.emu_start(pc, UNTIL, timeout=int(remaining * 1e6))
+                # unicorn's timeout costs ~2x in CPU time: with the block counter the
+                # time limit is checked at its checkpoints instead
+                timeout = 0 if self.counter else int(remaining * 1e6)
+                self.uc.emu_start(pc, UNTIL, timeout=timeout)
             except self._u.UcError as e:
                 unmapped = (self._u.UC_ERR_READ_UNMAPPED, self._u.UC_ERR_WRITE_UNMAPPED,
                             self._u.UC_ERR_FETCH_UNMAPPED)
@@ -455,8 +490,8 @@ class Engine:
                 self.uc.hook_add(self._u.UC_HOOK_BLOCK, self._on_block)
                 self.uc.ctl_flush_tb()
             if self.pending_hooks:
-                for addr in self.pending_hooks:
-                    self.uc.hook_add(self._u.UC_HOOK_CODE, self._on_kernel_entry,
+                for addr, fn in self.pending_hooks:
+                    self.uc.hook_add(self._u.UC_HOOK_CODE, self._guarded(fn),
                                      begin=addr, end=addr)
                 self.pending_hooks.clear()
                 self.uc.ctl_flush_tb()
@@ -465,6 +500,8 @@ class Engine:
             if self._probe is not None:
                 continue
             if self.counter and self.counter.counters.blocks >= checkpoint:
+                if time.monotonic() - self.started >= self.options.max_seconds:
+                    self._limit(f"time limit of {self.options.max_seconds:g} s reached")
                 n = self.count_instructions()
                 if n is not None and n >= self.options.max_instructions:
                     self._limit(f"instruction limit of {self.options.max_instructions} reached")

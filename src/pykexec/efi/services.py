@@ -201,7 +201,10 @@ class Firmware(Engine):
         # out of the image, and the hand-over is seen leaving the image.
         base = self.memory.allocate_pages(c.ALLOCATE_ANY_PAGES, c.LOADER_CODE, pages,
                                           align=info.section_alignment, avoid_align=TWO_MIB)
-        self.write(base, layout(data, info, base))
+        mapped = layout(data, info, base)
+        self.write(base, mapped)
+        if self.arch == "x86_64":
+            self.watch_rdtsc(base, bytes(mapped), info.executable_ranges)
         handle = self.handles.create()
         li = self.pools.allocate(c.BS_DATA, c.LI_SIZE)
         fp = 0

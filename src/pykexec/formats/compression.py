@@ -62,7 +62,8 @@ class Sink:
     """Collects decoder output, refusing to grow past the limit."""
 
     def __init__(self, name: str, limits: Limits) -> None:
-        self.name, self.limits, self.buf = name, limits, bytearray()
+        self.name, self.limits = name, limits
+        self.buf: bytearray | bytes = bytearray()
 
     def add(self, chunk: Buffer) -> None:
         self.reserve(len(chunk))
@@ -70,6 +71,11 @@ class Sink:
         if self.limits.progress is not None:
             total = self.limits.max_output if self.limits.declared else None
             self.limits.progress(f"decompressing {self.name}", len(self.buf), total)
+
+    def take(self, whole: bytes) -> None:
+        """Adopt a decoder's complete output without copying it."""
+        self.reserve(len(whole))
+        self.buf = whole
 
     def reserve(self, size: int) -> None:
         """Fail before producing ``size`` more bytes if they would pass the limit."""
@@ -150,8 +156,20 @@ def zstd_frame_size(data: memoryview) -> int:
 
 
 def _zstd(data: memoryview, sink: Sink) -> int:
+    """One call into libzstd when the container declared the size, else streamed.
+
+    The one-shot call cannot tell a short output buffer from a corrupt frame,
+    so when it fails the stream decoder runs and says which it was.
+    """
     size = zstd_frame_size(data)
-    reader = zstandard.ZstdDecompressor().stream_reader(data[:size], read_size=CHUNK)
+    frame = data[:size]
+    if sink.limits.declared and not sink.buf:
+        try:
+            sink.take(zstandard.ZstdDecompressor().decompress(frame, max_output_size=sink.remaining))
+            return size
+        except zstandard.ZstdError:
+            sink.buf = bytearray()
+    reader = zstandard.ZstdDecompressor().stream_reader(frame, read_size=CHUNK)
     try:
         while chunk := reader.read(sink.room):
             sink.add(chunk)

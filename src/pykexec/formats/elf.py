@@ -75,6 +75,12 @@ class Elf(Layer):
     def segment_bytes(self, seg: Segment) -> memoryview:
         return memoryview(self.data)[seg.p_offset:seg.p_offset + seg.p_filesz]
 
+    def to_json(self) -> dict:
+        """As every layer, but ``class`` (32 or 64) under its specification name."""
+        out = super().to_json()
+        out["class"] = out.pop("elf_class")
+        return out
+
 
 def probe(data: Buffer) -> bool:
     return bytes(data[:4]) == ELF_MAGIC

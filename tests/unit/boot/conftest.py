@@ -37,11 +37,12 @@ def many_ranges(count: int, *, crash: Range | None = None) -> Machine:
         memory.append(TypedRange(addr, MiB, "System RAM", 0))
         memory.append(TypedRange(addr + MiB, 0x1000, "Reserved", 0))
         addr += MiB + 0x1000
+    memory.append(TypedRange(addr, GiB, "System RAM", 0))     # room for a kernel
     if crash is not None:
         memory.append(TypedRange(crash.start, crash.size, "Crash kernel", 1))
     memory.sort(key=lambda r: (r.start, r.depth))
     return Machine(arch="x86_64", memory=tuple(memory), memory_source="iomem", crashk_res=crash,
-                   mem_total=count * MiB, kernel_release="6.1.0", possible_cpus=4)
+                   mem_total=count * MiB + GiB, kernel_release="6.1.0", possible_cpus=4)
 
 
 @pytest.fixture(scope="session")

@@ -207,8 +207,8 @@ def test_no_serial_port_means_no_output(image):
 
 
 def test_crash_backup_is_copied_after_the_check(image):
-    low = os.urandom(0x9EC00)
-    params = Params(regs={"rip": ENTRY}, regions=(Region.of(0x2000000, b"", 0xA0000),),
+    low = os.urandom(0x9EC0)
+    params = Params(regs={"rip": ENTRY}, regions=(Region.of(0x2000000, b"", 0xA000),),
                     backup_src=0x1000, backup_dst=0x2000000, backup_size=len(low))
     emu, out = _emulate(image, params, memory={0x1000: low})
     assert out.stopped_at == ENTRY

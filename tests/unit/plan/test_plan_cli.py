@@ -14,10 +14,7 @@ from .conftest import DATA
 
 
 @pytest.fixture
-def main(monkeypatch):
-    for name in plan_cli.COMMANDS:
-        monkeypatch.setitem(cli.COMMANDS, name, plan_cli.COMMANDS[name])
-        monkeypatch.setitem(cli.HANDLERS, name, plan_cli.HANDLERS[name])
+def main():
     return cli.main
 
 

@@ -12,12 +12,7 @@ from tests.unit.trust.conftest import flip_in_section
 
 
 @pytest.fixture
-def run(monkeypatch, capsys):
-    for name, spec in trust_cli.COMMANDS.items():
-        monkeypatch.setitem(cli.COMMANDS, name, spec)
-    for name, fn in trust_cli.HANDLERS.items():
-        monkeypatch.setitem(cli.HANDLERS, name, fn)
-
+def run(capsys):
     def go(*argv):
         code = cli.main([str(a) for a in argv])
         out = capsys.readouterr()

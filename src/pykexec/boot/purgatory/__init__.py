@@ -28,7 +28,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Iterable, Sequence
 
-from ...errors import PykexecError
+from ...errors import PurgatoryError
 from ...layout import Field, Layout
 from ...plan.common import PurgatorySize
 
@@ -71,10 +71,6 @@ PARAMS = Layout("pg_params", [
     Field("regions", 0xA8, f"{MAX_REGIONS * 0x30}s"),
 ])
 REGION = struct.Struct("<QQ32s")      # start, len, sha256
-
-
-class PurgatoryError(PykexecError):
-    """The committed purgatory image is missing or does not match what this code expects."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,323 @@
+"""Whole kexec_load builds: every segment filled, the purgatory patched, the plan validated."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import pytest
+
+from pykexec.backends.linux import KEXEC_ON_CRASH
+from pykexec.boot import elfcore, purgatory, usermode
+from pykexec.boot.bootparam import BOOT_PARAMS, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED
+from pykexec.boot.firmware import Firmware, read_firmware
+from pykexec.boot.multiboot_info import Module, parse_multiboot2_info
+from pykexec.boot.zeropage import read_zero_page
+from pykexec.errors import LoadRefused, NotLoadable, PlacementError, UsageError, UserLoadRefused
+from pykexec.formats.bzimage import SETUP_HEADER
+from pykexec.machine import Range
+from pykexec.plan.validate import validate_linux
+from pykexec.prepare import prepare
+from tests import builders
+
+from .conftest import fixed_random, many_ranges, qemu_crash, qemu_pc
+from .test_firmware import efi_tree
+from .test_multiboot_info import xen_elf
+
+INITRD = bytes(range(256)) * 4000
+CMDLINE = "console=ttyS0 stage=2"
+
+
+def build(image: bytes, **kw):
+    kw.setdefault("machine", qemu_pc())
+    kw.setdefault("initrd", INITRD)
+    kw.setdefault("cmdline", CMDLINE)
+    kw.setdefault("crash", False)
+    kw.setdefault("firmware", Firmware.none())
+    kw.setdefault("getrandom", fixed_random)
+    kw.setdefault("dev_mem", None)
+    return usermode.build_user_load(prepare(image), **kw)
+
+
+def params_of(load):
+    """The purgatory's parameter block, as loaded."""
+    img = purgatory.load()
+    raw = load.segment("purgatory").buf
+    block = raw[img.params_offset:img.params_offset + purgatory.PARAMS.size]
+    regions = [purgatory.REGION.unpack_from(block, purgatory.PARAMS.offset("regions") + 48 * i)
+               for i in range(purgatory.PARAMS.get(block, "nr_regions"))]
+    return block, regions
+
+
+def check_digests(load):
+    """Every non-purgatory segment is a purgatory region whose digest covers bytes + zero padding."""
+    _, regions = params_of(load)
+    by_start = {start: (length, digest) for start, length, digest in regions}
+    others = [s for s, p in zip(load.segments, load.plan.segments) if p.role != "purgatory"]
+    assert len(regions) == len(others)
+    for seg in others:
+        length, digest = by_start[seg.mem]
+        assert length == seg.memsz
+        assert digest == hashlib.sha256(seg.buf + bytes(seg.memsz - len(seg.buf))).digest()
+
+
+# -- bzImage --------------------------------------------------------------------------------------
+
+def test_bzimage_load():
+    image = builders.bzimage()
+    load = build(image)
+    entry, segments, flags = load
+    assert flags == 0 and entry == load.segment("purgatory").mem
+    assert validate_linux(load.plan) == ()
+    roles = [s.role for s in load.plan.segments]
+    assert roles == ["purgatory", "boot-params", "kernel", "setup-data-rng", "initrd"]
+    kernel, params, initrd = load.segment("kernel"), load.segment("boot-params"), load.segment("initrd")
+    assert kernel.buf == image[(4 + 1) * 512:] and kernel.memsz == 0x2000000 and kernel.mem % 0x200000 == 0
+    assert kernel.mem >= 0x1000000                          # max(1 MiB, pref_address)
+    assert initrd.buf == INITRD
+    page = read_zero_page(params.buf)
+    assert page["type_of_loader"] == 0xD0
+    assert page["ramdisk_image"] == initrd.mem and page["ramdisk_size"] == len(INITRD)
+    assert params.buf[page["cmd_line_ptr"] - params.mem:].split(b"\0")[0] == CMDLINE.encode()
+    assert page["e820_entries"] == 8 and page["e820"][1].addr == 0x1000
+    rng = load.segment("setup-data-rng")
+    assert page["setup_data"] == rng.mem
+    assert struct.unpack_from("<QII", rng.buf) == (0, SETUP_RNG_SEED, 32) and rng.buf[16:] == bytes(range(32))
+    block, _ = params_of(load)
+    assert purgatory.PARAMS.get(block, "rsi") == params.mem
+    assert purgatory.PARAMS.get(block, "rip") == kernel.mem + 0x200
+    assert purgatory.PARAMS.get(block, "flags") == 0
+    check_digests(load)
+
+
+def test_no_checks_and_verbose_and_reset():
+    load = build(builders.bzimage(), checks=False, verbose=True, on_failure="reset", serial_port=0x2F8)
+    block, regions = params_of(load)
+    assert regions == []
+    assert purgatory.PARAMS.get(block, "flags") == (purgatory.PG_SKIP_CHECKS | purgatory.PG_VERBOSE
+                                                    | purgatory.PG_RESET_ON_FAILURE)
+    assert purgatory.PARAMS.get(block, "serial_port") == 0x2F8
+
+
+def test_corrupted_copy_keeps_the_digests():
+    load = build(builders.bzimage())
+    bad = load.corrupted("initrd", 10)
+    assert bad.segment("initrd").buf[10] == load.segment("initrd").buf[10] ^ 0xFF
+    assert bad.segment("purgatory") == load.segment("purgatory")
+    with pytest.raises(KeyError):
+        load.corrupted("purgatory")
+
+
+def test_without_initrd():
+    load = build(builders.bzimage(), initrd=None)
+    page = read_zero_page(load.segment("boot-params").buf)
+    assert page["ramdisk_image"] == 0 and page["ramdisk_size"] == 0
+    assert "initrd" not in [s.role for s in load.plan.segments]
+
+
+def test_command_line_longer_than_the_kernel_takes():
+    with pytest.raises(PlacementError, match="cmdline_size"):
+        build(builders.bzimage(cmdline_size=20))
+
+
+def test_efi_is_passed_when_the_image_and_the_system_can(tmp_path):
+    machine = qemu_pc().with_changes(efi=True, efi_runtime_map_entries=2, efi_memdesc_size=48)
+    fw = read_firmware(efi_tree(tmp_path))
+    load = build(builders.bzimage(xloadflags=0x7F), machine=machine, firmware=fw)
+    page_raw = load.segment("boot-params").buf
+    memmap, setup_efi = load.segment("efi-memmap"), load.segment("setup-data-efi")
+    assert BOOT_PARAMS.get(page_raw, "efi_memmap") == memmap.mem and len(memmap.buf) == 96
+    assert BOOT_PARAMS.get(page_raw, "efi_memmap_size") == 96
+    assert BOOT_PARAMS.get(page_raw, "acpi_rsdp_addr") == 0x7FBFE014
+    nxt, kind, length = struct.unpack_from("<QII", setup_efi.buf)
+    assert kind == SETUP_EFI and length == 96 and nxt == load.segment("setup-data-rng").mem
+    assert SETUP_HEADER.get(page_raw, "setup_data") == setup_efi.mem
+    no_flag = build(builders.bzimage(xloadflags=0x0F), machine=machine, firmware=fw)
+    assert BOOT_PARAMS.get(no_flag.segment("boot-params").buf, "efi_memmap_size") == 0
+    assert any("XLF_EFI_KEXEC" in n for n in no_flag.notes)
+
+
+def page_total(machine) -> int:
+    from pykexec.boot.e820 import from_machine
+    return len(from_machine(machine))
+
+
+def test_more_than_128_ranges_use_setup_e820_ext():
+    machine = many_ranges(200)
+    load = build(builders.bzimage(), machine=machine)
+    page = read_zero_page(load.segment("boot-params").buf)
+    assert page["e820_entries"] == 128
+    ext = load.segment("setup-data-e820")
+    nxt, kind, length = struct.unpack_from("<QII", ext.buf)
+    assert page["setup_data"] == ext.mem and kind == SETUP_E820_EXT
+    assert length == 20 * (page_total(machine) - 128) and nxt == load.segment("setup-data-rng").mem
+    assert validate_linux(load.plan) == ()
+
+
+def test_crash_load():
+    machine = qemu_crash()
+    load = build(builders.bzimage(), machine=machine, crash=True, crash_sources=elfcore.synthetic_sources(2))
+    entry, segments, flags = load
+    assert flags == KEXEC_ON_CRASH
+    assert validate_linux(load.plan) == ()
+    assert all(s.mem in machine.crashk_res and s.mem + s.memsz <= machine.crashk_res.end for s in segments)
+    roles = [s.role for s in load.plan.segments]
+    assert roles[:2] == ["backup", "elfcorehdr"]
+    backup, elf = load.segment("backup"), load.segment("elfcorehdr")
+    assert load.cmdline == f"{CMDLINE} elfcorehdr={elf.mem >> 10}K"
+    ehdr, phdrs = elfcore.parse(elf.buf)
+    low = next(p for p in phdrs if p["p_type"] == 1 and p["p_paddr"] == 0x1000)
+    assert low["p_offset"] == backup.mem and low["p_memsz"] == 0x9EC00
+    assert elf.memsz >= 16 * 1024
+    block, _ = params_of(load)
+    assert (purgatory.PARAMS.get(block, "backup_src"), purgatory.PARAMS.get(block, "backup_dst"),
+            purgatory.PARAMS.get(block, "backup_size")) == (0x1000, backup.mem, 0x9EC00)
+    page = read_zero_page(load.segment("boot-params").buf)
+    ram = [e for e in page["e820"] if e.type == 1]
+    assert ram[0].addr == 0x1000 and all(e.addr >= machine.crashk_res.start for e in ram[1:])
+    assert not any(e.type == 1 and Range(e.addr, e.size).overlaps(Range(elf.mem, elf.memsz)) for e in ram)
+    check_digests(load)
+
+
+def test_crash_load_with_memmap_on_the_command_line():
+    load = build(builders.bzimage(), machine=qemu_crash(), crash=True, pass_memmap_cmdline=True,
+                 crash_sources=elfcore.synthetic_sources(1))
+    assert " memmap=exactmap memmap=4K$0K memmap=635K@4K " in load.cmdline
+
+
+def test_crash_without_a_crash_region():
+    with pytest.raises(PlacementError, match="crash region"):
+        build(builders.bzimage(), crash=True, crash_sources=elfcore.synthetic_sources(1))
+
+
+def test_lockdown_is_refused_by_the_validator():
+    with pytest.raises(UserLoadRefused, match="lockdown") as e:
+        build(builders.bzimage(), machine=qemu_pc().with_changes(lockdown="integrity"))
+    assert isinstance(e.value, LoadRefused) and e.value.violations[0].errno == "EPERM"
+
+
+def test_modules_are_for_multiboot():
+    with pytest.raises(UsageError, match="Multiboot"):
+        build(builders.bzimage(), modules=[Module(b"x", "x")])
+
+
+# -- vmlinux ELF ------------------------------------------------------------------------------------
+
+def vmlinux() -> bytes:
+    extra = (builders.Phdr(1, 0, 0xFFFFFFFF82000000, 0x2000000, 0, 0x300000, 6, 0x200000),)
+    return builders.elf64(vaddr=0xFFFFFFFF81000000, entry=0x1000000, extra_phdrs=extra,
+                          load=b"\x90" * 0x100, bss=0x1000)
+
+
+def _phys(data: bytes) -> bytes:
+    """The builder links vaddr == paddr; a vmlinux has paddr = LOAD_PHYSICAL_ADDR."""
+    out = bytearray(data)
+    struct.pack_into("<Q", out, 64 + 24, 0x1000000)      # first PT_LOAD's p_paddr
+    return bytes(out)
+
+
+def test_vmlinux_load():
+    load = build(_phys(vmlinux()))
+    assert validate_linux(load.plan) == ()
+    roles = [s.role for s in load.plan.segments]
+    assert roles[:2] == ["kernel", "kernel-1"]
+    kernel = load.segment("kernel")
+    assert kernel.mem == 0x1000000 and kernel.buf.startswith(b"\x90" * 0x100)
+    assert load.segment("kernel-1").mem == 0x2000000 and load.segment("kernel-1").memsz == 0x300000
+    block, _ = params_of(load)
+    assert purgatory.PARAMS.get(block, "rip") == 0x1000000
+    params = load.segment("boot-params")
+    assert purgatory.PARAMS.get(block, "rsi") == params.mem
+    page = read_zero_page(params.buf)
+    assert page["version"] == 0x020F and page["ramdisk_size"] == len(INITRD)
+    assert params.buf[page["cmd_line_ptr"] - params.mem:].split(b"\0")[0] == CMDLINE.encode()
+    check_digests(load)
+
+
+def test_vmlinux_crash_load_moves_it_into_the_crash_region():
+    machine = qemu_crash()
+    load = build(_phys(vmlinux()), machine=machine, crash=True, crash_sources=elfcore.synthetic_sources(1))
+    kernel = load.segment("kernel")
+    delta = kernel.mem - 0x1000000
+    assert delta % 0x200000 == 0 and kernel.mem in machine.crashk_res
+    block, _ = params_of(load)
+    assert purgatory.PARAMS.get(block, "rip") == 0x1000000 + delta
+    assert validate_linux(load.plan) == ()
+
+
+def test_vmlinux_outside_ram_is_refused():
+    data = bytearray(_phys(vmlinux()))
+    struct.pack_into("<Q", data, 64 + 24, 0xFEC00000)     # the IOAPIC
+    with pytest.raises(PlacementError, match="not inside System RAM"):
+        build(bytes(data))
+
+
+def test_a_32_bit_elf_without_multiboot_is_not_linux():
+    with pytest.raises(NotLoadable):
+        build(builders.elf32())
+
+
+# -- Multiboot --------------------------------------------------------------------------------------
+
+MODULES = (Module(b"K" * 5000, "dom0 console=hvc0", "dom0"), Module(b"I" * 3000, "initrd.img", "initrd.img"))
+
+
+def test_xen_by_multiboot2():
+    load = build(xen_elf(), initrd=None, cmdline="console=com1", modules=MODULES, image_name="xen.gz")
+    assert load.protocol == "multiboot2" and validate_linux(load.plan) == ()
+    kernel, mbi = load.segment("kernel"), load.segment("mbi")
+    assert kernel.mem % 0x200000 == 0 and kernel.mem >= 0x200000     # relocated, 2 MiB aligned, high
+    assert kernel.mem + kernel.memsz <= 1 << 32 and kernel.mem > 0x200000
+    block, _ = params_of(load)
+    assert purgatory.PARAMS.get(block, "flags") & purgatory.PG_ENTRY32
+    assert purgatory.PARAMS.get(block, "rax") == 0x36D76289
+    assert purgatory.PARAMS.get(block, "rbx") == mbi.mem
+    assert purgatory.PARAMS.get(block, "rip") == kernel.mem          # entry moved with the image
+    tags = dict((k, v) for k, v in parse_multiboot2_info(mbi.buf) if k != 3)
+    assert tags[1] == b"xen.gz console=com1\0" and tags[2] == b"kexec\0"
+    assert struct.unpack("<I", tags[21]) == (kernel.mem,)
+    mods = [v for k, v in parse_multiboot2_info(mbi.buf) if k == 3]
+    for m, payload in zip(MODULES, mods):
+        start, end = struct.unpack_from("<II", payload)
+        seg = next(s for s in load.segments if s.mem == start)
+        assert seg.buf == m.data and end == start + len(m.data) and start % 4096 == 0
+        assert payload[8:] == m.string.encode() + b"\0"
+    for seg in load.segments:                                       # seed 004: nothing in the low 1 MiB
+        assert seg.mem >= 1 << 20 and seg.mem + seg.memsz <= 1 << 32
+    check_digests(load)
+
+
+def test_xen_by_multiboot1():
+    load = build(xen_elf(), initrd=None, cmdline="console=com1", modules=MODULES, protocol="multiboot",
+                 image_name="xen.gz")
+    assert load.protocol == "multiboot"
+    kernel, mbi = load.segment("kernel"), load.segment("mbi")
+    assert kernel.mem == 0x200000                                   # Multiboot 1 has no relocation
+    block, _ = params_of(load)
+    assert purgatory.PARAMS.get(block, "rax") == 0x2BADB002 and purgatory.PARAMS.get(block, "rbx") == mbi.mem
+    flags, _, _, _, cmdline, count, mods_addr = struct.unpack_from("<7I", mbi.buf)
+    assert count == 2 and mbi.buf[cmdline - mbi.mem:].split(b"\0")[0] == b"xen.gz console=com1"
+
+
+def test_non_relocatable_multiboot2_stays_at_its_link_address():
+    load = build(xen_elf(relocatable=False), initrd=None, cmdline=None)
+    assert load.segment("kernel").mem == 0x200000
+    assert 21 not in [k for k, _ in parse_multiboot2_info(load.segment("mbi").buf)]
+
+
+def test_multiboot_image_in_the_low_megabyte_is_refused():
+    data = builders.multiboot_image(0x00010003, load_addr=0x8000)
+    with pytest.raises(PlacementError, match="low 1 MiB"):
+        build(data, initrd=None)
+
+
+def test_multiboot_refuses_crash_and_initrd():
+    with pytest.raises(UsageError, match="kdump"):
+        build(xen_elf(), initrd=None, crash=True, machine=qemu_crash())
+    with pytest.raises(UsageError, match="module"):
+        build(xen_elf())
+
+
+def test_unknown_protocol():
+    with pytest.raises(UsageError, match="protocol"):
+        build(builders.bzimage(), protocol="pxe")
