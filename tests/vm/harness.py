@@ -34,6 +34,12 @@ Cache: ``~/.cache/pykexec-tests/vm/`` (or ``$PYKEXEC_TEST_CACHE/vm``):
 input), ``deb/`` (kexec-tools), ``runs/<scenario>.<time>.<rand>/`` (the last runs' serial
 log and initrds), ``vm-timings.json`` (wall time of every boot).
 
+Environment: ``PYKEXEC_VM_CPU`` (QEMU ``-cpu``, default ``max``; ``qemu64`` boots
+about 30 % faster under TCG, as glibc then avoids AVX code paths),
+``PYKEXEC_VM_TIMEOUT_SCALE`` (multiplies every boot's timeout, for loaded
+machines), ``PYKEXEC_VM_COMPRESSION`` (``gzip`` or ``zstd`` for the cached
+layers).
+
 Material that cannot be had raises :class:`VmError` (an AssertionError), so a
 test fails with the reason; nothing here ever skips.
 """
@@ -43,9 +49,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import gzip
 import hashlib
-import io
 import json
 import logging
 import os
@@ -66,6 +70,8 @@ try:
 except ImportError:  # tests/ itself on sys.path
     import material  # type: ignore[no-redef]
 
+from .newc import Cpio, NewcError, atomic_write, canon  # noqa: F401  (Cpio, canon: for scenarios)
+
 log = logging.getLogger(__name__)
 
 #: bump to rebuild every cached layer
@@ -82,9 +88,8 @@ GUEST_INITRD = "/vm/initrd.img"
 MARK = "@@PYKX"
 DEFAULT_TIMEOUT = 180.0
 DEFAULT_MEMORY = 1024
-#: compression of the cached layers: "gzip" or "zstd" (the kernel unpacks zstd faster under TCG)
+#: compression of the cached layers: "gzip" or "zstd" (zstd measured no faster to unpack here)
 LAYER_COMPRESSION = os.environ.get("PYKEXEC_VM_COMPRESSION", "gzip")
-ZSTD_LEVEL = 12
 
 # stdlib parts the guest never needs (top-level names under lib/python3.X)
 STDLIB_EXCLUDE = frozenset({
@@ -98,7 +103,7 @@ DYNLOAD_EXCLUDE = re.compile(r"^(_tkinter|_test|_ctypes_test|_xxtestfuzz|xxlimit
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class VmError(AssertionError):
+class VmError(NewcError):
     """A VM scenario could not be prepared or did not do what it should."""
 
 
@@ -137,21 +142,6 @@ def _lock(name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _atomic_write(path: Path, writer) -> Path:
-    """Call ``writer(fileobj)`` on a temp file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _dpkg_version(pkg: str) -> Optional[str]:
@@ -224,11 +214,15 @@ def kernel() -> Path:
 
 
 def _apt_candidate(pkg: str) -> str:
-    out = _run(["apt-cache", "policy", pkg], what=f"apt-cache policy {pkg}")
-    m = re.search(r"Candidate:\s*(\S+)", out)
-    if not m or m.group(1) == "(none)":
-        raise VmError(f"apt knows no candidate version of {pkg} (run apt-get update?):\n{out}")
-    return m.group(1)
+    for attempt in range(2):
+        out = _run(["apt-cache", "policy", pkg], what=f"apt-cache policy {pkg}")
+        m = re.search(r"Candidate:\s*(\S+)", out)
+        if m and m.group(1) != "(none)":
+            return m.group(1)
+        if attempt == 0:  # a fresh machine may have no lists yet
+            _run(["apt-get", "update"], what="apt-get update",
+                 env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    raise VmError(f"apt knows no candidate version of {pkg} even after apt-get update:\n{out}")
 
 
 def kexec_tools() -> Path:
@@ -266,175 +260,6 @@ def kexec_tools() -> Path:
         if missing:
             _apt_install(missing, "the libraries of kexec-tools' kexec")
     return binary
-
-
-# --------------------------------------------------------------------------
-# newc cpio
-
-
-class Cpio:
-    """An in-order newc (``070701``) archive of directories, files, symlinks and devices.
-
-    Guest paths are canonicalised through the host's symlinked directories
-    (``/bin`` -> ``usr/bin`` on merged-/usr Debian), so that an archive never
-    emits a directory where the guest has a symlink.  Host files are streamed
-    when the archive is written.  Adding a path twice replaces the entry.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple] = {}
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, path: str) -> bool:
-        return canon(path) in self._entries
-
-    @property
-    def paths(self) -> list[str]:
-        return list(self._entries)
-
-    def _parents(self, path: str) -> None:
-        parts = path.strip("/").split("/")[:-1]
-        cur = ""
-        for p in parts:
-            cur += "/" + p
-            if cur not in self._entries:
-                self._entries[cur] = ("dir", 0o755, 0)
-
-    def dir(self, path: str, mode: int = 0o755) -> None:
-        path = canon(path)
-        self._parents(path)
-        self._entries[path] = ("dir", mode, 0)
-
-    def data(self, path: str, data: Union[bytes, str], mode: int = 0o644, mtime: int = 0) -> None:
-        path = canon(path)
-        self._parents(path)
-        self._entries.pop(path, None)
-        self._entries[path] = ("data", mode, mtime, data.encode() if isinstance(data, str) else bytes(data))
-
-    def file(self, path: str, host: PathLike, mode: Optional[int] = None) -> None:
-        """A host file (streamed at write time), with its mode and mtime unless ``mode`` is given."""
-        path = canon(path)
-        st = os.stat(host)
-        self._parents(path)
-        self._entries.pop(path, None)
-        self._entries[path] = ("file", stat.S_IMODE(st.st_mode) if mode is None else mode,
-                               int(st.st_mtime), os.fspath(host), st.st_size)
-
-    def symlink(self, path: str, target: str) -> None:
-        path = canon(path)
-        self._parents(path)
-        self._entries[path] = ("symlink", 0o777, 0, target)
-
-    def chardev(self, path: str, major: int, minor: int, mode: int = 0o600) -> None:
-        path = canon(path)
-        self._parents(path)
-        self._entries[path] = ("chr", mode, 0, major, minor)
-
-    def host_path(self, path: PathLike) -> None:
-        """Copy a host path (file, symlink or directory entry) at its own path,
-        with every symlink met on the way (both the links and their targets)."""
-        _add_host_path(self, os.path.abspath(os.fspath(path)), set())
-
-    def write(self, out: BinaryIO) -> None:
-        ino = 1
-        for path, entry in self._entries.items():
-            kind, mode, mtime = entry[0], entry[1], entry[2]
-            name = path.lstrip("/").encode()
-            rmaj = rmin = 0
-            if kind == "dir":
-                fmode, size, body = stat.S_IFDIR | mode, 0, None
-            elif kind == "data":
-                fmode, size, body = stat.S_IFREG | mode, len(entry[3]), entry[3]
-            elif kind == "file":
-                fmode, size, body = stat.S_IFREG | mode, entry[4], None
-            elif kind == "symlink":
-                body = entry[3].encode()
-                fmode, size = stat.S_IFLNK | 0o777, len(body)
-            else:
-                fmode, size, body = stat.S_IFCHR | mode, 0, None
-                rmaj, rmin = entry[3], entry[4]
-            _newc_header(out, ino, fmode, 2 if kind == "dir" else 1, mtime, size, rmaj, rmin, name)
-            ino += 1
-            if kind == "file":
-                copied = 0
-                with open(entry[3], "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        out.write(chunk)
-                        copied += len(chunk)
-                if copied != size:
-                    raise VmError(f"{entry[3]} changed size while being archived")
-            elif body is not None:
-                out.write(body)
-            out.write(b"\0" * (-size % 4))
-        _newc_header(out, 0, 0, 1, 0, 0, 0, 0, b"TRAILER!!!")
-
-    def write_file(self, path: Path, *, compress: Union[bool, str]) -> Path:
-        """Write the archive to ``path``: ``compress`` is "gzip" (or True), "zstd", or False."""
-        method = "gzip" if compress is True else (compress or "none")
-
-        def writer(f):
-            if method == "gzip":
-                with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0) as gz:
-                    self.write(gz)
-            elif method == "zstd":
-                import zstandard  # a pykexec dependency; the kernel has RD_ZSTD
-                # level <= 19 keeps the window within what the kernel's unzstd accepts
-                cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
-                with cctx.stream_writer(f, closefd=False) as z:
-                    self.write(z)
-            elif method == "none":
-                self.write(f)
-            else:
-                raise ValueError(f"compression must be gzip, zstd or none, not {compress!r}")
-        return _atomic_write(path, writer)
-
-
-def _newc_header(out: BinaryIO, ino: int, mode: int, nlink: int, mtime: int, size: int,
-                 rmaj: int, rmin: int, name: bytes) -> None:
-    namesize = len(name) + 1
-    fields = (ino, mode, 0, 0, nlink, max(0, min(mtime, 0xFFFFFFFF)), size, 0, 0, rmaj, rmin, namesize, 0)
-    hdr = b"070701" + b"".join(b"%08X" % v for v in fields) + name + b"\0"
-    out.write(hdr + b"\0" * (-len(hdr) % 4))
-
-
-def canon(path: str) -> str:
-    """A guest path with its parent directories resolved through the host's symlinks."""
-    path = "/" + path.strip("/")
-    parent, base = os.path.split(path)
-    cur = "/"
-    for comp in [c for c in parent.split("/") if c]:
-        nxt = os.path.join(cur, comp)
-        cur = os.path.realpath(nxt) if os.path.islink(nxt) else nxt
-    return os.path.join(cur, base)
-
-
-def _add_host_path(cpio: Cpio, path: str, seen: set) -> None:
-    if path in seen:
-        return
-    seen.add(path)
-    # symlinked directories on the way
-    cur = "/"
-    for comp in [c for c in os.path.dirname(path).split("/") if c]:
-        nxt = os.path.join(cur, comp)
-        if os.path.islink(nxt):
-            cpio.symlink(nxt, os.readlink(nxt))
-            cur = os.path.realpath(nxt)
-            _add_host_path(cpio, cur, seen)
-        else:
-            cur = nxt
-    real = os.path.join(cur, os.path.basename(path))
-    if os.path.islink(real):
-        target = os.readlink(real)
-        cpio.symlink(real, target)
-        _add_host_path(cpio, os.path.normpath(os.path.join(os.path.dirname(real), target)), seen)
-    elif os.path.isdir(real):
-        cpio.dir(real, stat.S_IMODE(os.stat(real).st_mode))
-    elif os.path.isfile(real):
-        cpio.file(real, real)
-    else:
-        raise VmError(f"{path}: not found on the host")
 
 
 # --------------------------------------------------------------------------
@@ -535,9 +360,10 @@ def _dist_files(dist: metadata.Distribution) -> list[Path]:
     return out
 
 
-def _ldd(paths: Iterable[Path]) -> dict[Path, list[str]]:
-    """ldd each file: {file: [library paths]}; a library ``not found`` raises VmError."""
-    result: dict[Path, list[str]] = {}
+def _ldd(paths: Iterable[Path]) -> tuple[dict[Path, list[str]], dict[Path, list[str]]]:
+    """ldd each file: ({file: [library paths]}, {file: [libraries not found]})."""
+    found: dict[Path, list[str]] = {}
+    missing: dict[Path, list[str]] = {}
     paths = list(paths)
     for i in range(0, len(paths), 64):
         batch = paths[i:i + 64]
@@ -547,18 +373,18 @@ def _ldd(paths: Iterable[Path]) -> dict[Path, list[str]]:
         for line in proc.stdout.splitlines():
             if len(batch) > 1 and not line.startswith("\t") and line.endswith(":"):
                 current = Path(line[:-1])
-                result.setdefault(current, [])
                 continue
             if current is None:
                 continue
-            result.setdefault(current, [])
+            found.setdefault(current, [])
             line = line.strip()
             if "not found" in line:
-                raise VmError(f"ldd {current}: {line}")
+                missing.setdefault(current, []).append(line.split()[0])
+                continue
             m = re.match(r"\S+ => (/\S+)", line) or re.match(r"(/\S+) \(0x", line)
             if m:
-                result[current].append(m.group(1))
-    return result
+                found[current].append(m.group(1))
+    return found, missing
 
 
 def _base_inputs() -> dict:
@@ -572,7 +398,16 @@ def _base_inputs() -> dict:
     elves = [Path(os.path.realpath(interp)), kexec]
     elves += [p for p in stdlib if p.suffix == ".so"]
     elves += [p for p in pkg_files if p.suffix == ".so" or ".so." in p.name]
-    libs = sorted({lib for found in _ldd(elves).values() for lib in found})
+    found, missing = _ldd(elves)
+    for elf, libs in missing.items():
+        if elf in stdlib:
+            # an extension module the host cannot load either: leave it out
+            log.warning("leaving %s out of the guest: %s not found", elf, ", ".join(libs))
+            stdlib.remove(elf)
+            found.pop(elf, None)
+        else:
+            raise VmError(f"ldd {elf}: {', '.join(libs)} not found")
+    libs = sorted({lib for lst in found.values() for lib in lst})
     venv_cfg = Path(sys.prefix) / "pyvenv.cfg"
     return {
         "tools": tools,
@@ -605,7 +440,8 @@ def base_layer() -> Path:
                 *inp["dists"], inp["interp"], *inp["stdlib"], *inp["pkg_files"],
                 *map(Path, inp["libs"]), inp["venv_cfg"]])
     key = _key([key, LAYER_COMPRESSION])
-    path = cache_dir() / "layers" / f"base-py{sys.version_info[0]}.{sys.version_info[1]}-{key}.cpio.{LAYER_COMPRESSION}"
+    suffix = {"gzip": "gz", "zstd": "zst"}.get(LAYER_COMPRESSION, LAYER_COMPRESSION)
+    path = cache_dir() / "layers" / f"base-py{sys.version_info[0]}.{sys.version_info[1]}-{key}.cpio.{suffix}"
     with _lock("base"):
         if path.exists():
             return path
@@ -642,7 +478,9 @@ def base_layer() -> Path:
         c.write_file(path, compress=LAYER_COMPRESSION)
         log.info("built %s (%d entries, %.1f MB) in %.1f s", path.name, len(c),
                  path.stat().st_size / 1e6, time.monotonic() - t0)
-        for old in path.parent.glob(f"base-*.cpio.{LAYER_COMPRESSION}"):
+        # keep the newest two (another session may still be booting the previous one)
+        olds = sorted(path.parent.glob("base-*.cpio.*"), key=lambda p: p.stat().st_mtime)
+        for old in olds[:-2]:
             if old != path:
                 old.unlink(missing_ok=True)
     return path
@@ -897,7 +735,7 @@ def _record_timing(record: dict) -> None:
         except (FileNotFoundError, ValueError):
             data = []
         data.append(record)
-        _atomic_write(path, lambda f: f.write(json.dumps(data[-2000:], indent=1).encode()))
+        atomic_write(path, lambda f: f.write(json.dumps(data[-2000:], indent=1).encode()))
 
 
 def run_qemu(*, kernel: PathLike, initrd: PathLike, append: str, log_path: Path, scenario: str,
@@ -905,6 +743,7 @@ def run_qemu(*, kernel: PathLike, initrd: PathLike, append: str, log_path: Path,
              extra_args: Sequence[str] = ()) -> Serial:
     """Boot once; return the serial console.  Times out (killing QEMU) with the log tail."""
     tools = host_tools()
+    timeout *= float(os.environ.get("PYKEXEC_VM_TIMEOUT_SCALE", "1"))
     cmd = [tools["qemu"], "-accel", "tcg", "-cpu", os.environ.get("PYKEXEC_VM_CPU", "max"), "-m", str(memory), "-smp", str(smp),
            "-nographic", "-no-reboot", "-nic", "none",
            "-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd), "-append", append, *extra_args]
@@ -939,11 +778,11 @@ def run_qemu(*, kernel: PathLike, initrd: PathLike, append: str, log_path: Path,
 class Guest:
     """One scenario: its stage scripts and files, its initramfs, one boot.
 
-    >>> g = Guest("demo")
-    >>> g.stage(1, sh_script("mark hello world"))
-    >>> serial = g.boot()
-    >>> serial.value("hello")
-    'world'
+    Example::
+
+        g = Guest("demo")
+        g.stage(1, sh_script("mark hello world"))
+        assert g.boot().value("hello") == "world"
     """
 
     def __init__(self, scenario: str) -> None:
@@ -994,7 +833,7 @@ class Guest:
             self.layer.data("/vm/lib.sh", LIB_SH)
             scen = self.layer.write_file(self.dir / "scenario.cpio.gz", compress=True)
             parts = [base_layer(), pykexec_layer(), scen]
-            self._inner = _atomic_write(self.dir / "initrd.img", lambda f: _concat(parts, f))
+            self._inner = atomic_write(self.dir / "initrd.img", lambda f: _concat(parts, f))
         return self._inner
 
     def archive(self, path: str, files: dict, *, compress: Union[bool, str] = False) -> Path:
@@ -1019,7 +858,7 @@ class Guest:
         if embed_initrd:
             self.embedded.file(GUEST_INITRD, inner)
         emb = self.embedded.write_file(self.dir / "embed.cpio", compress=False)
-        full = _atomic_write(self.dir / "boot-initrd.img", lambda f: _concat([inner, emb], f))
+        full = atomic_write(self.dir / "boot-initrd.img", lambda f: _concat([inner, emb], f))
         cmdline = " ".join(w for w in ["console=ttyS0", "panic=-1", "quiet" if quiet else "", append] if w)
         return run_qemu(kernel=boot_kernel, initrd=full, append=cmdline, memory=memory, timeout=timeout,
                         log_path=self.dir / "serial.log", scenario=self.scenario)

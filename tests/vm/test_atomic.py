@@ -41,7 +41,7 @@ run exec pykexec exec
 mark exec-returned
 """))
     g.stage(2, h.STAGE2_REPORT)
-    serial = g.boot(memory=MEMORY)
+    serial = g.boot(memory=MEMORY, timeout=300)
 
     h.expect_ok(serial, "load")
     if int(serial.value("big-size")) <= MEMORY * 2**20 // 2:

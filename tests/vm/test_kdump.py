@@ -86,7 +86,7 @@ mark crashing
 echo c > /proc/sysrq-trigger
 mark still-alive
 """))
-    g.stage(2, h.py_script(pattern + f"""
+    g.stage(2, h.py_script(pattern + """
 mark("cmdline", open("/proc/cmdline").read().strip())
 """ + SCANNER))
     serial = g.boot(f"crashkernel={CRASHKERNEL}", memory=MEMORY, timeout=300)

@@ -32,7 +32,7 @@ mark exec-returned
 """))
     g.stage(2, h.STAGE2_REPORT)
     extra = f"BOOT_IMAGE=/boot/vmlinuz-pykexec initrd=/boot/initrd.img-pykexec marker={marker}"
-    serial = g.boot(extra)
+    serial = g.boot(extra, timeout=240)
 
     if serial.value("which") != "/usr/local/sbin/kexec":
         serial.fail(f"`kexec` on the guest PATH is {serial.value('which')!r}, not the shim")

@@ -33,7 +33,7 @@ def test_status_and_unload(vm_material):
         lines.append(f'mark {step}-sysfs "$(cat /sys/kernel/kexec_loaded) $(cat /sys/kernel/kexec_crash_loaded) '
                      f'$(cat /sys/kernel/kexec_crash_size)"')
     g.stage(1, h.sh_script("\n".join(lines) + "\n"))
-    serial = g.boot(f"crashkernel={CRASH_MB}M", memory=1024)
+    serial = g.boot(f"crashkernel={CRASH_MB}M", memory=1024, timeout=300)
 
     problems = []
     for step, cmd, loaded, crash_loaded in STEPS:

@@ -93,7 +93,7 @@ mark initrd-only "$(cat /vm/scenario/name)"
     assert want in (pa, pb), f"profile @1 of the UKI built has cmdline {want!r}, not a test profile's"
     g.embed("/vm/test.efi", uki)
     g.embed("/vm/test.efi.extra.d/pykexec.addon.efi", addon)
-    serial = g.boot(memory=1536, embed_initrd=False)
+    serial = g.boot(memory=1536, embed_initrd=False, timeout=300)
 
     h.expect_ok(serial, "load")
     h.expect_stage2(serial, cmdline=f"{want} {addon_cmdline}")

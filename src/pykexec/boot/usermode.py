@@ -435,7 +435,8 @@ def _crash_segments(ctx: _Context, placer: Placer, walks: list, cmdline: str) ->
     backup = None
     if source is not None:
         size = align_up(source.size, ctx.page)
-        backup = place(placer, KexecBuf("backup", size, size, top_down=False, buffer=bytes(size)), walks)
+        # No bytes: the kernel zero-fills it, the purgatory checks it is still zero, then copies.
+        backup = place(placer, KexecBuf("backup", 0, size, top_down=False, buffer=b""), walks)
     ranges = elfcore.crash_ranges(machine)
     header = elfcore.build(ranges, sources=sources,
                            backup=elfcore.Backup(source, backup.mem) if backup is not None else None)

@@ -109,6 +109,7 @@ def _report(fw, image, handover: dict, pieces: dict, data: bytes, seconds: float
         **pieces["report"],
         "images": [{"name": i.name, "handle": i.handle, "base": i.base, "size": i.size,
                     "entry": i.entry, "started": i.started} for i in fw.images],
+        "system_table": fw.st,
         "regions": [d.to_json() for d in fw.memory.descriptors() if d.type != c.CONVENTIONAL],
         "calls": dict(sorted(fw.call_counts.items())),
         "console": "".join(fw.console),

@@ -131,20 +131,24 @@ def arm64_capture(fw, handover: dict) -> dict:
         dtb = fw.read(fdt_addr, total)
         chosen = fdt.chosen(dtb)
     cmdline = initrd = None
+    source = None
     if chosen is not None:
         cmdline = chosen.get("bootargs")
         start, end = chosen.get("linux,initrd-start"), chosen.get("linux,initrd-end")
         if start is not None and end is not None and end > start:
             initrd = fw.read_sparse(start, end - start)
+            source = "/chosen linux,initrd-start/end"
     if initrd is None:
         initrd = _initrd_table(fw)
+        source = "LINUX_EFI_INITRD_MEDIA configuration table" if initrd is not None else None
     start, end, mtype = _kernel_region(fw, pc)
     region = fw.read_sparse(start, end - start)
     kernel = region[:image_length(region)]
     return {
         "kernel": kernel, "kernel_base": start, "initrd": initrd, "cmdline": cmdline,
         "dtb": dtb, "loadable": kernel,
-        "report": {"dtb": {"addr": fdt_addr, "size": len(dtb) if dtb else 0,
+        "report": {"initrd_source": source,
+                   "dtb": {"addr": fdt_addr, "size": len(dtb) if dtb else 0,
                            "chosen": {k: v for k, v in (chosen or {}).items()
                                       if isinstance(v, (int, str))}},
                    "kernel_region": {"size": len(region),

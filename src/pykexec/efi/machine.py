@@ -1,8 +1,10 @@
 """The emulation engine: unicorn, guest memory on demand, service traps, guest calls, bounds.
 
-* Guest RAM is ``[0, memory)``, mapped into unicorn in 2 MiB chunks the first
-  time anything touches them (a ``UC_HOOK_MEM_*_UNMAPPED`` hook), so a 2 GiB
-  guest costs only what it uses.  Page 0 stays unmapped: a NULL access faults.
+* Guest RAM is ``[0, memory)``, mapped into unicorn in 2 MiB chunks when the
+  allocator hands them out or the guest first touches them (a fault re-run under
+  a ``UC_HOOK_MEM_*_UNMAPPED`` hook, which is removed again: present all the time
+  it would slow every load and store), so a 2 GiB guest costs only what it uses.
+  Page 0 stays unmapped: a NULL access faults.
 * Every service function pointer is a slot on the trap page.  One code hook,
   limited to that page, runs the Python service and returns to the caller.
 * A service that must run guest code (StartImage, a LoadFile2 that belongs
@@ -124,6 +126,7 @@ class Engine:
         self.seq = 0
         self.record: CallRecord | None = None
         self.images: list[Image] = []
+        self.stub_regions: list[tuple[int, int]] = []
         self.exit_boot_services_done = False
         self.handover: dict | None = None
         self.pending_hooks: list[tuple[int, Callable]] = []
@@ -146,7 +149,7 @@ class Engine:
         # and store ~4x, so it is only added while re-running the faulting instruction.
         self.memory.on_allocate = self.ensure_mapped
         self._probe: int | None = None
-        self.counter = BlockCounter.create(self.uc, with_table=(arch == "x86_64"))
+        self.counter = BlockCounter.create(self.uc, with_table=True)
 
     # -- guest memory ----------------------------------------------------------------
     def _map_chunk(self, index: int) -> None:
@@ -373,7 +376,26 @@ class Engine:
     def in_images(self, pc: int) -> bool:
         if self.trap_base <= pc < self.trap_end:
             return True
+        if any(start <= pc < end for start, end in self.stub_regions):
+            return True
         return any(img.base <= pc < img.base + img.size for img in self.images)
+
+    def _note_stub_regions(self) -> None:
+        """At ExitBootServices: the allocations that ran code so far belong to the stubs.
+
+        systemd-stub (v256 and later, with Secure Boot off) lays the kernel's PE
+        image out in pages it allocated and calls it itself; that kernel's stub
+        then runs from memory no LoadImage produced.  The block counter's table
+        says which addresses ran before ExitBootServices.
+        """
+        if self.counter is None:
+            return
+        seen: set[tuple[int, int]] = set()
+        for addr in self.counter.block_counts():
+            alloc = self.memory.allocation_containing(addr)
+            if alloc is not None:
+                seen.add((alloc[0], alloc[1]))
+        self.stub_regions = sorted(seen)
 
     def after_exit_boot_services(self) -> None:
         self.exit_boot_services_done = True
@@ -487,6 +509,7 @@ class Engine:
                 self.instructions = self.count_instructions()
                 return self.handover
             if self.stop_reason == "ebs":
+                self._note_stub_regions()
                 self.uc.hook_add(self._u.UC_HOOK_BLOCK, self._on_block)
                 self.uc.ctl_flush_tb()
             if self.pending_hooks:
@@ -496,8 +519,6 @@ class Engine:
                 self.pending_hooks.clear()
                 self.uc.ctl_flush_tb()
             if self.stop_reason is not None:
-                continue
-            if self._probe is not None:
                 continue
             if self.counter and self.counter.counters.blocks >= checkpoint:
                 if time.monotonic() - self.started >= self.options.max_seconds:

@@ -80,7 +80,8 @@ class MemoryMap:
                              f"not {ram_size:#x}")
         self.ram_size = ram_size
         self.key = 1
-        self.descs: list[Descriptor] = [Descriptor(0, ram_size, c.CONVENTIONAL)]
+        self.descs: list[Descriptor] = [Descriptor(0, ram_size, c.CONVENTIONAL,
+                                                   self._attribute_for(c.CONVENTIONAL))]
         self.allocated: dict[int, tuple[int, int]] = {}  # start -> (end, type): AllocatePages ranges
         self.on_allocate = None                           # (base, size) -> None, e.g. map it
         for start, end in holes:

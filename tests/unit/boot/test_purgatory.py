@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import re
 import shutil
 import subprocess
@@ -37,7 +38,7 @@ def test_header_fields_are_where_entry_s_puts_them(image):
     assert image.data[:1] == b"\xe9"                   # jmp rel32 to purgatory_start
     assert image.header["magic"] == b"PYKXPURG"
     assert image.header["header_size"] == 0x40
-    assert image.header["params_size"] == PARAMS.size == 0xA8 + 16 * 0x30
+    assert image.header["params_size"] == PARAMS.size == 0xA8 + 16 * 0x40
     assert image.header["mem_size"] >= len(image.data) + 0x4000   # the 16 KiB stack is in memory only
 
 
@@ -52,12 +53,13 @@ def test_params_layout_matches_purgatory_h():
     assert PARAMS.offset("regions") == defines["PG_REGIONS"]
     for reg in ("rax", "rbx", "rsi", "rsp", "rip", "r15"):
         assert PARAMS.offset(reg) == defines["PG_REGS"] + defines[f"PG_{reg.upper()}"]
+    assert purgatory.REGION.size == defines["PG_REGION_SIZE"]
     for flag in ("SKIP_CHECKS", "ENTRY32", "NO_SHANI", "VERBOSE", "RESET_ON_FAILURE"):
         assert getattr(purgatory, f"PG_{flag}") == defines[f"PG_{flag}"]
 
 
 def test_patched_parameter_block_reads_back(image):
-    region = Region(0x1000000, 0x2000, hashlib.sha256(b"x").digest())
+    region = Region(0x1000000, 0x1, hashlib.sha256(b"x").digest(), 0x1FFF)
     params = Params(regs={"rsi": 0x9000, "rip": 0x1000200}, regions=(region,), verbose=True,
                     backup_src=0x1000, backup_dst=0x2F000000, backup_size=0x9EC00)
     out = image.patched(params)
@@ -67,7 +69,7 @@ def test_patched_parameter_block_reads_back(image):
     assert PARAMS.get(block, "nr_regions") == 1
     assert PARAMS.get(block, "rsi") == 0x9000 and PARAMS.get(block, "rip") == 0x1000200
     assert PARAMS.get(block, "backup_dst") == 0x2F000000
-    assert PARAMS.get(block, "regions")[:48] == purgatory.REGION.pack(0x1000000, 0x2000, region.sha256)
+    assert PARAMS.get(block, "regions")[:64] == (struct.pack("<QQQQ", 0x1000000, 1, 0x1FFF, 0) + region.sha256)
     assert out[:image.params_offset] == image.data[:image.params_offset]
 
 
@@ -180,11 +182,17 @@ def test_a_corrupted_segment_halts_with_a_message_naming_it(image):
     assert "segment 01" not in out.serial
 
 
-def test_padding_up_to_memsz_is_checked_too(image):
-    regions = (Region.of(KERNEL, b"abc", 0x1000),)
-    _, out = _emulate(image, Params(regs={"rip": ENTRY}, regions=regions),
-                      memory={KERNEL: b"abc", KERNEL + 0xFFF: b"\x01"})
-    assert out.refused
+def test_padding_up_to_memsz_must_stay_zero(image):
+    regions = (Region.of(KERNEL, b"abc", 0x10000),)
+    assert regions[0] == Region(KERNEL, 3, hashlib.sha256(b"abc").digest(), 0x10000 - 3)
+    for at in (3, 4, 7, 8, 0x1234, 0xFFFF):
+        _, out = _emulate(image, Params(regs={"rip": ENTRY}, regions=regions),
+                          memory={KERNEL: b"abc", KERNEL + at: b"\x01"})
+        assert out.refused, at
+        assert f"non-zero padding at 0x{KERNEL + at:016x}" in out.serial
+    _, out = _emulate(image, Params(regs={"rip": ENTRY}, regions=regions), memory={KERNEL: b"abc",
+                                                                                 KERNEL + 0x10000: b"\x01"})
+    assert out.stopped_at == ENTRY                 # the byte after memsz is not the segment's
 
 
 def test_skip_checks_jumps_without_hashing(image):

@@ -44,21 +44,21 @@ def params_of(load):
     img = purgatory.load()
     raw = load.segment("purgatory").buf
     block = raw[img.params_offset:img.params_offset + purgatory.PARAMS.size]
-    regions = [purgatory.REGION.unpack_from(block, purgatory.PARAMS.offset("regions") + 48 * i)
+    regions = [purgatory.REGION.unpack_from(block, purgatory.PARAMS.offset("regions") + 64 * i)
                for i in range(purgatory.PARAMS.get(block, "nr_regions"))]
     return block, regions
 
 
 def check_digests(load):
-    """Every non-purgatory segment is a purgatory region whose digest covers bytes + zero padding."""
+    """Every non-purgatory segment is a purgatory region: a digest of its bytes, zeroes to memsz."""
     _, regions = params_of(load)
-    by_start = {start: (length, digest) for start, length, digest in regions}
+    by_start = {start: (length, zero, digest) for start, length, zero, digest in regions}
     others = [s for s, p in zip(load.segments, load.plan.segments) if p.role != "purgatory"]
     assert len(regions) == len(others)
     for seg in others:
-        length, digest = by_start[seg.mem]
-        assert length == seg.memsz
-        assert digest == hashlib.sha256(seg.buf + bytes(seg.memsz - len(seg.buf))).digest()
+        length, zero, digest = by_start[seg.mem]
+        assert length == len(seg.buf) and length + zero == seg.memsz
+        assert digest == hashlib.sha256(seg.buf).digest()
 
 
 # -- bzImage --------------------------------------------------------------------------------------

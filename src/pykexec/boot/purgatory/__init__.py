@@ -16,7 +16,8 @@ segment; its memory size includes a 16 KiB stack.  The parameter block holds:
 * the registers to enter with (``rsi`` = boot_params and ``rip`` for Linux;
   ``eax`` = magic, ``ebx`` = information structure and ``eip`` for Multiboot);
 * the crash backup copy (source, destination, size);
-* up to 16 regions, each with its own SHA-256.
+* up to 16 regions, each with its own SHA-256 over the segment's bytes and the
+  length of the zero padding after them (checked against zero, not hashed).
 """
 
 from __future__ import annotations
@@ -68,35 +69,30 @@ PARAMS = Layout("pg_params", [
     Field("backup_src", 0x90, "Q"),
     Field("backup_dst", 0x98, "Q"),
     Field("backup_size", 0xA0, "Q"),
-    Field("regions", 0xA8, f"{MAX_REGIONS * 0x30}s"),
+    Field("regions", 0xA8, f"{MAX_REGIONS * 0x40}s"),
 ])
-REGION = struct.Struct("<QQ32s")      # start, len, sha256
+REGION = struct.Struct("<QQQ8x32s")   # start, len, zero_len, reserved, sha256
 
 
 @dataclass(frozen=True)
 class Region:
-    """Memory the purgatory hashes before the jump, and the digest it must find."""
+    """Memory the purgatory checks before the jump: ``length`` bytes that must hash to
+    ``sha256``, then ``zero_length`` bytes that must be zero."""
 
     start: int
     length: int
     sha256: bytes
+    zero_length: int = 0
 
     @classmethod
     def of(cls, start: int, buf: bytes | memoryview, memsz: int) -> "Region":
-        """The region a segment fills: its bytes, then zeroes up to ``memsz`` (kexec-tools
-        ``update_purgatory`` hashes the padding too)."""
-        return cls(start, memsz, sha256_padded(buf, memsz))
+        """The region a segment fills: its bytes, then the zeroes the kernel fills up to
+        ``memsz`` (kexec-tools hashes those too; comparing them with zero is as exact)."""
+        return cls(start, len(buf), hashlib.sha256(buf).digest(), max(memsz - len(buf), 0))
 
-
-def sha256_padded(buf: bytes | memoryview, memsz: int) -> bytes:
-    h = hashlib.sha256(buf)
-    pad = memsz - len(buf)
-    zeros = bytes(min(pad, 1 << 20)) if pad > 0 else b""
-    while pad > 0:
-        n = min(pad, len(zeros))
-        h.update(zeros[:n] if n < len(zeros) else zeros)
-        pad -= n
-    return h.digest()
+    @property
+    def end(self) -> int:
+        return self.start + self.length + self.zero_length
 
 
 @dataclass(frozen=True)
@@ -162,7 +158,7 @@ class Image:
             struct.pack_into("<" + f.code, block, f.offset, value)
         base = PARAMS.offset("regions")
         for i, r in enumerate(params.regions):
-            REGION.pack_into(block, base + i * REGION.size, r.start, r.length, r.sha256)
+            REGION.pack_into(block, base + i * REGION.size, r.start, r.length, r.zero_length, r.sha256)
         out = bytearray(self.data)
         out[self.params_offset:self.params_offset + len(block)] = block
         return bytes(out)

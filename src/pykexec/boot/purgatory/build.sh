@@ -28,14 +28,14 @@ CFLAGS="-std=gnu11 -O2 -Wall -Wextra -Werror -ffreestanding -fno-builtin -nostdi
  -fpie -fvisibility=hidden -mno-red-zone -mgeneral-regs-only -mcmodel=small \
  -fno-stack-protector -fno-stack-clash-protection -fcf-protection=none \
  -fno-asynchronous-unwind-tables -fno-unwind-tables -fno-exceptions \
- -fno-tree-loop-distribute-patterns -fno-delete-null-pointer-checks \
+ -fno-tree-loop-distribute-patterns -fno-delete-null-pointer-checks -fno-strict-aliasing \
  -fno-common -fno-ident -fno-plt -ffile-prefix-map=$here=. -I."
 ASFLAGS="-fpie -nostdinc -I. -Wa,--noexecstack"
 
 cd "$here"
 $CC $ASFLAGS -c entry.S -o "$work/entry.o"
 $CC $ASFLAGS -c sha256_ni.S -o "$work/sha256_ni.o"
-$CC $CFLAGS -c sha256.c -o "$work/sha256.o"
+$CC $CFLAGS -O3 -c sha256.c -o "$work/sha256.o"     # the later -O3 wins: see sha256.c
 $CC $CFLAGS -c purgatory.c -o "$work/purgatory.o"
 
 objs="$work/entry.o $work/sha256_ni.o $work/sha256.o $work/purgatory.o"

@@ -31,7 +31,7 @@
 #define PG_BACKUP_DST		0x98
 #define PG_BACKUP_SIZE		0xa0
 #define PG_REGIONS		0xa8
-#define PG_REGION_SIZE		0x30
+#define PG_REGION_SIZE		0x40
 #define PG_PARAMS_SIZE		(PG_REGIONS + PG_MAX_REGIONS * PG_REGION_SIZE)
 
 /* Offsets in struct pg_regs. */
@@ -74,9 +74,14 @@ struct pg_regs {
 	u64 rip;
 };
 
+/* [start, start + len) must hash to sha256; [start + len, start + len + zero_len) must be zero
+ * (the padding the kernel zero-fills up to memsz: comparing it with zero is exact and much
+ * cheaper than hashing it). */
 struct pg_region {
 	u64 start;
 	u64 len;
+	u64 zero_len;
+	u64 reserved;
 	u8 sha256[32];
 };
 

@@ -1,0 +1,280 @@
+"""The emulated firmware on tiny PE images built here: services, bounds, trace, LoadOptions."""
+
+from __future__ import annotations
+
+import inspect
+import struct
+
+import pytest
+
+pytest.importorskip("unicorn")
+
+from pykexec import efi  # noqa: E402
+from pykexec.efi import constants as c  # noqa: E402
+from pykexec.efi.handles import Node, vendor_media_path  # noqa: E402
+from pykexec.efi.machine import Options  # noqa: E402
+from pykexec.efi.memory import EfiStatusError  # noqa: E402
+from pykexec.efi.services import Firmware  # noqa: E402
+from pykexec.errors import EmulationFault, EmulationLimit, StubExited  # noqa: E402
+
+from .conftest import TEXT_RVA, pe_image  # noqa: E402
+
+JMP_SELF = b"\xeb\xfe"
+NULL_READ = b"\x48\x8b\x04\x25\x00\x00\x00\x00"          # mov rax, [0]
+
+
+def call(service, *args):
+    """Call a service as the dispatcher does: errors become their status, generators run."""
+    try:
+        return _call(service(*args))
+    except EfiStatusError as e:
+        return e.status
+
+
+def _call(result):
+    if inspect.isgenerator(result):
+        try:
+            next(result)
+        except StopIteration as stop:
+            return stop.value
+        raise AssertionError("the service wanted to call guest code")
+    return result
+
+
+def hello_then_exit(text: str = "hi", status: int = c.EFI_UNSUPPORTED) -> bytes:
+    """OutputString(text) on ConOut, then BS.Exit(ImageHandle, status)."""
+    code = bytearray()
+    code += bytes.fromhex("53 4154 4883ec28 4989cc 4889d3")       # push rbx/r12; sub rsp; save
+    code += bytes.fromhex("488b4b40")                              # rcx = ST->ConOut
+    lea_at = len(code)
+    code += bytes.fromhex("488d15") + b"\0\0\0\0"                 # rdx = &msg
+    code += bytes.fromhex("ff5108")                                # ConOut->OutputString
+    code += bytes.fromhex("488b4360 4c89e1 48ba") + struct.pack("<Q", status)
+    code += bytes.fromhex("4531c0 4531c9")
+    code += bytes.fromhex("ff90") + struct.pack("<I", 24 + 8 * c.BOOT_SERVICES.index("Exit"))
+    code += JMP_SELF
+    msg = len(code)
+    code += (text + "\0").encode("utf-16-le")
+    struct.pack_into("<i", code, lea_at + 3, msg - (lea_at + 7))
+    return bytes(code)
+
+
+@pytest.fixture
+def fw():
+    return Firmware("x86_64", Options(memory=256 << 20))
+
+
+def scratch(fw, size=0x1000):
+    return fw.alloc(c.BS_DATA, size)
+
+
+def test_system_table_layout(fw):
+    assert fw.u64(fw.st) == c.SYSTEM_TABLE_SIGNATURE
+    assert fw.u64(fw.st + c.ST_BOOT_SERVICES) == fw.bs
+    assert fw.u64(fw.st + c.ST_RUNTIME_SERVICES) == fw.rt
+    assert fw.utf16(fw.u64(fw.st + c.ST_FIRMWARE_VENDOR)) == "pykexec"
+    assert fw.u64(fw.bs) == c.BOOT_SERVICES_SIGNATURE
+    n = fw.u64(fw.st + c.ST_NUMBER_OF_TABLE_ENTRIES)
+    tables = fw.u64(fw.st + c.ST_CONFIGURATION_TABLE)
+    guids = [fw.read(tables + 24 * i, 16) for i in range(n)]
+    assert c.RT_PROPERTIES_TABLE in guids
+    props = fw.u64(tables + 24 * guids.index(c.RT_PROPERTIES_TABLE) + 16)
+    assert struct.unpack("<HHI", fw.read(props, 8)) == (1, 8, 0)   # SetVirtualAddressMap: no
+
+
+def test_get_memory_map_handshake_and_key(fw):
+    buf = scratch(fw, 0x4000)
+    size, key, dsize, dver, mmap = buf, buf + 8, buf + 16, buf + 24, buf + 0x100
+    fw.put64(size, 0)
+    assert call(fw.bs_GetMemoryMap, size, 0, key, dsize, dver) == c.EFI_BUFFER_TOO_SMALL
+    need = fw.u64(size)
+    assert need == c.DESCRIPTOR_SIZE * len(fw.memory.descs) and fw.u64(dsize) == 48
+    fw.put64(size, need + 48)
+    assert call(fw.bs_GetMemoryMap, size, mmap, key, dsize, dver) == c.EFI_SUCCESS
+    key1 = fw.u64(key)
+    raw = fw.read(mmap, need)
+    first = struct.unpack_from("<IIQQQQ", raw, 0)
+    assert (first[0], first[2]) == (c.RESERVED, 0)
+    types = [struct.unpack_from("<I", raw, i)[0] for i in range(0, need, 48)]
+    assert types == [d.type for d in fw.memory.descs]
+    # an allocation changes the key; ExitBootServices refuses the old one
+    assert call(fw.bs_AllocatePages, c.ALLOCATE_ANY_PAGES, c.LOADER_DATA, 1, buf + 32) \
+        == c.EFI_SUCCESS
+    assert fw.memory.key != key1
+    assert call(fw.bs_ExitBootServices, 0, key1) == c.EFI_INVALID_PARAMETER
+    assert call(fw.bs_GetMemoryMap, size, 0, key, dsize, dver) == c.EFI_BUFFER_TOO_SMALL
+
+
+def test_allocate_pages_honours_address_and_max(fw):
+    buf = scratch(fw)
+    fw.put64(buf, 0x1000000)
+    assert call(fw.bs_AllocatePages, c.ALLOCATE_ADDRESS, c.LOADER_CODE, 4, buf) == c.EFI_SUCCESS
+    assert fw.u64(buf) == 0x1000000
+    assert call(fw.bs_AllocatePages, c.ALLOCATE_ADDRESS, c.LOADER_CODE, 4, buf) == c.EFI_NOT_FOUND
+    fw.put64(buf, 0x7FFFFFF)
+    assert call(fw.bs_AllocatePages, c.ALLOCATE_MAX_ADDRESS, c.LOADER_DATA, 2, buf) == c.EFI_SUCCESS
+    assert fw.u64(buf) == 0x8000000 - 0x2000
+    assert call(fw.bs_FreePages, 0x1000000, 4) == c.EFI_SUCCESS
+    assert call(fw.bs_FreePages, 0x1000000, 4) == c.EFI_NOT_FOUND
+    assert call(fw.bs_FreePool, 0) == c.EFI_INVALID_PARAMETER
+
+
+def test_load_options_are_utf16_and_loaded_image_is_true(fw):
+    img = fw.load_image(pe_image(b"\xc3"), parent=0, name="t.efi", file_path_dp=None)
+    fw.set_load_options(img, "console=ttyS0 é")
+    li = img.loaded_image
+    size = fw.u32(li + c.LI_LOAD_OPTIONS_SIZE)
+    raw = fw.read(fw.u64(li + c.LI_LOAD_OPTIONS), size)
+    assert raw == "console=ttyS0 é\0".encode("utf-16-le")
+    assert fw.u64(li + c.LI_IMAGE_BASE) == img.base and fw.u64(li + c.LI_IMAGE_SIZE) == 0x2000
+    assert fw.u64(li + c.LI_SYSTEM_TABLE) == fw.st
+    assert fw.read(img.base, 2) == b"MZ"                  # headers are mapped
+    assert fw.read(img.base + TEXT_RVA, 1) == b"\xc3"
+    assert img.entry == img.base + TEXT_RVA
+
+
+def test_base_relocations_are_applied(fw):
+    image_base = 0x140000000
+    code = b"\xc3" + bytes(7) + struct.pack("<Q", image_base + 0x1234)
+    img = fw.load_image(pe_image(code, relocs=[TEXT_RVA + 8]), parent=0, name="r.efi",
+                        file_path_dp=None)
+    assert fw.u64(img.base + TEXT_RVA + 8) == img.base + 0x1234
+
+
+def test_load_image_refuses_other_machines(fw):
+    parent = fw.load_image(pe_image(b"\xc3"), parent=0, name="p.efi", file_path_dp=None)
+    child = pe_image(b"\xc3", machine=c.MACHINE_AA64)
+    buf = scratch(fw, 0x4000)
+    fw.write(buf + 0x100, child)
+    fw.record = None
+    result = call(fw.bs_LoadImage, 0, parent.handle, 0, buf + 0x100, len(child), buf)
+    assert result == c.EFI_UNSUPPORTED
+
+
+def test_locate_device_path_advances_the_path(fw):
+    vendor = c.guid("01234567-89ab-cdef-0123-456789abcdef")
+    dp = vendor_media_path(vendor)
+    buf = scratch(fw, 0x1000)
+    fw.write(buf + 0x100, dp)
+    h = fw.handles.install(0, c.DEVICE_PATH_PROTOCOL, buf + 0x100)
+    fw.handles.install(h, c.LOAD_FILE2_PROTOCOL, buf + 0x200)
+    longer = dp[:-4] + Node(c.DP_MEDIA, 0x04, "x\0".encode("utf-16-le")).raw + dp[-4:]
+    fw.write(buf + 0x400, longer)
+    fw.write(buf + 0x800, c.LOAD_FILE2_PROTOCOL)
+    fw.put64(buf, buf + 0x400)
+    assert call(fw.bs_LocateDevicePath, buf + 0x800, buf, buf + 8) == c.EFI_SUCCESS
+    assert fw.u64(buf + 8) == h
+    assert fw.u64(buf) == buf + 0x400 + len(dp) - 4      # at the File() node
+    fw.write(buf + 0x800, c.LOAD_FILE_PROTOCOL)
+    fw.put64(buf, buf + 0x400)
+    assert call(fw.bs_LocateDevicePath, buf + 0x800, buf, buf + 8) == c.EFI_NOT_FOUND
+
+
+def test_initrd_load_file2_handshake():
+    fw = Firmware("x86_64", Options(memory=256 << 20), initrd=b"INITRD" * 100)
+    buf = scratch(fw, 0x2000)
+    fw.write(buf + 0x100, c.LOAD_FILE2_PROTOCOL)
+    fw.write(buf + 0x200, vendor_media_path(c.LINUX_EFI_INITRD_MEDIA))
+    fw.put64(buf, buf + 0x200)
+    assert call(fw.bs_LocateDevicePath, buf + 0x100, buf, buf + 8) == c.EFI_SUCCESS
+    fw.put64(buf + 16, 0)
+    assert call(fw.initrd_LoadFile, 0, 0, 0, buf + 16, 0) == c.EFI_BUFFER_TOO_SMALL
+    assert fw.u64(buf + 16) == 600
+    assert call(fw.initrd_LoadFile, 0, 0, 0, buf + 16, buf + 0x400) == c.EFI_SUCCESS
+    assert fw.read(buf + 0x400, 600) == b"INITRD" * 100
+    assert call(fw.initrd_LoadFile, 0, 0, 1, buf + 16, buf + 0x400) == c.EFI_UNSUPPORTED
+
+
+def test_unsupported_protocols_answer_not_found(fw):
+    buf = scratch(fw)
+    fw.write(buf + 0x100, c.RNG_PROTOCOL)
+    assert call(fw.bs_LocateProtocol, buf + 0x100, 0, buf) == c.EFI_NOT_FOUND
+    assert call(fw.bs_LocateHandleBuffer, c.BY_PROTOCOL, buf + 0x100, 0, buf, buf + 8) \
+        == c.EFI_NOT_FOUND
+    name = buf + 0x200
+    fw.write(name, "SecureBoot\0".encode("utf-16-le"))
+    fw.write(buf + 0x300, c.guid("8be4df61-93ca-11d2-aa0d-00e098032b8c"))
+    fw.put64(buf + 16, 1)
+    assert call(fw.rt_GetVariable, name, buf + 0x300, 0, buf + 16, buf + 0x400) == c.EFI_NOT_FOUND
+    assert call(fw.rt_SetVirtualAddressMap, 0, 48, 1, 0) == c.EFI_UNSUPPORTED
+
+
+def test_infinite_loop_stops_with_a_clear_error():
+    with pytest.raises(EmulationLimit) as e:
+        efi.emulate(pe_image(JMP_SELF), max_instructions=1_000_000)
+    err = e.value
+    assert "instruction limit of 1000000" in str(err)
+    assert err.pc is not None and f"pc {err.pc:#x}" in str(err)
+    assert err.instructions >= 1_000_000
+
+
+def test_time_limit():
+    with pytest.raises(EmulationLimit) as e:
+        efi.emulate(pe_image(JMP_SELF), max_seconds=0.5)
+    assert "time limit" in str(e.value)
+
+
+def test_fault_names_the_access_and_pc():
+    with pytest.raises(EmulationFault) as e:
+        efi.emulate(pe_image(NULL_READ))
+    assert "read of 8 bytes at 0x0, the NULL page" in str(e.value)
+    assert e.value.pc % 0x1000 == TEXT_RVA % 0x1000
+
+
+def test_exit_and_trace():
+    lines = []
+    with pytest.raises(StubExited) as e:
+        efi.emulate(pe_image(hello_then_exit("hi")), trace=lines.append)
+    assert "called Exit(EFI_UNSUPPORTED)" in str(e.value)
+    assert "ConOut.OutputString('hi') = EFI_SUCCESS" in str(e.value)   # the last calls
+    assert lines[0] == "[1] ConOut.OutputString('hi') = EFI_SUCCESS"
+    assert lines[1].startswith("[2] BS.Exit(0x") and "EFI_UNSUPPORTED" in lines[1]
+
+
+def test_entry_returning_is_reported():
+    with pytest.raises(StubExited) as e:
+        efi.emulate(pe_image(b"\x31\xc0\xc3"))            # return EFI_SUCCESS
+    assert "entry point returned EFI_SUCCESS" in str(e.value)
+
+
+def test_not_a_pe_is_a_format_error():
+    from pykexec.errors import FormatError
+    with pytest.raises(FormatError):
+        efi.emulate(b"not a PE image" * 10)
+
+
+def parent_starting(child: bytes) -> bytes:
+    """LoadImage(child from a buffer) + StartImage, then Exit(ImageHandle, what StartImage gave)."""
+    bs = lambda name: struct.pack("<I", 24 + 8 * c.BOOT_SERVICES.index(name))  # noqa: E731
+    code = bytearray(bytes.fromhex("53 4154 4155 4883ec40 4989cc 4889d3 4c8b6b60"))
+    code += bytes.fromhex("31c9 4c89e2 4531c0")
+    lea_at = len(code)
+    code += bytes.fromhex("4c8d0d") + b"\0\0\0\0"                   # r9 = &child
+    code += bytes.fromhex("48c7442420") + struct.pack("<I", len(child))
+    code += bytes.fromhex("488d442438 4889442428")
+    code += bytes.fromhex("41ff95") + bs("LoadImage")
+    code += bytes.fromhex("488b4c2438 31d2 4531c0")
+    code += bytes.fromhex("41ff95") + bs("StartImage")
+    code += bytes.fromhex("4c89e1 4889c2 4531c0 4531c9")
+    code += bytes.fromhex("41ff95") + bs("Exit")
+    code += JMP_SELF
+    code += bytes(-len(code) % 16)
+    struct.pack_into("<i", code, lea_at + 3, len(code) - (lea_at + 7))
+    return bytes(code) + child
+
+
+def test_start_image_and_exit_unwind_to_the_parent():
+    child = pe_image(hello_then_exit("child", c.EFI_ACCESS_DENIED))
+    lines = []
+    with pytest.raises(StubExited) as e:
+        efi.emulate(pe_image(parent_starting(child)), trace=lines.append)
+    # the parent got the child's Exit status back from StartImage, with its own
+    # registers (r12 = its ImageHandle) restored, and exited with it
+    assert "called Exit(EFI_ACCESS_DENIED)" in str(e.value)
+    text = "\n".join(lines)
+    assert "BS.LoadImage(parent 0x" in text and "-> handle 0x" in text
+    assert "ConOut.OutputString('child')" in text
+    start = [line for line in lines if "BS.StartImage(" in line]
+    assert len(start) == 1 and "= EFI_ACCESS_DENIED" in start[0]
+    exits = [line for line in lines if "BS.Exit(" in line]
+    assert len(exits) == 2 and exits[0] != exits[1]      # the child's, then the parent's handle
