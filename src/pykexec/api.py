@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -135,6 +136,8 @@ class LoadOptions:
     debug: bool = False
     require_signature: bool | None = None
     trust: tuple[str | Path, ...] = ()
+    modules: tuple[str, ...] = ()
+    checks: bool = True
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
     """
     from . import trust
     from .machine import snapshot
+    if opts.mode == "user":
+        loader.refuse_user_mode_under_lockdown(read_lockdown(sysfs))
     image = open_file(opts.image)
     initrds = [open_file(p) for p in opts.initrds]
     addons: list[OpenedFile] = []
@@ -180,7 +185,8 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
                                                or opts.append is not None or opts.reuse_cmdline))
         prepared = prepare(image.data, profile=opts.profile, addons=tuple(f.data for f in addons),
                            limits=limits or Limits.from_env())
-        req = _request(opts, image, initrds, prepared)
+        machine = machine or snapshot(sys=str(sysfs))
+        req = _request(opts, image, initrds, prepared, machine)
         summary = LoadSummary(
             layers=tuple(x.format for x in prepared.layers), kernel_format=prepared.kernel_layer.format,
             kernel_size=len(prepared.kernel),
@@ -188,11 +194,12 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
             initrd_size=len(req.initrd) if req.initrd is not None else
             sum(len(f.data) for f in initrds), cmdline=req.cmdline, crash=opts.crash,
             signature=policy.summary)
-        machine = machine or snapshot(sys=str(sysfs))
-        predicted = _plan(req, machine, [f.data for f in initrds])
+        trusted_map = machine.memory_source == "iomem"
+        predicted = (req.user_load().plan if opts.mode == "user" and req.user_load
+                     else _plan(req, machine, [f.data for f in initrds], strict=trusted_map))
         if dry_run:
             return summary, None, predicted
-        if predicted is not None and machine.memory_source == "iomem":
+        if predicted is not None and trusted_map:
             refuse_if_violated(predicted)
         with loader.LoadLock():
             report = loader.load(req, syscalls or LinuxSyscalls(), lockdown=read_lockdown(sysfs))
@@ -202,8 +209,13 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
             f.close()
 
 
-def _plan(req: loader.LoadRequest, machine: Machine, initrds: list[bytes]) -> LoadPlan | None:
-    """The planner's prediction, or None when it has no planner for this image or machine."""
+def _plan(req: loader.LoadRequest, machine: Machine, initrds: list[bytes], *,
+          strict: bool) -> LoadPlan | None:
+    """The planner's prediction, or None when it has no planner for this image or machine.
+
+    ``strict``: the memory map is the kernel's own, so a load the planner
+    cannot place is refused; otherwise the prediction is only advice.
+    """
     from .plan import plan as plan_load
     layer = req.prepared.kernel_layer
     if not isinstance(layer, (BzImage, Arm64Image)) or machine.arch not in (None, layer.arch):
@@ -214,7 +226,10 @@ def _plan(req: loader.LoadRequest, machine: Machine, initrds: list[bytes]) -> Lo
         return plan_load(req.prepared, machine=machine, target=target, crash=req.crash,
                          initrd=initrd, cmdline=req.cmdline or "")
     except PlacementError as e:
-        raise LoadRefused(f"the load cannot fit: {e}") from e
+        if strict:
+            raise LoadRefused(f"the load cannot fit: {e}") from e
+        logging.getLogger(__name__).info("no placement prediction: %s", e)
+        return None
 
 
 def refuse_if_violated(predicted: LoadPlan) -> None:
@@ -228,17 +243,34 @@ def refuse_if_violated(predicted: LoadPlan) -> None:
 
 
 def _request(opts: LoadOptions, image: OpenedFile, initrds: list[OpenedFile],
-             prepared: Prepared) -> loader.LoadRequest:
+             prepared: Prepared, machine: Machine) -> loader.LoadRequest:
     if not prepared.initrds and len(initrds) == 1:
         initrd, initrd_fd = None, initrds[0].fd
     else:
         initrd, initrd_fd = join_initrds((*prepared.initrds, *(f.data for f in initrds))), None
     cmdline = compose_cmdline(prepared.cmdline, command_line=opts.command_line,
                               append=opts.append, reuse=opts.reuse_cmdline)
+    initrd_data = initrd if initrd_fd is None else initrds[0].data
     return loader.LoadRequest(
         prepared=prepared, kernel_fd=image.fd if prepared.kernel_is_input else None,
         initrd=initrd, initrd_fd=initrd_fd, cmdline=cmdline, crash=opts.crash,
-        mode=opts.mode, debug=opts.debug)
+        mode=opts.mode, debug=opts.debug,
+        user_load=_user_builder(opts, prepared, machine, initrd_data, cmdline))
+
+
+def _user_builder(opts: LoadOptions, prepared: Prepared, machine: Machine,
+                  initrd: bytes | None, cmdline: str | None):
+    """A deferred kexec_load build, or None where pykexec has no user-mode loader."""
+    if machine.arch not in (None, "x86_64"):
+        return None
+
+    def build():
+        from .boot import load_module
+        from .boot.usermode import build_user_load
+        return build_user_load(prepared, initrd=initrd, cmdline=cmdline, crash=opts.crash,
+                               machine=machine, modules=tuple(load_module(m) for m in opts.modules),
+                               checks=opts.checks, image_name=Path(opts.image).name)
+    return build
 
 
 def status(sysfs: Path = Path("/sys")) -> Status:

@@ -81,6 +81,10 @@ def _load_options() -> list[tuple[tuple[str, ...], dict]]:
                         "help": "UKI add-on; default: <uki>.extra.d/*.addon.efi"}),
         (("--dtb",), {"metavar": "FILE", "help": "device tree to pass (user mode only)"}),
         (("--crash",), {"action": "store_true", "help": "load a crash (kdump) kernel"}),
+        (("--module",), {"action": "append", "default": [], "metavar": "FILE[,ARGS]",
+                         "help": "Multiboot module (Xen: dom0 kernel, initrd), kexec_load only"}),
+        (("--no-checks",), {"action": "store_true",
+                            "help": "kexec_load: the purgatory skips its SHA-256 checks (kexec -i)"}),
         (("--mode",), {"choices": ("auto", "file", "user"), "default": "auto",
                        "help": "auto: kexec_file_load, falling back to kexec_load"}),
         (("--debug-syscall",), {"action": "store_true",
@@ -167,14 +171,14 @@ def cmd_load(args: argparse.Namespace) -> int:
     if args.append is not None and args.command_line is not None:
         raise UsageError("give --append or --command-line, not both")
     if args.dtb is not None:
-        raise UsageError("--dtb is used by kexec_load (user mode) loads, which this version "
-                         "cannot build yet")
+        raise UsageError("--dtb: passing a device tree is not supported yet (x86 SETUP_DTB, "
+                         "arm64 kexec_load)")
     opts = api.LoadOptions(
         image=args.image, initrds=tuple(args.initrd), command_line=args.command_line,
         append=args.append, reuse_cmdline=args.reuse_cmdline, profile=args.profile,
         addons=None if args.addon is None else tuple(args.addon), crash=args.crash,
         mode=args.mode, debug=args.debug_syscall, require_signature=args.require_signature,
-        trust=tuple(args.trust))
+        trust=tuple(args.trust), modules=tuple(args.module), checks=not args.no_checks)
     from .plan.cli import load_machine
     machine = load_machine(args)
     summary, report, predicted = api.load(opts, dry_run=args.dry_run, limits=_limits(args),

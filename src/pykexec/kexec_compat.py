@@ -11,7 +11,8 @@ kexec`` and kdump scripts unchanged.  Flags keep kexec-tools' meanings
 * ``--append`` and ``--command-line`` both give the command line (in
   kexec-tools they are synonyms); with ``--reuse-cmdline`` they are appended
   to the running kernel's;
-* ``-d`` debug, ``-f`` force, ``-x`` no ifdown, ``-y`` no sync, ``-i`` no checks.
+* ``-d`` debug, ``-f`` force, ``-x`` no ifdown, ``-y`` no sync, ``-i`` no checks;
+* ``--module FILE[,ARGS]`` Multiboot modules (kexec into Xen).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from . import __version__, api
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
-IGNORED = ("--mem-min", "--mem-max", "--type", "--serial", "--serial-baud", "--module",
+IGNORED = ("--mem-min", "--mem-max", "--type", "--serial", "--serial-baud",
            "--elf32-core-headers", "--elf64-core-headers", "--pass-memmap-cmdline")
 IGNORED_FLAGS = ("--reuseinitrd", "--hotplug", "--no-cma", "--force-dtb", "--real-mode",
                  "--entry-32bit", "--noefi", "--reuse-video-type", "--console-vga",
@@ -58,13 +59,15 @@ def build_parser() -> KexecParser:
     p.add_argument("--append", "--command-line", dest="append", metavar="S")
     p.add_argument("--reuse-cmdline", action="store_true")
     p.add_argument("--dtb", metavar="FILE")
+    p.add_argument("--module", metavar="FILE[,ARGS]", action="append", default=[],
+                   help="Multiboot module (kexec_load)")
     p.add_argument("-d", "--debug", action="store_true", help="show debug output")
     p.add_argument("-f", "--force", action="store_true",
                    help="execute at once; pykexec never calls shutdown anyway")
     p.add_argument("-x", "--no-ifdown", action="store_true", help="accepted; pykexec never ifdowns")
     p.add_argument("-y", "--no-sync", action="store_true", help="do not sync before exec")
     p.add_argument("-i", "--no-checks", action="store_true",
-                   help="accepted; checks are the kernel's in kexec_file_load mode")
+                   help="kexec_load: the purgatory skips its SHA-256 checks")
     p.add_argument("-v", "--version", action="version", version=f"kexec (pykexec {__version__})")
     for flag in IGNORED:
         p.add_argument(flag, metavar="X", help=argparse.SUPPRESS)
@@ -102,10 +105,10 @@ def _load(args: argparse.Namespace) -> None:
     if not args.kernel:
         raise UsageError("kexec: -l and -p need a kernel image")
     if args.dtb is not None:
-        raise UsageError("kexec: --dtb needs kexec_load (user mode), which this version "
-                         "cannot build yet")
+        raise UsageError("kexec: --dtb: passing a device tree is not supported yet")
     api.load(api.LoadOptions(image=args.kernel, initrds=tuple(args.initrd), append=args.append,
                              reuse_cmdline=args.reuse_cmdline, crash=args.load_panic,
-                             mode=args.mode, debug=args.debug))
+                             mode=args.mode, debug=args.debug, modules=tuple(args.module),
+                             checks=not args.no_checks))
     if args.debug:
         print(f"kexec: loaded {args.kernel}", file=sys.stderr)

@@ -22,11 +22,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from .backends.linux import (KEXEC_FILE_DEBUG, KEXEC_FILE_NO_INITRAMFS, KEXEC_FILE_ON_CRASH,
                              KEXEC_FILE_UNLOAD, KEXEC_ON_CRASH, Syscalls, memfd)
 from .errors import LoadRefused, PykexecError, SyscallError
 from .prepare import Prepared
+
+if TYPE_CHECKING:
+    from .boot.usermode import UserLoad
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,11 @@ LOCK_PATHS = (Path("/run/lock/pykexec.lock"), Path("/run/pykexec.lock"), Path("/
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """Everything one load needs, already read into memory once."""
+    """Everything one load needs, already read into memory once.
+
+    ``user_load`` builds the kexec_load segments (None where pykexec has no
+    user-mode loader for this image or machine); it runs only when needed.
+    """
 
     prepared: Prepared
     kernel_fd: int | None
@@ -74,6 +82,7 @@ class LoadRequest:
     crash: bool = False
     mode: str = "auto"
     debug: bool = False
+    user_load: Callable[[], "UserLoad"] | None = None
 
 
 @dataclass
@@ -96,9 +105,8 @@ def advise(err: SyscallError) -> SyscallError:
 def load(req: LoadRequest, sys: Syscalls, *, lockdown: str | None) -> LoadReport:
     """Load with the policy above; raise the first error that ends the attempt."""
     report = LoadReport()
-    if req.mode == "user" and lockdown not in (None, "none"):
-        raise LoadRefused(f"kernel lockdown is '{lockdown}': the kernel refuses kexec_load, "
-                          "so --mode user cannot work; use --mode file with a signed kernel")
+    if req.mode == "user":
+        refuse_user_mode_under_lockdown(lockdown)
     if req.mode in ("auto", "file"):
         try:
             return _file_load(req, sys, report)
@@ -112,14 +120,34 @@ def load(req: LoadRequest, sys: Syscalls, *, lockdown: str | None) -> LoadReport
             first_error = e
     else:
         first_error = None
-    raise LoadRefused(_user_mode_unavailable(req, first_error))
+    if req.user_load is None:
+        raise LoadRefused(_user_mode_unavailable(req, first_error))
+    return _user_load(req.user_load(), sys, report)
+
+
+def refuse_user_mode_under_lockdown(lockdown: str | None) -> None:
+    """Under lockdown the kernel refuses kexec_load: say so before building anything."""
+    if lockdown not in (None, "none"):
+        raise LoadRefused(f"kernel lockdown is '{lockdown}': the kernel refuses kexec_load, "
+                          "so --mode user cannot work; use --mode file with a signed kernel")
 
 
 def _user_mode_unavailable(req: LoadRequest, first: SyscallError | None) -> str:
     fmt = req.prepared.kernel_layer.format
     prefix = "" if first is None else f"kexec_file_load failed ({advise(first)}); "
-    return (f"{prefix}kexec_load (user mode) cannot build a {fmt} load yet in this version "
-            "of pykexec")
+    return (f"{prefix}pykexec's kexec_load (user mode) loader boots x86_64 bzImages, vmlinux "
+            f"ELFs and Multiboot images, not a {fmt} on this machine")
+
+
+def _user_load(built: "UserLoad", sys: Syscalls, report: LoadReport) -> LoadReport:
+    """kexec_load with segments, purgatory and entry built in user space."""
+    try:
+        sys.kexec_load(built.entry, list(built.segments), built.flags)
+    except SyscallError as e:
+        raise advise(e) from None
+    report.syscall, report.flags = "kexec_load", built.flags
+    report.attempts.append("kexec_load: ok")
+    return report
 
 
 def _file_load(req: LoadRequest, sys: Syscalls, report: LoadReport) -> LoadReport:

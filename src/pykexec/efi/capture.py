@@ -146,11 +146,14 @@ def arm64_capture(fw, handover: dict) -> dict:
     kernel = region[:image_length(region)]
     return {
         "kernel": kernel, "kernel_base": start, "initrd": initrd, "cmdline": cmdline,
-        "dtb": dtb, "loadable": kernel,
+        # systemd-stub 256+ lays the kernel out itself without its PE headers; the arm64
+        # stub then copies a headerless Image, which kexec_file_load cannot take
+        "dtb": dtb, "loadable": kernel if kernel[0x38:0x3C] == b"ARM\x64" else None,
         "report": {"initrd_source": source,
                    "dtb": {"addr": fdt_addr, "size": len(dtb) if dtb else 0,
                            "chosen": {k: v for k, v in (chosen or {}).items()
                                       if isinstance(v, (int, str))}},
+                   "image_header": region[0x38:0x3C] == b"ARM\x64",
                    "kernel_region": {"size": len(region),
                                      "type": c.memory_type_name(mtype) if mtype is not None else None}},
     }

@@ -40,8 +40,8 @@ LINUX_X86_64_PURGATORY = PurgatorySize(bufsz=0x4000, memsz=0x5000, align=0x1000,
 
 # pykexec's own user-space purgatory (kexec_load) is not built yet: until it
 # is, plans assume it is the size of the kernel's.  One constant to calibrate.
-USER_PURGATORY = PurgatorySize(bufsz=0x4000, memsz=0x5000, align=0x1000, entry_offset=0x120,
-                               measured_from="placeholder: the Debian 6.1 kernel purgatory's size")
+USER_PURGATORY = PurgatorySize(bufsz=16728, memsz=0x9000, align=0x1000, entry_offset=0,
+                               measured_from="pykexec's own purgatory (boot/purgatory/purgatory.bin)")
 
 
 def require_memory(machine: Machine) -> None:

@@ -14,15 +14,21 @@ from pykexec.backends.linux import (KEXEC_FILE_DEBUG, KEXEC_FILE_NO_INITRAMFS,
                                     KEXEC_FILE_ON_CRASH, KEXEC_FILE_UNLOAD)
 from pykexec.errors import LoadRefused, SignatureRejected, SyscallError
 
+from pykexec.machine import description
 from pykexec.machine.model import Machine
+from tests import builders
 
 from .fakes import FakeSyscalls
 
 
-def run_load(opts: api.LoadOptions, fake: FakeSyscalls, sysfs: Path, **kw):
+def run_load(opts: api.LoadOptions, fake: FakeSyscalls, sysfs: Path, *,
+             machine: Machine = Machine(arch="arm64"), **kw):
     """api.load on a described machine, with no efivarfs: hermetic."""
-    return api.load(opts, syscalls=fake, sysfs=sysfs, machine=Machine(arch="x86_64"),
+    return api.load(opts, syscalls=fake, sysfs=sysfs, machine=machine,
                     efivars=sysfs / "no-efivars", **kw)
+
+
+QEMU_GUEST = Path(__file__).parents[2] / "data" / "machines" / "qemu-pc-1g-debian6.1.iomem"
 
 
 def arm64_image(size: int = 0x3000) -> bytes:
@@ -93,6 +99,20 @@ def test_fallback_errnos_try_user_mode(tmp_path, sysfs, err):
     fake = FakeSyscalls(fail={"kexec_file_load": err})
     with pytest.raises(LoadRefused, match="kexec_load"):
         run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), fake, sysfs)
+    assert [c[0] for c in fake.calls] == ["kexec_file_load"]
+
+
+def test_fallback_builds_a_kexec_load_on_x86(tmp_path, sysfs):
+    machine = description.load(QEMU_GUEST)
+    image = write(tmp_path, "bzImage", builders.bzimage(init_size=0x800000))
+    fake = FakeSyscalls(fail={"kexec_file_load": errno.ENOEXEC})
+    summary, report, _ = run_load(api.LoadOptions(image=image, command_line="console=ttyS0"),
+                                  fake, sysfs, machine=machine)
+    (_, entry, segments, flags), = fake.calls[1:]
+    assert report.syscall == "kexec_load" and report.attempts[0] == "kexec_file_load: ENOEXEC"
+    assert len(segments) >= 3 and flags == 0
+    assert any(b"console=ttyS0" in bytes(s.buf) for s in segments)
+    assert any(s.mem <= entry < s.mem + s.memsz for s in segments)
 
 
 def test_no_fallback_under_lockdown(tmp_path, sysfs):

@@ -39,8 +39,9 @@ class NativeSha256:
 
     def digest(self, data: bytes, *, portable: bool = False) -> bytes:
         out = ctypes.create_string_buffer(32)
-        buf = ctypes.create_string_buffer(data, len(data)) if data else None
-        self._sha(buf, len(data), out, purgatory.PG_NO_SHANI if portable else 0)
+        # bytes go by reference (no copy): the purgatory only reads them
+        self._sha(ctypes.c_char_p(bytes(data)) if data else None, len(data), out,
+                  purgatory.PG_NO_SHANI if portable else 0)
         return out.raw
 
 

@@ -321,3 +321,30 @@ def test_multiboot_refuses_crash_and_initrd():
 def test_unknown_protocol():
     with pytest.raises(UsageError, match="protocol"):
         build(builders.bzimage(), protocol="pxe")
+
+
+def _rsdp(revision: int) -> bytes:
+    raw = bytearray(b"RSD PTR " + bytes(12) + struct.pack("<IQ", 36, 0x7FFE0000) + bytes(4))
+    raw[8] = 0
+    raw[15] = revision
+    raw[8] = -sum(raw[:20]) & 0xFF
+    raw[32] = -sum(raw[:36]) & 0xFF
+    return bytes(raw)
+
+
+def test_parse_rsdp():
+    assert usermode.parse_rsdp(_rsdp(0)) == (_rsdp(0)[:20], None)
+    assert usermode.parse_rsdp(_rsdp(2)) == (None, _rsdp(2))
+    bad = bytearray(_rsdp(0))
+    bad[9] ^= 1
+    assert usermode.parse_rsdp(bytes(bad)) == (None, None)
+    assert usermode.parse_rsdp(b"garbage" * 6) == (None, None)
+
+
+def test_multiboot2_passes_the_rsdp_read_from_dev_mem(tmp_path):
+    mem = bytearray(0x100000)
+    mem[0xF59D0:0xF59D0 + 36] = _rsdp(0)
+    (tmp_path / "mem").write_bytes(bytes(mem))
+    load = build(xen_elf(), initrd=None, cmdline=None, firmware=Firmware(acpi_rsdp=0xF59D0),
+                 dev_mem=tmp_path / "mem")
+    assert (14, _rsdp(0)[:20]) in parse_multiboot2_info(load.segment("mbi").buf)
