@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,8 @@ from . import formats, loader
 from .formats.arm64_image import Arm64Image
 from .formats.bzimage import BzImage
 from .backends.linux import LinuxSyscalls, Status, Syscalls, read_lockdown, read_status  # noqa: F401  (Status is API)
-from .errors import LoadRefused, PlacementError, UsageError
+from .errors import LoadRefused, NotLoadable, PlacementError, UnknownFormat, UsageError
+from .formats import pe
 from .limits import Limits
 from .prepare import Prepared, join_initrds, prepare
 
@@ -138,6 +139,7 @@ class LoadOptions:
     trust: tuple[str | Path, ...] = ()
     modules: tuple[str, ...] = ()
     checks: bool = True
+    via_emulator: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,9 +185,9 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
             require=opts.require_signature, trust_files=opts.trust, lockdown=read_lockdown(sysfs),
             efivars=efivars or trust.EFIVARS, cmdline_override=(opts.command_line is not None
                                                or opts.append is not None or opts.reuse_cmdline))
-        prepared = prepare(image.data, profile=opts.profile, addons=tuple(f.data for f in addons),
-                           limits=limits or Limits.from_env())
         machine = machine or snapshot(sys=str(sysfs))
+        prepared = _prepare_or_emulate(image.data, opts, tuple(f.data for f in addons),
+                                       limits or Limits.from_env(), machine)
         req = _request(opts, image, initrds, prepared, machine)
         summary = LoadSummary(
             layers=tuple(x.format for x in prepared.layers), kernel_format=prepared.kernel_layer.format,
@@ -207,6 +209,32 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
     finally:
         for f in (image, *initrds, *addons):
             f.close()
+
+
+def _prepare_or_emulate(data: bytes, opts: LoadOptions, addons: tuple[bytes, ...],
+                        limits: Limits, machine: Machine) -> Prepared:
+    """Unwrap statically; a PE image no parser understands runs its own EFI stub instead."""
+    if not opts.via_emulator:
+        try:
+            return prepare(data, profile=opts.profile, addons=addons, limits=limits)
+        except (NotLoadable, UnknownFormat) as e:
+            if not pe.has_pe_header(data):
+                raise
+            logging.getLogger(__name__).warning(
+                "no parser unwraps this PE image (%s); running its EFI stub in the emulator", e)
+    return prepare_via_emulator(data, arch=machine.arch, limits=limits)
+
+
+def prepare_via_emulator(data: bytes, *, arch: str | None, limits: Limits = Limits()) -> Prepared:
+    """What the image's own EFI stub hands the kernel, captured under emulated UEFI."""
+    from . import efi
+    cap = efi.emulate_for_load(data, initrd=None, cmdline=None, arch=arch)
+    if cap.loadable is None:
+        raise NotLoadable("pe", "the emulated EFI stub handed over a kernel that kexec_file_load "
+                          "cannot take (see `pykexec emulate`)")
+    kernel = prepare(cap.loadable, limits=limits)
+    return replace(kernel, initrds=() if cap.initrd is None else (cap.initrd,),
+                   cmdline=cap.cmdline, kernel_is_input=False)
 
 
 def _plan(req: loader.LoadRequest, machine: Machine, initrds: list[bytes], *,

@@ -62,7 +62,7 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
 # Verbs whose modules pull in heavy dependencies (the planner, cryptography,
 # unicorn): imported only when that verb runs, or for the full --help.
 EXTERNAL = {"machine": "pykexec.plan.cli", "plan": "pykexec.plan.cli",
-            "verify": "pykexec.trust.cli"}
+            "verify": "pykexec.trust.cli", "emulate": "pykexec.efi.cli"}
 
 
 def _load_options() -> list[tuple[tuple[str, ...], dict]]:
@@ -89,6 +89,9 @@ def _load_options() -> list[tuple[tuple[str, ...], dict]]:
                        "help": "auto: kexec_file_load, falling back to kexec_load"}),
         (("--debug-syscall",), {"action": "store_true",
                                 "help": "pass KEXEC_FILE_DEBUG: the kernel logs where it put each segment"}),
+        (("--via-emulator",), {"action": "store_true",
+                               "help": "run the image's own EFI stub under emulated UEFI and load "
+                                       "what it hands over (automatic when no parser knows a PE)"}),
         (("--dry-run",), {"action": "store_true", "help": "show what would be loaded, and stop"}),
         (("--json",), {"action": "store_true", "help": "print the result as JSON"}),
             plan_cli.MACHINE_OPTION,
@@ -178,7 +181,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         append=args.append, reuse_cmdline=args.reuse_cmdline, profile=args.profile,
         addons=None if args.addon is None else tuple(args.addon), crash=args.crash,
         mode=args.mode, debug=args.debug_syscall, require_signature=args.require_signature,
-        trust=tuple(args.trust), modules=tuple(args.module), checks=not args.no_checks)
+        trust=tuple(args.trust), modules=tuple(args.module), checks=not args.no_checks,
+        via_emulator=args.via_emulator)
     from .plan.cli import load_machine
     machine = load_machine(args)
     summary, report, predicted = api.load(opts, dry_run=args.dry_run, limits=_limits(args),

@@ -237,8 +237,11 @@ def test_bomb_peak_memory_in_a_child_process(tmp_path, bombs):
     """Resident memory, C allocations included, of the whole CLI on a 1 GiB gzip bomb."""
     path = tmp_path / "bomb.gz"
     path.write_bytes(bombs["gzip"])
-    code = ("import resource, sys; from pykexec.cli import main; rc = main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    # VmHWM, not ru_maxrss: Linux carries the forking parent's peak into ru_maxrss across exec,
+    # so a child of a large pytest process would report the parent's memory.
+    code = ("import sys; from pykexec.cli import main; rc = main(sys.argv[1:]); "
+            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')));"
+            " sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code, "inspect", "--max-output", str(8 << 20), str(path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "pykexec: error: gzip" in out.stderr

@@ -270,7 +270,7 @@ ARCHES = {"x86_64": X86_64, "arm64": Arm64}
 #
 # A Python UC_HOOK_CODE costs ~170x and unicorn's own ``count`` ~9x; a native
 # UC_HOOK_BLOCK callback costs nothing measurable.  On an x86-64 host the callback
-# below (hand-assembled, 100 bytes) counts blocks and code bytes, keeps a
+# below (hand-assembled, 112 bytes) counts blocks and code bytes, keeps a
 # per-block-address execution count in an open-addressing table (so x86 instruction
 # counts can be computed exactly from each block's instruction count), and stops
 # emulation when the block count reaches a checkpoint.
