@@ -87,12 +87,19 @@ def test_compressed_vmlinux(algorithm):
 
 @pytest.mark.parametrize("elf_class", [32, 64])
 @pytest.mark.parametrize("fields", [
-    {"e_phoff": 0xFFFFFF00}, {"e_phnum": 0xFFFF}, {"e_phnum": 200}, {"e_phentsize": 0xFFFF},
+    {"e_phoff": 0xFFFFFF00}, {"e_phnum": 0xFFFF}, {"e_phnum": 200},
 ])
 def test_program_headers_past_the_end(elf_class, fields):
     err = parse_or_error(elf.parse, b.elf(elf_class, **fields))
     assert isinstance(err, FormatError) and err.field == "e_phoff"
     assert err.offset == (0x20 if elf_class == 64 else 0x1C)
+
+
+@pytest.mark.parametrize("elf_class", [32, 64])
+def test_program_header_entry_size_must_match_the_class(elf_class):
+    err = parse_or_error(elf.parse, b.elf(elf_class, e_phentsize=0xFFFF))
+    assert isinstance(err, FormatError) and err.field == "e_phentsize"
+    assert err.offset == (0x36 if elf_class == 64 else 0x2A)
 
 
 @pytest.mark.parametrize("elf_class", [32, 64])
@@ -156,3 +163,19 @@ def test_note_name_without_terminator(elf_class):
     note_at = (64 + 2 * 56) if elf_class == 64 else (52 + 2 * 32)
     data[note_at:note_at + 4] = (4).to_bytes(4, "little")
     assert isinstance(parse_or_error(elf.parse, bytes(data)), (Elf, FormatError))
+
+
+def test_zero_phentsize_with_many_headers_is_refused_at_once():
+    """Found by the atheris campaign: e_phentsize 0 and e_phnum 54784 made pyelftools
+    parse the same header 54784 times (10 s)."""
+    import time
+    from pathlib import Path
+
+    from pykexec.errors import FormatError
+    from pykexec.formats import elf as elf_format
+
+    seed = Path(__file__).parents[1] / "fuzz" / "corpus" / "elf" / "phentsize-zero-54784-phdrs.bin"
+    start = time.monotonic()
+    with pytest.raises(FormatError, match="e_phentsize"):
+        elf_format.parse(seed.read_bytes())
+    assert time.monotonic() - start < 1

@@ -28,6 +28,7 @@ MAX_NOTES = 4096
 ARCHES = {"EM_X86_64": "x86_64", "EM_386": "x86", "EM_AARCH64": "arm64", "EM_ARM": "arm",
           "EM_RISCV": "riscv64", "EM_LOONGARCH": "loongarch64", "EM_PPC64": "ppc64",
           "EM_S390": "s390x"}
+PHDR_SIZE = {1: 32, 2: 56}  # sizeof(Elf32_Phdr), sizeof(Elf64_Phdr)
 IDENT = Layout("elf", [Field("ei_class", 4, "B"), Field("ei_data", 5, "B")])
 PHDR = {  # (e_phoff, e_phentsize, e_phnum) offsets per class
     1: Layout("elf", [Field("e_phoff", 0x1C, "I"), Field("e_phentsize", 0x2A, "H"),
@@ -118,6 +119,11 @@ def _check_tables(data: Buffer) -> None:
     if ident["ei_data"] == 2:
         layout = Layout("elf", list(layout.fields.values()), endian=">")
     h = layout.unpack(data)
+    entsize = PHDR_SIZE[ident["ei_class"]]
+    if h["e_phnum"] and h["e_phentsize"] != entsize:
+        raise FormatError("elf", f"e_phentsize is {h['e_phentsize']}, but an ELF{32 * ident['ei_class']} "
+                          f"program header is {entsize} bytes", field="e_phentsize",
+                          offset=layout.offset("e_phentsize"))
     end = h["e_phoff"] + h["e_phentsize"] * h["e_phnum"]
     if end > len(data):
         raise FormatError("elf", f"program headers [{h['e_phoff']:#x}, {end:#x}) run past the "
