@@ -1,10 +1,18 @@
 """pykexec: understand, plan and load kexec boot images.
 
-The public API is in :mod:`pykexec.api` and re-exported here.
+The public API is :mod:`pykexec.api`; ``inspect``, ``extract`` and
+``prepare_file`` are re-exported here, imported on first use so that
+``import pykexec`` stays cheap.
 """
 
-from .api import extract, inspect, prepare_file
 from .errors import PykexecError
 
 __version__ = "0.1.0"
 __all__ = ["PykexecError", "extract", "inspect", "prepare_file", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("extract", "inspect", "prepare_file"):
+        from . import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'pykexec' has no attribute {name!r}")

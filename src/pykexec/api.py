@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import os
 import stat
 from dataclasses import dataclass, replace
@@ -46,16 +47,17 @@ def inspect(path: str | Path, *, limits: Limits | None = None) -> dict:
 
 
 def prepare_file(path: str | Path, *, profile: int | None = None,
-                 addons: tuple[str | Path, ...] = (), limits: Limits | None = None) -> Prepared:
-    """Unwrap an image file to what a loader hands the kernel."""
-    return prepare(read_image(path), profile=profile,
-                   addons=tuple(read_image(a) for a in addons), limits=limits or Limits.from_env())
+                 addons: tuple[str | Path, ...] = (), limits: Limits | None = None,
+                 vmlinux: bool = False) -> Prepared:
+    """Unwrap an image file to what a loader hands the kernel (and a bzImage's vmlinux)."""
+    return prepare(read_image(path), profile=profile, addons=tuple(read_image(a) for a in addons),
+                   limits=limits or Limits.from_env(), vmlinux=vmlinux)
 
 
 def extract(path: str | Path, outdir: str | Path, *, profile: int | None = None,
             limits: Limits | None = None) -> dict[str, Path]:
     """Write kernel, initrd, cmdline, dtb and vmlinux (where present) into ``outdir``."""
-    prepared = prepare_file(path, profile=profile, limits=limits)
+    prepared = prepare_file(path, profile=profile, limits=limits, vmlinux=True)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     pieces = {"kernel": prepared.kernel, "initrd": prepared.initrd,
@@ -71,28 +73,42 @@ def extract(path: str | Path, outdir: str | Path, *, profile: int | None = None,
 
 @dataclass(frozen=True)
 class OpenedFile:
-    """A file read once, with the descriptor it was read from kept open."""
+    """A file opened once, with the descriptor kept open for the kernel.
+
+    ``data`` is the file read into memory, or for a mapped file (initrds,
+    which the kernel reads itself through the descriptor) a read-only map
+    that costs no memory until it is used.
+    """
 
     path: Path
     fd: int
-    data: bytes
+    size: int
+    data: bytes | mmap.mmap
 
     def close(self) -> None:
+        if isinstance(self.data, mmap.mmap):
+            self.data.close()
         os.close(self.fd)
 
 
-def open_file(path: str | Path) -> OpenedFile:
-    """Open and read a file once; the same descriptor can go to the kernel."""
+def open_file(path: str | Path, *, mapped: bool = False) -> OpenedFile:
+    """Open a file once and read (or map) it; the same descriptor can go to the kernel."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"{path}: not a regular file")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read()
+        if mapped and st.st_size:
+            data = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        elif mapped:
+            data = b""
+        else:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read()
     except BaseException:
         os.close(fd)
         raise
-    return OpenedFile(Path(path), fd, data)
+    return OpenedFile(Path(path), fd, st.st_size, data)
 
 
 def addon_dir(image: str | Path) -> list[Path]:
@@ -172,9 +188,11 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
     if opts.mode == "user":
         loader.refuse_user_mode_under_lockdown(read_lockdown(sysfs))
     image = open_file(opts.image)
-    initrds = [open_file(p) for p in opts.initrds]
+    initrds = [open_file(p, mapped=True) for p in opts.initrds]
     addons: list[OpenedFile] = []
     try:
+        machine = machine or snapshot(sys=str(sysfs))
+        refuse_oversized(initrds, machine)
         if formats.uki.probe(image.data):
             addons = [open_file(p) for p in (addon_dir(opts.image) if opts.addons is None
                                               else opts.addons)]
@@ -185,7 +203,6 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
             require=opts.require_signature, trust_files=opts.trust, lockdown=read_lockdown(sysfs),
             efivars=efivars or trust.EFIVARS, cmdline_override=(opts.command_line is not None
                                                or opts.append is not None or opts.reuse_cmdline))
-        machine = machine or snapshot(sys=str(sysfs))
         prepared = _prepare_or_emulate(image.data, opts, tuple(f.data for f in addons),
                                        limits or Limits.from_env(), machine)
         req = _request(opts, image, initrds, prepared, machine)
@@ -194,7 +211,7 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
             kernel_size=len(prepared.kernel),
             kernel_source="original file" if req.kernel_fd is not None else "memfd (prepared)",
             initrd_size=len(req.initrd) if req.initrd is not None else
-            sum(len(f.data) for f in initrds), cmdline=req.cmdline, crash=opts.crash,
+            sum(f.size for f in initrds), cmdline=req.cmdline, crash=opts.crash,
             signature=policy.summary)
         trusted_map = machine.memory_source == "iomem"
         predicted = (req.user_load().plan if opts.mode == "user" and req.user_load
@@ -209,6 +226,21 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
     finally:
         for f in (image, *initrds, *addons):
             f.close()
+
+
+def refuse_oversized(files: list[OpenedFile], machine: Machine) -> None:
+    """Refuse initrds the kernel would refuse, before reading them.
+
+    sanity_check_segment_list (kernel/kexec_core.c) refuses any segment, and
+    all of them together, larger than half of RAM (totalram_pages() / 2).
+    """
+    half = machine.totalram() // 2
+    if not half or not files:
+        return
+    total = sum(f.size for f in files)
+    if total > half:
+        raise LoadRefused(f"the initrd is {total >> 20} MiB, but the kernel refuses segments larger "
+                          f"than half of RAM ({half >> 20} MiB on this machine)")
 
 
 def _prepare_or_emulate(data: bytes, opts: LoadOptions, addons: tuple[bytes, ...],

@@ -63,9 +63,14 @@ def join_initrds(parts) -> bytes | None:
 
 
 def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, ...] = (),
-            limits: Limits = Limits()) -> Prepared:
-    """Unwrap ``data`` down to the kernel and collect what comes with it."""
-    layers = formats.unwrap(data, limits)
+            limits: Limits = Limits(), vmlinux: bool = False) -> Prepared:
+    """Unwrap ``data`` down to the kernel and collect what comes with it.
+
+    A loader stops at the kernel; ``vmlinux`` also decompresses a bzImage's
+    payload (what ``extract`` writes as DIR/vmlinux).
+    """
+    until = None if vmlinux else _is_kernel
+    layers = formats.unwrap(data, limits, until)
     top = layers[0]
     if not isinstance(top, Uki):
         if profile is not None or addons:
@@ -75,7 +80,7 @@ def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, .
     chain = layers[1:]
     if top.chosen(".linux", top.resolve_profile(profile)) is not top.chosen(
             ".linux", top.resolve_profile(None)):
-        chain = formats.unwrap(parts.linux, limits)
+        chain = formats.unwrap(parts.linux, limits, until)
     extras = tuple(_addon(a, limits) for a in addons)
     cmdline = " ".join(c for c in (parts.cmdline, *(a.cmdline for a in extras)) if c) or None
     initrds = (*(a.section(".ucode") for a in reversed(extras)), parts.ucode,
@@ -84,6 +89,10 @@ def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, .
     return Prepared(layers=base.layers, kernel_layer=base.kernel_layer, kernel=base.kernel,
                     initrds=tuple(x for x in initrds if x is not None), cmdline=cmdline,
                     dtb=parts.dtb, vmlinux=base.vmlinux)
+
+
+def _is_kernel(layer: Layer) -> bool:
+    return isinstance(layer, KERNEL_LAYERS)
 
 
 def _addon(data: Buffer, limits: Limits) -> UkiAddon:

@@ -160,7 +160,7 @@ def sid_capture():
 
 def test_sid_x86_kernel_equals_static_decompression(sid_capture):
     data, cap = sid_capture
-    vmlinux = bytes(prepare(data, limits=Limits()).vmlinux)
+    vmlinux = bytes(prepare(data, limits=Limits(), vmlinux=True).vmlinux)
     elf, loads = _pt_loads(vmlinux)
     assert cap.kernel_base == LOAD_PHYSICAL_ADDR
     for seg in loads:

@@ -37,7 +37,7 @@ BZ = b.bzimage(vmlinux=VMLINUX)
 ], ids=["bzimage", "bzimage-lzo", "Image", "Image.gz", "zboot", "zboot-lzma", "uki-Image",
         "uki-zboot", "uki-bzimage", "vmlinux", "vmlinux.xz", "riscv", "loongarch", "mb2", "mb1", "xen"])
 def test_kernel_for_each_kind(data, kernel_format, kernel, is_input, vmlinux):
-    p = prepare(data)
+    p = prepare(data, vmlinux=True)
     assert isinstance(p, Prepared)
     assert p.kernel_layer.format == kernel_format
     if kernel is not None:

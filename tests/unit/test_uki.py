@@ -69,7 +69,7 @@ def test_prepare_takes_the_parts():
 def test_prepare_uki_with_bzimage_keeps_the_bzimage_and_the_vmlinux():
     vmlinux = b.elf64(load=b"\xcc" * 99)
     bz = b.bzimage(vmlinux=vmlinux)
-    p = prepare(b.uki(bz))
+    p = prepare(b.uki(bz), vmlinux=True)
     assert bytes(p.kernel) == bz
     assert p.kernel_layer.format == "bzimage"
     assert bytes(p.vmlinux) == vmlinux

@@ -12,6 +12,8 @@ UKI → zboot → gzip → arm64 Image is followed to the end.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ..errors import FormatError, LimitExceeded, UnknownFormat
 from ..limits import Limits
 from . import (arm64_image, bzimage, compression, elf, loongarch_image, multiboot,
@@ -50,10 +52,14 @@ def identify(data: Buffer, limits: Limits = Limits(), *, where: str = "image") -
     raise UnknownFormat({f.name: f"needs {f.needs}" for f in FORMATS}, bytes(data[:8]), layer=where)
 
 
-def unwrap(data: Buffer, limits: Limits = Limits()) -> list[Layer]:
-    """Every layer from the file inward, each wrapper's inner bytes parsed in turn."""
+def unwrap(data: Buffer, limits: Limits = Limits(),
+           until: Callable[[Layer], bool] | None = None) -> list[Layer]:
+    """Every layer from the file inward, each wrapper's inner bytes parsed in turn.
+
+    ``until`` stops at the first layer it accepts (a loader needs no deeper).
+    """
     layers = [identify(data, limits)]
-    while (inner := layers[-1].inner()) is not None:
+    while not (until and until(layers[-1])) and (inner := layers[-1].inner()) is not None:
         outer = layers[-1]
         if len(layers) >= limits.max_depth:
             raise LimitExceeded(outer.format, f"images nest deeper than {limits.max_depth} layers",

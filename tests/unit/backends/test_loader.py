@@ -198,3 +198,15 @@ def test_unsigned_image_refused_under_lockdown_before_any_call(tmp_path, sysfs):
     with pytest.raises(SignatureRejected):
         run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), fake, sysfs)
     assert fake.calls == []
+
+
+def test_initrd_over_half_of_ram_is_refused_before_it_is_read(tmp_path, sysfs):
+    machine = description.load(QEMU_GUEST)
+    big = tmp_path / "big.img"
+    with open(big, "wb") as f:
+        f.truncate(machine.totalram() // 2 + (1 << 20))  # sparse: reading it would cost RAM
+    fake = FakeSyscalls()
+    with pytest.raises(LoadRefused, match="half of RAM"):
+        run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), initrds=(big,)),
+                 fake, sysfs, machine=machine)
+    assert fake.calls == []

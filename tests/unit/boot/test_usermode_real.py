@@ -61,7 +61,7 @@ def test_bookworm_bzimage_crash(bookworm):
 
 
 def test_bookworm_vmlinux(bookworm):
-    vmlinux = bytes(prepare(bookworm).vmlinux)
+    vmlinux = bytes(prepare(bookworm, vmlinux=True).vmlinux)
     load = build(vmlinux, initrd=INITRD, cmdline="console=ttyS0", crash=False, machine=qemu_pc())
     assert validate_linux(load.plan) == ()
     assert load.segment("kernel").mem == 0x1000000
