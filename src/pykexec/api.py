@@ -183,8 +183,9 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
     (/proc/iomem) and the planner knows the image, a plan the kernel would
     refuse stops the load before any system call.
     """
-    from . import trust
     from .machine import snapshot
+    from .trust.esl import EFIVARS
+    from .trust.policy import check_load
     if opts.mode == "user":
         loader.refuse_user_mode_under_lockdown(read_lockdown(sysfs))
     image = open_file(opts.image)
@@ -196,12 +197,12 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
         if formats.uki.probe(image.data):
             addons = [open_file(p) for p in (addon_dir(opts.image) if opts.addons is None
                                               else opts.addons)]
-        policy = trust.check_load(
+        policy = check_load(
             image.data, image_name=str(opts.image),
             files=[(str(f.path), os.fstat(f.fd)) for f in (image, *initrds, *addons)],
             addons=[(str(f.path), f.data) for f in addons], initrds=[str(f.path) for f in initrds],
             require=opts.require_signature, trust_files=opts.trust, lockdown=read_lockdown(sysfs),
-            efivars=efivars or trust.EFIVARS, cmdline_override=(opts.command_line is not None
+            efivars=efivars or EFIVARS, cmdline_override=(opts.command_line is not None
                                                or opts.append is not None or opts.reuse_cmdline))
         prepared = _prepare_or_emulate(image.data, opts, tuple(f.data for f in addons),
                                        limits or Limits.from_env(), machine)

@@ -19,10 +19,24 @@ PE layout is ``pefile``'s.  See docs/security.md for what is and is not
 covered.
 """
 
-from .policy import (LoadTrust, check_load, default_required, read_secure_boot,
-                     require_signature, writable_warning)
-from .store import EFIVARS, TrustedCertificate, TrustStore
-from .verify import CertInfo, SignatureReport, Verdict, verify_image
+import importlib
+
+# Exported names and their modules: imported on first use, so that a load that
+# needs no signature check never imports cryptography.
+_EXPORTS = {
+    "LoadTrust": "policy", "check_load": "policy", "default_required": "policy",
+    "read_secure_boot": "policy", "require_signature": "policy", "writable_warning": "policy",
+    "EFIVARS": "esl", "TrustedCertificate": "store", "TrustStore": "store",
+    "CertInfo": "verify", "SignatureReport": "verify", "Verdict": "verify",
+    "verify_image": "verify",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EFIVARS", "CertInfo", "LoadTrust", "SignatureReport", "TrustStore", "TrustedCertificate",

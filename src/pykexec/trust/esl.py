@@ -26,8 +26,16 @@ from __future__ import annotations
 import struct
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import FormatError
+
+EFIVARS = Path("/sys/firmware/efi/efivars")
+
+
+def efivar_name(name: str, guid) -> str:
+    """An efivarfs file name: ``Name-GUID``."""
+    return f"{name}-{guid}"
 
 LAYER = "efi signature list"
 HEADER = struct.Struct("<16sIII")

@@ -20,13 +20,16 @@ import os
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import FormatError, SignatureRejected
 from ..formats import pe
 from . import esl
-from .store import EFIVARS, TrustStore, efivar_name
-from .verify import Verdict, verify_image
+from .esl import EFIVARS, efivar_name
+
+if TYPE_CHECKING:  # cryptography is imported only when a signature is checked
+    from .store import TrustStore
+    from .verify import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ def _default_reason(lockdown: str | None, secure_boot: bool | None) -> str:
 
 def require_signature(data: bytes, *, trust: TrustStore, what: str) -> Verdict:
     """The verdict for ``data``; raises :class:`SignatureRejected` unless it is verified."""
+    from .verify import verify_image
     verdict = verify_image(data, trust, what=what)
     if not verdict.verified:
         raise SignatureRejected(what, verdict.reason, advice=ADVICE, verdict=verdict)
@@ -138,6 +142,7 @@ def check_load(image: bytes, *, image_name: str,
     if not required:
         return LoadTrust(False, why, warnings=warnings)
     if trust is None:
+        from .store import TrustStore
         trust = TrustStore.load(tuple(trust_files), efivars=efivars)
     if trust.empty:
         raise SignatureRejected(image_name, NO_ANCHORS,

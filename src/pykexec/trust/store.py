@@ -30,10 +30,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..errors import FormatError
 from . import esl, sbat
+from .esl import EFIVARS, efivar_name
 
 log = logging.getLogger(__name__)
 
-EFIVARS = Path("/sys/firmware/efi/efivars")
 PEM_MARKER = b"-----BEGIN CERTIFICATE-----"
 HASH_TYPES = {esl.EFI_CERT_SHA256_GUID: "sha256", esl.EFI_CERT_SHA1_GUID: "sha1",
               esl.EFI_CERT_SHA384_GUID: "sha384", esl.EFI_CERT_SHA512_GUID: "sha512"}
@@ -57,10 +57,6 @@ def load_certificate(data: bytes) -> x509.Certificate:
         except (x509.InvalidVersion, UnsupportedAlgorithm, CryptographyDeprecationWarning) as e:
             raise ValueError(str(e)) from e
     return cert
-
-
-def efivar_name(name: str, guid) -> str:
-    return f"{name}-{guid}"
 
 
 DB = efivar_name("db", esl.EFI_IMAGE_SECURITY_DATABASE)
