@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import importlib
 from dataclasses import replace
 import json
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         wanted = next((a for a in argv if not a.startswith("-")), None)
         known = wanted in COMMANDS or wanted in EXTERNAL
         args = build_parser(wanted if known else None).parse_args(argv)
+        gc.freeze()  # pefile runs gc.collect() on every image it rejects; spare it the start-up heap
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                             format="pykexec: %(message)s")
         return handler(args.command)(args)

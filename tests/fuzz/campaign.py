@@ -29,6 +29,8 @@ sys.path.insert(0, {root!r})
 import atheris
 with atheris.instrument_imports(include=["pykexec"]):
     from tests.fuzz.targets import check
+import gc
+gc.freeze()  # pefile runs gc.collect() on every image it rejects: keep the start-up heap out of it
 atheris.Setup(sys.argv, lambda data: check({target!r}, data))
 atheris.Fuzz()
 """
