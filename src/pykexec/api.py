@@ -23,6 +23,7 @@ from .backends.linux import LinuxSyscalls, Status, Syscalls, read_lockdown, read
 from .errors import LoadRefused, NotLoadable, PlacementError, UnknownFormat, UsageError
 from .formats import pe
 from .limits import Limits
+from .output import write_files
 from .prepare import Prepared, join_initrds, prepare
 
 if TYPE_CHECKING:  # the machine model, planner and trust store load only when a load needs them
@@ -58,17 +59,10 @@ def extract(path: str | Path, outdir: str | Path, *, profile: int | None = None,
             limits: Limits | None = None) -> dict[str, Path]:
     """Write kernel, initrd, cmdline, dtb and vmlinux (where present) into ``outdir``."""
     prepared = prepare_file(path, profile=profile, limits=limits, vmlinux=True)
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    pieces = {"kernel": prepared.kernel, "initrd": prepared.initrd,
-              "cmdline": None if prepared.cmdline is None else prepared.cmdline.encode(),
-              "dtb": prepared.dtb, "vmlinux": prepared.vmlinux}
-    written = {}
-    for name, content in pieces.items():
-        if content is not None:
-            (out / name).write_bytes(content)
-            written[name] = out / name
-    return written
+    return write_files(outdir, {
+        "kernel": prepared.kernel, "initrd": prepared.initrd,
+        "cmdline": None if prepared.cmdline is None else prepared.cmdline.encode(),
+        "dtb": prepared.dtb, "vmlinux": prepared.vmlinux})
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import EmulationError, FormatError, UsageError
+from ..output import write_files
 from . import constants as c
 from .capture import Capture, arm64_capture, sha256, x86_capture
 from .machine import Options
@@ -136,16 +137,10 @@ def emulate_for_load(data: bytes, *, initrd: bytes | None, cmdline: str | None,
 
 def write_capture(cap: Capture, outdir: str | Path) -> dict[str, Path]:
     """DIR/kernel, DIR/initrd, DIR/cmdline, DIR/boot_params (x86) or DIR/dtb (arm64), DIR/report.json."""
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    pieces = {"kernel": cap.kernel, "initrd": cap.initrd,
-              "cmdline": None if cap.cmdline is None else cap.cmdline.encode(),
-              "boot_params": cap.boot_params, "dtb": cap.dtb}
-    written = {}
-    for name, content in pieces.items():
-        if content is not None:
-            (out / name).write_bytes(content)
-            written[name] = out / name
-    (out / "report.json").write_text(json.dumps(cap.report, indent=2) + "\n")
-    written["report"] = out / "report.json"
+    written = write_files(outdir, {
+        "kernel": cap.kernel, "initrd": cap.initrd,
+        "cmdline": None if cap.cmdline is None else cap.cmdline.encode(),
+        "boot_params": cap.boot_params, "dtb": cap.dtb,
+        "report.json": (json.dumps(cap.report, indent=2) + "\n").encode()})
+    written["report"] = written.pop("report.json")
     return written
