@@ -31,9 +31,16 @@ inside QEMU (TCG), in one chain of kexec'd kernels started by one QEMU boot.
     loaders (the kernel, initrd and command line are the same).  The time to
     ``Linux version`` and to the new kernel's /init (``stage-begin``) are
     printed too.  Host timing of a TCG guest: every number also carries the
-    host's load; the ratios are what is meaningful.
+    host's load; the ratios are what is meaningful.  ``unpack`` is the new
+    kernel's initramfs unpacking by its own printk clock.
 
-Run:  .venv/bin/python benchmarks/bench_vm_usermode.py [--runs 3] [--memory 2048] [--json]
+    ``--same-work``: before each hop's load the kernel also runs the other
+    loader's load (then ``kexec -u``), so the kernel before every hop ran the
+    same programs; without it the kernel before a pykexec hop ran a Python
+    process and the one before a kexec-tools hop did not, which could leave
+    QEMU (translated code, memory) in different states.
+
+Run:  .venv/bin/python benchmarks/bench_vm_usermode.py [--runs 3] [--memory 2048] [--same-work] [--json]
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ from tests.vm import usermode_support as um  # noqa: E402
 GUEST = r'''
 import ctypes, json, os, re, shutil, subprocess, tempfile, time
 
-RUNS, HOPS = {runs}, {hops}
+RUNS, HOPS, SAME_WORK = {runs}, {hops}, {same_work}
 KT = "{kexec_tools}"
 MIN_INITRD = 64 << 20
 m = re.search(r"(?:^|\s)stage=(\d+)", open("/proc/cmdline").read())
@@ -127,6 +134,11 @@ if STAGE > HOPS:
     raise SystemExit(0)
 
 loader = "pykexec" if STAGE % 2 else "kexec-tools"
+if SAME_WORK and STAGE > 1:
+    # the other loader first (and unload), so that the kernel before every hop did the same work
+    other = measure(kt_load() if loader == "pykexec" else pykexec_load())
+    mark("hop-other-load", STAGE, json.dumps(other))
+    subprocess.run([KT, "-u"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 r = measure(pykexec_load() if loader == "pykexec" else kt_load())
 mark("hop-load", STAGE, loader, json.dumps(r))
 if r["rc"] != 0 or open("/sys/kernel/kexec_loaded").read().strip() != "1":
@@ -182,9 +194,14 @@ def hops(boot: um.StampedBoot, count: int) -> list[dict]:
         init = next((ln for ln in boot.lines[i + 1:] if f"@@PYKX stage-begin {stage + 1} " in ln.text), None)
         if version is None or init is None:
             serial.fail(f"hop {stage}: the new kernel did not reach 'Linux version' and /init")
-        out.append({"stage": stage, "loader": loader, "first_line": um.strip_ansi(first.text)[:80],
+        # the initramfs unpack, by the new kernel's own printk clock
+        section = boot.lines[i + 1:boot.index(init)]
+        unpack = [_stamp(um.strip_ansi(ln.text)) for ln in section
+                  if "Trying to unpack rootfs" in ln.text or "Freeing initrd memory" in ln.text]
+        out.append({"stage": stage, "loader": loader, "first_line": um.strip_ansi(first.text)[:60],
                     "to_first": first.t - start.t, "to_version": version.t - start.t,
-                    "to_init": init.t - start.t})
+                    "to_init": init.t - start.t,
+                    "unpack": unpack[1] - unpack[0] if len(unpack) == 2 and None not in unpack else float("nan")})
     return out
 
 
@@ -193,15 +210,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs of each loader, for (a) and for (b)")
     ap.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB")
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON")
+    ap.add_argument("--same-work", action="store_true",
+                    help="before each hop's load, run the other loader's load too (then unload), so the "
+                         "kernel before every hop did the same work (separates the loaders' effect on the "
+                         "next kernel from what ran before the exec)")
     args = ap.parse_args(argv)
 
     count = 2 * args.runs
     h.prepare()
     g = h.Guest("bench-vm-usermode")
-    script = h.py_script(GUEST.format(runs=args.runs, hops=count, kexec_tools=h.GUEST_KEXEC_TOOLS))
+    script = h.py_script(GUEST.format(runs=args.runs, hops=count, kexec_tools=h.GUEST_KEXEC_TOOLS,
+                                     same_work=args.same_work))
     for stage in range(1, count + 2):
         g.stage(stage, script)
-    boot = um.boot_stamped(g, memory=args.memory, timeout=600 + 150 * args.runs + 240 * count)
+    boot = um.boot_stamped(g, memory=args.memory, timeout=600 + 150 * args.runs + (300 if args.same_work else 240) * count)
     serial = boot.serial
     if not serial.has("bench-load"):
         serial.fail("the guest printed no load benchmark")
@@ -234,14 +256,17 @@ def main(argv: list[str] | None = None) -> int:
           f"peak RSS x{med([r['maxrss_kib'] for r in p]) / med([r['maxrss_kib'] for r in k]):.2f}")
     print()
     print("(b) exec -> next kernel, host seconds from 'Starting new kernel' (per hop, then medians)")
-    print(f"{'hop':>3} {'loader':<12} {'first line':>10} {'Linux version':>14} {'/init':>8}  first line")
+    print(f"{'hop':>3} {'loader':<12} {'first line':>10} {'Linux version':>14} {'/init':>8} {'unpack*':>8}"
+          "  first line")
     for r in chain:
         print(f"{r['stage']:>3} {r['loader']:<12} {r['to_first']:10.2f} {r['to_version']:14.2f} "
-              f"{r['to_init']:8.2f}  {r['first_line']}")
+              f"{r['to_init']:8.2f} {r['unpack']:8.2f}  {r['first_line']}")
     by = {name: [r for r in chain if r["loader"] == name] for name in ("pykexec", "kexec-tools")}
     for name, rs in by.items():
         print(f"    {name:<12} {med([r['to_first'] for r in rs]):10.2f} "
-              f"{med([r['to_version'] for r in rs]):14.2f} {med([r['to_init'] for r in rs]):8.2f}  (median)")
+              f"{med([r['to_version'] for r in rs]):14.2f} {med([r['to_init'] for r in rs]):8.2f} "
+              f"{med([r['unpack'] for r in rs]):8.2f}  (median)")
+    print("    * unpack: 'Trying to unpack rootfs' to 'Freeing initrd memory', by the new kernel's printk clock")
     pf, kf = (med([r["to_first"] for r in by[n]]) for n in ("pykexec", "kexec-tools"))
     pi, ki = (med([r["to_init"] for r in by[n]]) for n in ("pykexec", "kexec-tools"))
     print(f"pykexec / kexec-tools: to first line x{pf / kf:.2f} ({pf - kf:+.2f} s), "
