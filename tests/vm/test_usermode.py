@@ -53,7 +53,8 @@ mark("exec-returned")
 '''
 
 
-@pytest.mark.parametrize("role,offset", [("kernel", 0), ("initrd", -1)], ids=["kernel-first-byte", "initrd-last-byte"])
+@pytest.mark.parametrize("role,offset", [("kernel", 0), ("initrd", -1)],
+                         ids=["kernel-first-byte", "initrd-last-byte"])
 def test_purgatory_refuses_corrupted_segment(vm_material, role, offset):
     marker, tok = h.token(), h.token()
     cmdline = f"console=ttyS0 stage=2 marker={marker}"
