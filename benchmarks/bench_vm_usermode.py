@@ -37,10 +37,14 @@ inside QEMU (TCG), in one chain of kexec'd kernels started by one QEMU boot.
     ``--same-work`` (default): before each hop's load the kernel also runs the
     other loader's load (then ``kexec -u``), so the kernel before every hop ran
     the same programs.  With ``--no-same-work`` the kernel before a pykexec hop
-    ran a big Python process and the one before a kexec-tools hop did not, and
-    that alone made the next kernel's initramfs unpacking ~50 % slower under
-    TCG (10-11 s against 7 s, measured 2026-11; with the same work both took
-    ~10 s): an effect of what ran before the exec on QEMU, not of the loader.
+    ran a big Python process and the one before a kexec-tools hop did not; in
+    such a run (3 hops each) the kernels started by pykexec unpacked their
+    initramfs in 10.6-11.1 s against 7.1-7.6 s, while with the same work
+    before every hop the difference went away (9.7-11.0 s for both, 2 hops
+    each): it came from what ran before the exec, not from the loader.  On a
+    busy 2-CPU host ``unpack`` and ``/init`` then spread over 5-16 s, far more
+    than any loader effect; ``first line`` is the column that measures the
+    purgatory.
 
 Run:  .venv/bin/python benchmarks/bench_vm_usermode.py [--runs 3] [--memory 2048] [--no-same-work] [--json]
 """
