@@ -12,64 +12,19 @@ from __future__ import annotations
 import pytest
 
 from . import harness as h
+from .kdump_pattern import HOLDER, SCANNER, pattern_code
 
 pytestmark = pytest.mark.vm
 
-PAGES = 1024
 # the capture kernel unpacks the full guest initramfs (~100 MB) into its own memory
 CRASHKERNEL = "512M"
 MEMORY = 1280
-
-PATTERN = '''
-import hashlib
-PAGE, PAGES = 4096, {pages}
-MAGIC = b"PYKXPAT1" + bytes.fromhex("{seed}")
-def page(i):
-    head = MAGIC + i.to_bytes(4, "little")
-    return head + hashlib.shake_256(MAGIC + i.to_bytes(4, "little")).digest(PAGE - len(head))
-'''
-
-HOLDER = '''
-import mmap, os, time
-m = mmap.mmap(-1, PAGE * PAGES)
-for i in range(PAGES):
-    m[i * PAGE:(i + 1) * PAGE] = page(i)
-assert m[:len(MAGIC)] == MAGIC
-with open("/tmp/holder.ready", "w") as f:
-    f.write(str(os.getpid()))
-while True:
-    time.sleep(3600)
-'''
-
-SCANNER = '''
-found = set()
-CHUNK = 16 << 20
-total = 0
-with open("/proc/vmcore", "rb", buffering=0) as f:
-    tail = b""
-    while True:
-        chunk = f.read(CHUNK)
-        if not chunk:
-            break
-        total += len(chunk)
-        buf = tail + chunk
-        pos = buf.find(MAGIC)
-        while pos >= 0 and pos + PAGE <= len(buf):
-            i = int.from_bytes(buf[pos + len(MAGIC):pos + len(MAGIC) + 4], "little")
-            if i < PAGES and i not in found and buf[pos:pos + PAGE] == page(i):
-                found.add(i)
-            pos = buf.find(MAGIC, pos + 1)
-        tail = buf[-PAGE:]
-mark("vmcore-bytes", total)
-mark("pages-found", len(found), PAGES)
-mark("pattern", "FOUND" if len(found) == PAGES else "NOT FOUND")
-'''
 
 
 def test_kdump_vmcore_holds_pattern(vm_material):
     marker, seed = h.token(), h.token()
     g = h.Guest("kdump")
-    pattern = PATTERN.format(pages=PAGES, seed=seed)
+    pattern = pattern_code(seed)
     g.file("/vm/holder.py", f"#!{h.GUEST_PYTHON}\n" + pattern + HOLDER, mode=0o755)
     capture_cmdline = f"console=ttyS0 stage=2 marker={marker} panic=-1 irqpoll nr_cpus=1 reset_devices"
     g.stage(1, h.sh_script(f"""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 
 from . import harness as h
+from . import kdump_pattern as kp
 from . import usermode_support as um
 
 pytestmark = pytest.mark.vm
@@ -100,8 +101,8 @@ KDUMP_MEMORY = 1536
 def test_usermode_kdump_vmcore_holds_pattern(vm_material):
     marker, seed = h.token(), h.token()
     g = h.Guest("usermode-kdump")
-    pattern = um.pattern_code(seed)
-    g.file("/vm/holder.py", f"#!{h.GUEST_PYTHON}\n" + pattern + um.HOLDER, mode=0o755)
+    pattern = kp.pattern_code(seed)
+    g.file("/vm/holder.py", f"#!{h.GUEST_PYTHON}\n" + pattern + kp.HOLDER, mode=0o755)
     capture_cmdline = f"console=ttyS0 stage=2 marker={marker} panic=-1 irqpoll nr_cpus=1 reset_devices"
     g.stage(1, h.sh_script(f"""
 mark crash-size "$(cat /sys/kernel/kexec_crash_size)"
@@ -119,7 +120,7 @@ mark still-alive
 """))
     g.stage(2, h.py_script(pattern + """
 mark("cmdline", open("/proc/cmdline").read().strip())
-""" + um.SCANNER))
+""" + kp.SCANNER))
     serial = g.boot(f"crashkernel={CRASHKERNEL}", memory=KDUMP_MEMORY, timeout=300)
 
     h.expect_ok(serial, "load")
