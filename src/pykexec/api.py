@@ -180,8 +180,9 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
     from .machine import snapshot
     from .trust.esl import EFIVARS
     from .trust.policy import check_load
+    lockdown = read_lockdown(sysfs)
     if opts.mode == "user":
-        loader.refuse_user_mode_under_lockdown(read_lockdown(sysfs))
+        loader.refuse_user_mode_under_lockdown(lockdown)
     image = open_file(opts.image)
     initrds = [open_file(p, mapped=True) for p in opts.initrds]
     addons: list[OpenedFile] = []
@@ -195,7 +196,7 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
             image.data, image_name=str(opts.image),
             files=[(str(f.path), os.fstat(f.fd)) for f in (image, *initrds, *addons)],
             addons=[(str(f.path), f.data) for f in addons], initrds=[str(f.path) for f in initrds],
-            require=opts.require_signature, trust_files=opts.trust, lockdown=read_lockdown(sysfs),
+            require=opts.require_signature, trust_files=opts.trust, lockdown=lockdown,
             efivars=efivars or EFIVARS, cmdline_override=(opts.command_line is not None
                                                or opts.append is not None or opts.reuse_cmdline))
         prepared = _prepare_or_emulate(image.data, opts, tuple(f.data for f in addons),
@@ -216,7 +217,7 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
         if predicted is not None and trusted_map:
             refuse_if_violated(predicted)
         with loader.LoadLock():
-            report = loader.load(req, syscalls or LinuxSyscalls(), lockdown=read_lockdown(sysfs))
+            report = loader.load(req, syscalls or LinuxSyscalls(), lockdown=lockdown)
         return summary, report, predicted
     finally:
         for f in (image, *initrds, *addons):
