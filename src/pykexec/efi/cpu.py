@@ -56,6 +56,19 @@ class Cpu:
     def restore(self, ctx) -> None:
         self.uc.context_restore(ctx)
 
+    def pc(self) -> int:
+        return self.uc.reg_read(self.PC)
+
+    def set_pc(self, v: int) -> None:
+        self.uc.reg_write(self.PC, v)
+
+    def sp(self) -> int:
+        return self.uc.reg_read(self.SP)
+
+    def args(self, n: int) -> list[int]:
+        """The first ``n`` arguments of the call being made (``arg`` is per architecture)."""
+        return [self.arg(i) for i in range(n)]
+
 
 class X86_64(Cpu):
     name = "x86_64"
@@ -140,23 +153,12 @@ class X86_64(Cpu):
                     table[(leaf, sub)] = values
         return table
 
-    def pc(self) -> int:
-        return self.uc.reg_read(self.PC)
-
-    def set_pc(self, v: int) -> None:
-        self.uc.reg_write(self.PC, v)
-
-    def sp(self) -> int:
-        return self.uc.reg_read(self.SP)
-
     def arg(self, i: int) -> int:
         """Argument ``i`` of the call being made (RSP points at the return address)."""
         if i < 4:
             return self.uc.reg_read(self.arg_regs[i])
         return self.read64(self.sp() + 8 + 32 + 8 * (i - 4))
 
-    def args(self, n: int) -> list[int]:
-        return [self.arg(i) for i in range(n)]
 
     def caller(self) -> tuple[int, int]:
         """(return address, stack pointer after returning) of the call being made."""
@@ -217,22 +219,11 @@ class Arm64(Cpu):
             pass
         return cls(uc)
 
-    def pc(self) -> int:
-        return self.uc.reg_read(self.PC)
-
-    def set_pc(self, v: int) -> None:
-        self.uc.reg_write(self.PC, v)
-
-    def sp(self) -> int:
-        return self.uc.reg_read(self.SP)
-
     def arg(self, i: int) -> int:
         if i < 8:
             return self.uc.reg_read(self.xregs[i])
         return self.read64(self.sp() + 8 * (i - 8))
 
-    def args(self, n: int) -> list[int]:
-        return [self.arg(i) for i in range(n)]
 
     def caller(self) -> tuple[int, int]:
         return self.uc.reg_read(self.xregs[30]), self.sp()

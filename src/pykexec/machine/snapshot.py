@@ -60,16 +60,8 @@ class _Reader:
         self.notes: list[str] = []
 
     def text(self, path: Path, *, what: str | None = None, quiet_missing: bool = False) -> str | None:
-        try:
-            return path.read_text(errors="replace")
-        except FileNotFoundError:
-            if not quiet_missing:
-                self.unreadable.append((str(path), what or "absent"))
-        except PermissionError:
-            self.unreadable.append((str(path), "permission denied (needs root)"))
-        except OSError as e:
-            self.unreadable.append((str(path), e.strerror or str(e)))
-        return None
+        raw = self.data(path, what=what, quiet_missing=quiet_missing)
+        return None if raw is None else raw.decode(errors="replace")
 
     def data(self, path: Path, *, what: str | None = None, quiet_missing: bool = False) -> bytes | None:
         try:
