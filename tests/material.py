@@ -25,6 +25,8 @@ Nothing is committed to the repository: everything lives in the cache,
                                 the one arm64 build tree (make O=...)
     zboot/arm64_<linux-source key>_<compression>/
                                 Image + vmlinuz.efi (+ the .config) per compression
+    zboot/arm64-debian_<pkg>_<linux-source key>_<compression>/
+                                the same, wrapping Debian's arm64 Image
     locks/                      fcntl lock files, one per cache entry
     tmp/                        staging; finished work is renamed into place
 
@@ -73,6 +75,7 @@ __all__ = [
     "linux_source_tree",
     "extract_vmlinux_script",
     "arm64_zboot",
+    "arm64_zboot_debian",
     "xen_hypervisor_gz",
     "ipxe_lkrn",
     "fetch_all",
@@ -987,6 +990,70 @@ def _kconfig(build: Path) -> dict:
     return out
 
 
+def _zboot_env() -> dict:
+    return dict(
+        os.environ,
+        ARCH="arm64",
+        CROSS_COMPILE="aarch64-linux-gnu-",
+        KBUILD_BUILD_TIMESTAMP="Thu Jan  1 00:00:00 UTC 2026",
+        KBUILD_BUILD_USER="pykexec",
+        KBUILD_BUILD_HOST="material",
+        KBUILD_BUILD_VERSION="1",
+        LC_ALL="C",
+    )
+
+
+def _zboot_build(src: Path, compression: str) -> tuple:
+    """Configure the shared arm64 build tree for ``compression`` and make Image + vmlinuz.efi.
+
+    Call with the zboot-build lock held.  Returns ``(build, make, env)``.
+    """
+    _ensure_build_tools()
+    build = cache_root() / "build" / f"zboot-arm64_{src.parent.name}"
+    build.mkdir(parents=True, exist_ok=True)
+    env = _zboot_env()
+    make = ["make", "-C", os.fspath(src), f"O={build}", "ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"]
+    config = ["bash", os.fspath(src / "scripts" / "config"), "--file", os.fspath(build / ".config")]
+    base = build / ".pykexec-base-config"
+    if not base.exists() or not (build / ".config").exists():
+        _log("arm64 zboot: make tinyconfig")
+        _run([*make, "tinyconfig"], what="make tinyconfig (arm64)", env=env)
+        _run([*config, "-e", "64BIT", "-e", "EFI", "-e", "EFI_STUB", "-e", "EFI_ZBOOT"],
+             what="scripts/config (EFI)", env=env)
+        base.write_text("tinyconfig + 64BIT EFI EFI_STUB EFI_ZBOOT\n")
+    sym = ZBOOT_COMPRESSIONS[compression]
+    args = []
+    for other in ZBOOT_COMPRESSIONS.values():
+        if other != sym:
+            args += ["-d", f"KERNEL_{other}"]
+    args += ["-e", f"KERNEL_{sym}"]
+    _run([*config, *args], what=f"scripts/config (KERNEL_{sym})", env=env)
+    _run([*make, "olddefconfig"], what="make olddefconfig (arm64)", env=env)
+    cfg = _kconfig(build)
+    want = ["CONFIG_64BIT", "CONFIG_EFI", "CONFIG_EFI_STUB", "CONFIG_EFI_ZBOOT", f"CONFIG_KERNEL_{sym}"]
+    bad = [w for w in want if cfg.get(w) != "y"]
+    others = [f"CONFIG_KERNEL_{o}" for o in ZBOOT_COMPRESSIONS.values()
+              if o != sym and cfg.get(f"CONFIG_KERNEL_{o}") == "y"]
+    if bad or others:
+        raise _fail(f"arm64 zboot config: not set: {bad}; also set: {others}")
+    _log(f"arm64 zboot: make -j3 Image vmlinuz.efi (KERNEL_{sym})")
+    _run([*make, "-j3", "Image", "vmlinuz.efi"], what=f"make Image vmlinuz.efi ({compression})",
+         env=env, timeout=3600)
+    return build, make, env
+
+
+def _publish_zboot(final: Path, efi: Path, image: Path, config: Path) -> None:
+    stage = _staging(final.name)
+    try:
+        shutil.copyfile(image, stage / "Image")
+        shutil.copyfile(efi, stage / "vmlinuz.efi")
+        shutil.copyfile(config, stage / "config")
+        _mark_done(stage)
+        _publish(stage, final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def arm64_zboot(compression: str = "gzip") -> tuple:
     """A real arm64 EFI zboot kernel built from linux_source_tree().
 
@@ -1006,62 +1073,51 @@ def arm64_zboot(compression: str = "gzip") -> tuple:
     with _lock("zboot-build-" + srckey):
         if _done(final):
             return final / "vmlinuz.efi", final / "Image"
-        _ensure_build_tools()
-        build = cache_root() / "build" / f"zboot-arm64_{srckey}"
-        build.mkdir(parents=True, exist_ok=True)
-        env = dict(
-            os.environ,
-            ARCH="arm64",
-            CROSS_COMPILE="aarch64-linux-gnu-",
-            KBUILD_BUILD_TIMESTAMP="Thu Jan  1 00:00:00 UTC 2026",
-            KBUILD_BUILD_USER="pykexec",
-            KBUILD_BUILD_HOST="material",
-            KBUILD_BUILD_VERSION="1",
-            LC_ALL="C",
-        )
-        make = ["make", "-C", os.fspath(src), f"O={build}", "ARCH=arm64",
-                "CROSS_COMPILE=aarch64-linux-gnu-"]
-        config = ["bash", os.fspath(src / "scripts" / "config"), "--file", os.fspath(build / ".config")]
         t0 = time.monotonic()
-        base = build / ".pykexec-base-config"
-        if not base.exists() or not (build / ".config").exists():
-            _log("arm64 zboot: make tinyconfig")
-            _run([*make, "tinyconfig"], what="make tinyconfig (arm64)", env=env)
-            _run([*config, "-e", "64BIT", "-e", "EFI", "-e", "EFI_STUB", "-e", "EFI_ZBOOT"],
-                 what="scripts/config (EFI)", env=env)
-            base.write_text("tinyconfig + 64BIT EFI EFI_STUB EFI_ZBOOT\n")
-        sym = ZBOOT_COMPRESSIONS[compression]
-        args = []
-        for other in ZBOOT_COMPRESSIONS.values():
-            if other != sym:
-                args += ["-d", f"KERNEL_{other}"]
-        args += ["-e", f"KERNEL_{sym}"]
-        _run([*config, *args], what=f"scripts/config (KERNEL_{sym})", env=env)
-        _run([*make, "olddefconfig"], what="make olddefconfig (arm64)", env=env)
-        cfg = _kconfig(build)
-        want = ["CONFIG_64BIT", "CONFIG_EFI", "CONFIG_EFI_STUB", "CONFIG_EFI_ZBOOT", f"CONFIG_KERNEL_{sym}"]
-        bad = [w for w in want if cfg.get(w) != "y"]
-        others = [f"CONFIG_KERNEL_{o}" for o in ZBOOT_COMPRESSIONS.values()
-                  if o != sym and cfg.get(f"CONFIG_KERNEL_{o}") == "y"]
-        if bad or others:
-            raise _fail(f"arm64 zboot config: not set: {bad}; also set: {others}")
-        _log(f"arm64 zboot: make -j3 Image vmlinuz.efi (KERNEL_{sym})")
-        _run([*make, "-j3", "Image", "vmlinuz.efi"], what=f"make Image vmlinuz.efi ({compression})",
-             env=env, timeout=3600)
+        build, _make, _env = _zboot_build(src, compression)
         boot = build / "arch" / "arm64" / "boot"
         image, efi = boot / "Image", boot / "vmlinuz.efi"
         if not image.is_file() or not efi.is_file():
             raise _fail(f"the arm64 build left no Image/vmlinuz.efi in {boot}")
-        stage = _staging(final.name)
-        try:
-            shutil.copyfile(image, stage / "Image")
-            shutil.copyfile(efi, stage / "vmlinuz.efi")
-            shutil.copyfile(build / ".config", stage / "config")
-            _mark_done(stage)
-            _publish(stage, final)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+        _publish_zboot(final, efi, image, build / ".config")
         _log(f"arm64 zboot ({compression}) built in {time.monotonic() - t0:.0f}s")
+    return final / "vmlinuz.efi", final / "Image"
+
+
+def arm64_zboot_debian(compression: str = "gzip") -> tuple:
+    """A zboot whose payload is Debian's own arm64 Image (arm64_image(), ~35 MiB).
+
+    The kernel's zboot rules (drivers/firmware/efi/libstub/Makefile.zboot) wrap
+    whatever arch/arm64/boot/Image holds, so the build tree of arm64_zboot() wraps
+    Debian's Image instead of its tinyconfig one: compress it, append its size,
+    link with the tree's zboot header and stub.  A zboot of a distribution-sized
+    kernel, where arm64_zboot()'s 1.7 MiB payload measures mostly process
+    start-up.  Returns ``(vmlinuz_efi, image)`` like arm64_zboot().
+    """
+    if compression not in ZBOOT_COMPRESSIONS:
+        raise ValueError(f"compression must be one of {sorted(ZBOOT_COMPRESSIONS)}, not {compression!r}")
+    debian = arm64_image()
+    src = linux_source_tree()
+    srckey = src.parent.name
+    final = cache_root() / "zboot" / f"arm64-debian_{debian.parents[1].name}_{srckey}_{compression}"
+    if _done(final):
+        return final / "vmlinuz.efi", final / "Image"
+    with _lock("zboot-build-" + srckey):
+        if _done(final):
+            return final / "vmlinuz.efi", final / "Image"
+        build, make, env = _zboot_build(src, compression)
+        boot = build / "arch" / "arm64" / "boot"
+        image = boot / "Image"
+        try:
+            # newer than vmlinux, so make keeps it; the size suffix is computed from the file
+            shutil.copyfile(debian, image)
+            _run([*make, "vmlinuz.efi"], what=f"make vmlinuz.efi around Debian's Image ({compression})",
+                 env=env, timeout=1800)
+            if image.read_bytes() != debian.read_bytes():
+                raise _fail("make rebuilt arch/arm64/boot/Image instead of wrapping Debian's")
+            _publish_zboot(final, boot / "vmlinuz.efi", debian, build / ".config")
+        finally:
+            image.unlink(missing_ok=True)  # the next build remakes the tree's own Image and all after it
     return final / "vmlinuz.efi", final / "Image"
 
 
@@ -1089,6 +1145,8 @@ def fetch_all(progress=None) -> dict:
         ("extract_vmlinux_script", extract_vmlinux_script),
     ] + [
         (f"arm64_zboot({c})", (lambda c=c: arm64_zboot(c))) for c in ZBOOT_COMPRESSIONS
+    ] + [
+        ("arm64_zboot_debian(gzip)", lambda: arm64_zboot_debian("gzip")),
     ]
     results = {}
     for name, fn in steps:

@@ -55,3 +55,12 @@ def test_zboot_extract_gives_the_build_image(zboot, tmp_path):
     want = image.read_bytes()
     assert len(got) == len(want)
     assert hashlib.sha256(got).digest() == hashlib.sha256(want).digest()
+
+
+def test_zboot_around_debians_image_extracts_to_it(tmp_path):
+    """The build's zboot rules wrapping Debian's own arm64 Image: extraction gives that Image back."""
+    efi, image = material.arm64_zboot_debian("gzip")
+    assert o.zboot_header(efi.read_bytes())["compression"] == "gzip"
+    out = extract(efi, tmp_path / "out")
+    assert hashlib.sha256((out / "kernel").read_bytes()).digest() == hashlib.sha256(image.read_bytes()).digest()
+    assert formats(inspect_json(efi))[-1] == "arm64-image"
