@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.vm import harness as h  # noqa: E402
+from vmmeasure import MEASURE  # noqa: E402
 
 GUEST = r'''
 import json, os, subprocess, tempfile, time
@@ -41,17 +42,7 @@ KT = "{kexec_tools}"
 CMDLINE = "console=ttyS0 stage=2"
 INITRDS = {initrds}
 
-def measure(argv):
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, ru = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t0
-        rc = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        tail = err.read()[-500:].decode(errors="replace")
-    return {{"wall": wall, "maxrss_kib": ru.ru_maxrss, "utime": ru.ru_utime, "stime": ru.ru_stime,
-             "rc": rc, "err": tail if rc else ""}}
+{measure}
 
 results = {{}}
 for label, initrd in INITRDS.items():
@@ -87,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.small:
         g.archive("/vm/small.cpio", {"/vm/small": "x\n"})
         initrds["small initrd"] = "/vm/small.cpio"
-    g.stage(1, h.py_script(GUEST.format(runs=args.runs, kexec_tools=h.GUEST_KEXEC_TOOLS, initrds=repr(initrds))))
+    g.stage(1, h.py_script(GUEST.format(measure=MEASURE, runs=args.runs, kexec_tools=h.GUEST_KEXEC_TOOLS, initrds=repr(initrds))))
     serial = g.boot(memory=args.memory, timeout=300 + 120 * args.runs * len(initrds))
     if not serial.has("bench"):
         serial.fail("the guest printed no benchmark result")

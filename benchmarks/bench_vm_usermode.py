@@ -64,6 +64,7 @@ if str(ROOT) not in sys.path:
 
 from tests.vm import harness as h  # noqa: E402
 from tests.vm import usermode_support as um  # noqa: E402
+from vmmeasure import MEASURE  # noqa: E402
 
 GUEST = r'''
 import ctypes, json, os, re, shutil, subprocess, tempfile, time
@@ -111,17 +112,7 @@ def pykexec_load():
 def kt_load():
     return [KT, "-c", "-l", "/vm/vmlinuz", "--initrd", INITRD, "--command-line", NEXT_CMDLINE]
 
-def measure(argv):
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, ru = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t0
-        rc = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        tail = err.read()[-500:].decode(errors="replace")
-    return {{"wall": wall, "maxrss_kib": ru.ru_maxrss, "utime": ru.ru_utime, "stime": ru.ru_stime,
-             "rc": rc, "err": tail if rc else ""}}
+{measure}
 
 if STAGE == 1:
     mark("kexec-tools", subprocess.run([KT, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -225,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     count = 2 * args.runs
     h.prepare()
     g = h.Guest("bench-vm-usermode")
-    script = h.py_script(GUEST.format(runs=args.runs, hops=count, kexec_tools=h.GUEST_KEXEC_TOOLS,
+    script = h.py_script(GUEST.format(measure=MEASURE, runs=args.runs, hops=count, kexec_tools=h.GUEST_KEXEC_TOOLS,
                                      same_work=args.same_work))
     for stage in range(1, count + 2):
         g.stage(stage, script)
