@@ -100,27 +100,8 @@ KDUMP_MEMORY = 1536
 
 def test_usermode_kdump_vmcore_holds_pattern(vm_material):
     marker, seed = h.token(), h.token()
-    g = h.Guest("usermode-kdump")
-    pattern = kp.pattern_code(seed)
-    g.file("/vm/holder.py", f"#!{h.GUEST_PYTHON}\n" + pattern + kp.HOLDER, mode=0o755)
     capture_cmdline = f"console=ttyS0 stage=2 marker={marker} panic=-1 irqpoll nr_cpus=1 reset_devices"
-    g.stage(1, h.sh_script(f"""
-mark crash-size "$(cat /sys/kernel/kexec_crash_size)"
-run load pykexec load --mode user --crash /vm/vmlinuz --initrd /vm/initrd.img --command-line "{capture_cmdline}" || exit 1
-mark crash-loaded "$(cat /sys/kernel/kexec_crash_loaded)"
-/vm/holder.py &
-i=0
-while [ ! -f /tmp/holder.ready ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
-[ -f /tmp/holder.ready ] || {{ mark holder-not-ready; exit 1; }}
-mark holder-ready "$(cat /tmp/holder.ready)"
-echo 1 > /proc/sys/kernel/sysrq
-mark crashing
-echo c > /proc/sysrq-trigger
-mark still-alive
-"""))
-    g.stage(2, h.py_script(pattern + """
-mark("cmdline", open("/proc/cmdline").read().strip())
-""" + kp.SCANNER))
+    g = kp.kdump_guest("usermode-kdump", seed, "--mode user ", capture_cmdline)
     serial = g.boot(f"crashkernel={CRASHKERNEL}", memory=KDUMP_MEMORY, timeout=300)
 
     h.expect_ok(serial, "load")
