@@ -109,6 +109,19 @@ class MemoryMap:
     def map_size(self) -> int:
         return len(self.descs) * c.DESCRIPTOR_SIZE
 
+    # -- the firmware's own fixed ranges
+    def reserve(self, start: int, size: int, mem_type: int) -> None:
+        """Type ``[start, start + size)`` as ``mem_type`` for the firmware's own use.
+
+        Unlike AllocatePages it is never handed out nor freed (FreePages refuses
+        it), and it does not change the map key: it is for building the firmware,
+        before any map is handed out.
+        """
+        end = start + -(-size // c.PAGE) * c.PAGE
+        if start % c.PAGE or not self.is_free(start, end):
+            raise ValueError(f"[{start:#x}, {end:#x}) is not free page-aligned memory")
+        self._set(start, end, mem_type)
+
     # -- AllocatePages / FreePages
     def allocate_pages(self, how: int, mem_type: int, pages: int, address: int = 0, *,
                        align: int = c.PAGE, avoid_align: int | None = None) -> int:

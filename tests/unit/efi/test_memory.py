@@ -115,3 +115,19 @@ def test_pools():
     assert status(pools.release, 0) == c.EFI_INVALID_PARAMETER
     pools.release(big)
     assert mm.find(big).type == c.CONVENTIONAL
+
+
+def test_reserve_types_a_fixed_range_that_is_never_handed_out_nor_freed():
+    mm = MemoryMap(64 * MiB)
+    k0 = mm.key
+    mm.reserve(MiB, 0x44000, c.BS_DATA)
+    assert mm.key == k0
+    assert mm.find(MiB).type == c.BS_DATA and mm.find(MiB + 0x43FFF).type == c.BS_DATA
+    assert mm.find(MiB + 0x44000).type == c.CONVENTIONAL
+    assert status(mm.allocate_pages, c.ALLOCATE_ADDRESS, c.LOADER_DATA, 1, MiB) == c.EFI_NOT_FOUND
+    assert status(mm.free_pages, MiB, 1) == c.EFI_NOT_FOUND
+    assert mm.allocation_containing(MiB) is None
+    # top-down allocations land where they would without it
+    assert mm.allocate_pages(c.ALLOCATE_ANY_PAGES, c.LOADER_DATA, 1) == 64 * MiB - c.PAGE
+    with pytest.raises(ValueError):
+        mm.reserve(MiB + 0x1000, 0x1000, c.BS_DATA)        # not free any more
