@@ -2,7 +2,9 @@
 
 * x86_64, UEFI 2.10 2.3.4.2: Microsoft x64 (RCX, RDX, R8, R9, then the stack
   above 32 bytes of shadow space; result in RAX).  unicorn starts the CPU in
-  long mode with paging off, so linear addresses are physical.
+  long mode with paging off; the engine turns paging on with identity-mapped
+  tables (:mod:`.paging`), as UEFI firmware runs, so linear addresses are
+  still physical.
 * AArch64, UEFI 2.10 2.3.6: AAPCS64 (X0-X7, then the stack; result in X0;
   return to X30).  EL1, MMU off; the "max" CPU model so the stub's checks of
   ID_AA64MMFR0 for 16K/64K granules pass.
@@ -19,6 +21,8 @@ import platform
 import struct
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
+UNKNOWN = object()                       # not worked out yet
+NO_EXCEPTION = struct.pack("<i", -1)     # QEMU's "no exception in flight"
 
 
 def _unicorn():
@@ -81,6 +85,8 @@ class X86_64(Cpu):
         self.x = x
         self.arg_regs = (x.UC_X86_REG_RCX, x.UC_X86_REG_RDX, x.UC_X86_REG_R8, x.UC_X86_REG_R9)
         self.PC, self.SP, self.RET = x.UC_X86_REG_RIP, x.UC_X86_REG_RSP, x.UC_X86_REG_RAX
+        self.phys_bits = 36
+        self._slot: object = UNKNOWN
 
     @classmethod
     def create(cls):
@@ -108,6 +114,7 @@ class X86_64(Cpu):
         x = self.x
         regs = (x.UC_X86_REG_EAX, x.UC_X86_REG_EBX, x.UC_X86_REG_ECX, x.UC_X86_REG_EDX)
         table = self._cpuid_table(u, regs)
+        self.phys_bits = (table.get((0x80000008, 0)) or [0])[0] & 0xFF or self.phys_bits
 
         def cpuid(uc, data) -> bool:
             leaf, sub = uc.reg_read(x.UC_X86_REG_EAX), uc.reg_read(x.UC_X86_REG_ECX)
@@ -153,6 +160,60 @@ class X86_64(Cpu):
                     table[(leaf, sub)] = values
         return table
 
+    # -- paging (Intel SDM vol. 3A 2.5 and 4.1) ---------------------------------------------
+    # What UEFI firmware runs with (OVMF: CR0 0x80010033): PE, MP, ET, NE, WP and PG;
+    # CR4 gains PAE and OSXMMEXCPT beside what unicorn's reset sets (OSFXSR, FSGSBASE,
+    # OSXSAVE); IA32_EFER gains NXE beside LME/LMA.  LA57 stays off: 4-level paging.
+    CR0_PAGING = 0x80010033
+    CR4_PAGING = 0x420
+    IA32_EFER, EFER_NXE = 0xC0000080, 1 << 11
+    PAGE_FAULT = 14
+    VECTORS = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
+               10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC",
+               18: "#MC", 19: "#XM"}
+
+    def enable_paging(self, root: int) -> None:
+        """Turn paging on with the PML4 at ``root`` (below 4 GiB: unicorn keeps 32 bits of CR3)."""
+        if root >> 32 or root & 0xFFF:
+            raise ValueError(f"the PML4 must be page aligned below 4 GiB, not at {root:#x}")
+        x, uc = self.x, self.uc
+        uc.reg_write(x.UC_X86_REG_CR3, root)
+        uc.reg_write(x.UC_X86_REG_CR4, uc.reg_read(x.UC_X86_REG_CR4) | self.CR4_PAGING)
+        uc.msr_write(self.IA32_EFER, uc.msr_read(self.IA32_EFER) | self.EFER_NXE)
+        uc.reg_write(x.UC_X86_REG_CR0, uc.reg_read(x.UC_X86_REG_CR0) | self.CR0_PAGING)
+
+    def fault_address(self) -> int:
+        """CR2: the linear address of the last page fault."""
+        return self.uc.reg_read(self.x.UC_X86_REG_CR2)
+
+    def page_table_root(self) -> int:
+        return self.uc.reg_read(self.x.UC_X86_REG_CR3) & ~0xFFF
+
+    def flush_tlb(self) -> None:
+        """Reload CR3, which flushes the TLB (after a permission is taken away)."""
+        self.uc.reg_write(self.x.UC_X86_REG_CR3, self.uc.reg_read(self.x.UC_X86_REG_CR3))
+
+    # unicorn never delivers an exception a UC_HOOK_INTR hook handles, so QEMU's
+    # record of the exception in flight (CPUX86State.old_exception, cleared only on
+    # delivery) stays set: the next page fault becomes a double fault and the one
+    # after that a triple fault, which silently stops the CPU (unicorn issue #1883,
+    # open).  forget_exception() clears it: it saves the CPU context, sets that
+    # field to -1 and restores the context (unicorn 2.1 restores it as a plain copy
+    # of the CPU state).  The field's offset in the context is not part of unicorn's
+    # API, so it is found by experiment on a scratch CPU, and checked there: once
+    # cleared, the next fault must again arrive as a page fault.
+    def exception_slot(self) -> int | None:
+        """The offset of the exception in flight in a saved context; None if not found."""
+        if self._slot is UNKNOWN:
+            self._slot = _find_exception_slot(_unicorn(), self.x)
+        return self._slot  # type: ignore[return-value]
+
+    def forget_exception(self) -> None:
+        """Mark the exception a hook handled as delivered (see exception_slot)."""
+        slot = self.exception_slot()
+        if slot is not None:
+            _clear_slot(self.uc, slot)
+
     def arg(self, i: int) -> int:
         """Argument ``i`` of the call being made (RSP points at the return address)."""
         if i < 4:
@@ -194,6 +255,63 @@ class X86_64(Cpu):
         regs = (x.UC_X86_REG_RAX, x.UC_X86_REG_RBX, x.UC_X86_REG_RCX, x.UC_X86_REG_RDX,
                 x.UC_X86_REG_RSI, x.UC_X86_REG_RDI, x.UC_X86_REG_RBP, x.UC_X86_REG_RSP)
         return {n: self.uc.reg_read(r) for n, r in zip(names, regs)}
+
+
+def _clear_slot(uc, slot: int) -> None:
+    ctx = uc.context_save()
+    raw, size, arch, mode = ctx.__getstate__()       # the pickling state: the context's bytes
+    ctx.__setstate__((raw[:slot] + NO_EXCEPTION + raw[slot + 4:], size, arch, mode))
+    uc.context_restore(ctx)
+
+
+def _find_exception_slot(u, x) -> int | None:
+    """Where unicorn's CPU context keeps the exception in flight; None if not found.
+
+    A scratch CPU pages with every 2 MiB page non-executable and runs a chain of
+    jumps from page to page; its interrupt hook makes each faulting page
+    executable.  Inside the first hook the slot is the one 32-bit field that went
+    from -1 (none) to 14 (#PF); cleared there, the next fault must again be a #PF.
+    """
+    uc = u.Uc(u.UC_ARCH_X86, u.UC_MODE_64)
+    pml4, pdpt, pd = 0x1000, 0x2000, 0x3000
+    uc.mem_map(0, 8 << 20)
+    uc.mem_write(pml4, struct.pack("<Q", pdpt | 0x23))
+    uc.mem_write(pdpt, struct.pack("<Q", pd | 0x23))
+    uc.mem_write(pd, b"".join(struct.pack("<Q", i << 21 | 0xE3 | 1 << 63) for i in range(4)))
+    for i in (1, 2):                                    # jmp to the next 2 MiB page
+        uc.mem_write(i << 21, b"\xe9" + struct.pack("<i", (1 << 21) - 5))
+    uc.mem_write(3 << 21, b"\xf4")                      # hlt
+    cpu = X86_64(uc)
+    cpu.enable_paging(pml4)
+    before = bytes(uc.context_save().__getstate__()[0])
+    seen: list[int] = []
+    found: list[int] = []
+
+    def hook(uc, intno, data) -> None:
+        seen.append(intno)
+        page = uc.reg_read(x.UC_X86_REG_CR2) >> 21
+        if intno != X86_64.PAGE_FAULT or page not in (1, 2, 3) or len(seen) > 3:
+            uc.emu_stop()
+            return
+        uc.mem_write(pd + 8 * page, struct.pack("<Q", page << 21 | 0xE3))
+        if not found:
+            now = bytes(uc.context_save().__getstate__()[0])
+            fault = struct.pack("<i", X86_64.PAGE_FAULT)
+            found.extend(o for o in range(0, min(len(before), len(now)) - 3, 4)
+                         if before[o:o + 4] == NO_EXCEPTION and now[o:o + 4] == fault)
+            if len(found) != 1:
+                uc.emu_stop()
+                return
+        _clear_slot(uc, found[0])
+
+    uc.hook_add(u.UC_HOOK_INTR, hook)
+    try:
+        uc.emu_start(1 << 21, (3 << 21) + 1)
+    except u.UcError:
+        return None
+    if seen != [X86_64.PAGE_FAULT] * 3 or len(found) != 1 or cpu.pc() != (3 << 21) + 1:
+        return None
+    return found[0]
 
 
 class Arm64(Cpu):
