@@ -92,7 +92,7 @@ class IdentityMap:
 
     # -- building ----------------------------------------------------------------------
     def build(self) -> None:
-        """Write the PML4, the PDPT and the page directories: all RAM present, nothing executable."""
+        """Write the PML4, the PDPT and the page directories: all RAM present, none executable."""
         self._write(self.pml4, struct.pack("<Q", self.pdpt | TABLE).ljust(PAGE, b"\0"))
         pdpt = b"".join(struct.pack("<Q", (self.pds + i * PAGE) | TABLE) for i in range(self.gib))
         self._write(self.pdpt, pdpt.ljust(PAGE, b"\0"))

@@ -1,4 +1,4 @@
-"""The x86-64 identity map on its own: entries as the SDM defines them, written into a fake memory."""
+"""The x86-64 identity map on its own: entries as the SDM defines them, in a fake memory."""
 
 from __future__ import annotations
 
