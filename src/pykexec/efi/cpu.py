@@ -189,9 +189,9 @@ class X86_64(Cpu):
     def page_table_root(self) -> int:
         return self.uc.reg_read(self.x.UC_X86_REG_CR3) & ~0xFFF
 
-    def flush_tlb(self) -> None:
-        """Reload CR3, which flushes the TLB (after a permission is taken away)."""
-        self.uc.reg_write(self.x.UC_X86_REG_CR3, self.uc.reg_read(self.x.UC_X86_REG_CR3))
+    def load_page_tables(self, root: int) -> None:
+        """Write CR3, which also flushes the TLB (and with it QEMU's per-address TB cache)."""
+        self.uc.reg_write(self.x.UC_X86_REG_CR3, root)
 
     # unicorn never delivers an exception a UC_HOOK_INTR hook handles, so QEMU's
     # record of the exception in flight (CPUX86State.old_exception, cleared only on

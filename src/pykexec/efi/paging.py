@@ -20,6 +20,10 @@ engine), laid out as:
 * page 0: the PML4, entry 0 -> the PDPT;
 * page 1: the PDPT, one entry per GiB of RAM -> its page directory;
 * pages 2..: the page directories: 2 MiB entries, present, writable, XD, identity;
+* then the same three levels once more, with every page executable: the tables
+  CR3 points at only while the engine asks unicorn to translate code that ran
+  before (to count its instructions).  unicorn translates through the page
+  tables, and a fault there, outside emulation, crashes the process;
 * then a pool of page tables: a 2 MiB entry that gets an executable page is split
   into 512 4 KiB entries taken from the pool.  When the pool runs dry the whole
   2 MiB becomes executable (correct, only slower), and :meth:`allow_exec` says so.
@@ -68,7 +72,8 @@ class IdentityMap:
         self.pml4 = base
         self.pdpt = base + PAGE
         self.pds = base + 2 * PAGE
-        self._pool = base + (2 + self.gib) * PAGE
+        self.translate_root = base + (2 + self.gib) * PAGE
+        self._pool = base + 2 * (2 + self.gib) * PAGE
         self._pool_end = self._pool + pool * PAGE
         self.tables: dict[int, int] = {}        # 2 MiB region -> its page table
         self.exec_pages: set[int] = set()        # executable 4 KiB pages (addresses)
@@ -78,7 +83,7 @@ class IdentityMap:
     @staticmethod
     def size(ram_size: int, pool: int = POOL_PAGES) -> int:
         """Bytes to reserve for the tables of ``ram_size`` bytes of RAM."""
-        return (2 + -(-ram_size // GIB) + pool) * PAGE
+        return (2 * (2 + -(-ram_size // GIB)) + pool) * PAGE
 
     @property
     def root(self) -> int:
@@ -92,14 +97,19 @@ class IdentityMap:
 
     # -- building ----------------------------------------------------------------------
     def build(self) -> None:
-        """Write the PML4, the PDPT and the page directories: all RAM present, none executable."""
-        self._write(self.pml4, struct.pack("<Q", self.pdpt | TABLE).ljust(PAGE, b"\0"))
-        pdpt = b"".join(struct.pack("<Q", (self.pds + i * PAGE) | TABLE) for i in range(self.gib))
-        self._write(self.pdpt, pdpt.ljust(PAGE, b"\0"))
-        for g in range(self.gib):
-            first = g * (GIB // LARGE)
-            self._write(self.pds + g * PAGE, b"".join(
-                struct.pack("<Q", self._large(first + i)) for i in range(ENTRIES)))
+        """Write the PML4, the PDPT and the page directories: all RAM present, none executable.
+
+        And the same once more at :attr:`translate_root`, all executable.
+        """
+        for pml4, executable in ((self.pml4, False), (self.translate_root, True)):
+            pdpt, pds = pml4 + PAGE, pml4 + 2 * PAGE
+            self._write(pml4, struct.pack("<Q", pdpt | TABLE).ljust(PAGE, b"\0"))
+            self._write(pdpt, b"".join(struct.pack("<Q", (pds + i * PAGE) | TABLE)
+                                       for i in range(self.gib)).ljust(PAGE, b"\0"))
+            for g in range(self.gib):
+                first = g * (GIB // LARGE)
+                self._write(pds + g * PAGE, b"".join(
+                    struct.pack("<Q", self._large(first + i, executable)) for i in range(ENTRIES)))
 
     @staticmethod
     def _large(region: int, executable: bool = False) -> int:

@@ -61,8 +61,19 @@ def test_all_ram_is_identity_mapped_writable_and_not_executable(built):
     assert mem.u64(BASE) & ADDR == BASE + PAGE          # PML4[0] -> PDPT
     assert [mem.u64(BASE + PAGE + 8 * i) & ADDR for i in range(3)] == \
         [BASE + 2 * PAGE, BASE + 3 * PAGE, 0]
-    assert IdentityMap.size(2 * GIB) == (2 + 2 + 64) * PAGE
-    assert IdentityMap.size(2 * GIB + 1) == (2 + 3 + 64) * PAGE
+    assert IdentityMap.size(2 * GIB) == (2 * (2 + 2) + 64) * PAGE
+    assert IdentityMap.size(2 * GIB + 1) == (2 * (2 + 3) + 64) * PAGE
+
+
+def test_the_translation_tables_make_all_ram_executable(built):
+    mem, tables = built
+    root = tables.translate_root
+    assert root >= BASE + 4 * PAGE and root + 4 * PAGE <= BASE + IdentityMap.size(2 * GIB)
+    for addr in (0, 0x1234, 0x7FFF_F123, 2 * GIB - 1):
+        assert walk(mem, root, addr) == (addr, True), hex(addr)
+    assert walk(mem, root, 2 * GIB) is None
+    tables.allow_exec(0x1000)
+    assert walk(mem, root, 0x2000) == (0x2000, True)       # the split is not theirs
 
 
 def test_allow_exec_splits_one_2mib_entry_into_4kib_pages(built):
