@@ -12,9 +12,20 @@
   :class:`GuestCall` and gets the callee's return value back when the callee
   returns to the return trap.  ``Exit()`` unwinds to the StartImage that
   started the image, restoring the registers saved there.
-* After ExitBootServices a block hook (added then, with the translation cache
-  flushed, so the decompression before it runs at full speed) stops at the
-  first block outside every loaded image and the trap page: the hand-over.
+* x86_64 pages as UEFI firmware does: identity-mapped tables (:mod:`.paging`)
+  in a range reserved at 1 MiB, where no page is executable until code is
+  fetched from it.  A fetch from a non-executable page is a page fault, seen by
+  an interrupt hook (which costs nothing per instruction): before
+  ExitBootServices the page is made executable and the fetch resumes.  This is
+  what keeps stores fast: unicorn sends every store to an executable page down
+  its slow self-modifying-code path, and with paging off every page is
+  executable.
+* After ExitBootServices the first instruction outside every loaded image and
+  the trap page is the hand-over.  On x86_64 the pages outside them are made
+  non-executable again, so the first fetch there faults; on arm64 (and where the
+  tables cannot say it exactly) a block hook, added then with the translation
+  cache flushed so the decompression before it runs unhooked, watches every
+  block.
 * Bounds: instructions (counted by a native block hook, checked at
   checkpoints), wall-clock time, and guest memory (the RAM size).
 """
@@ -32,10 +43,13 @@ from ..errors import EmulationError, EmulationFault, EmulationLimit, StubExited
 from . import constants as c
 from .cpu import ARCHES, BlockCounter
 from .memory import EfiStatusError, MemoryMap
+from .paging import IdentityMap
 
 log = logging.getLogger(__name__)
 
 CHUNK = 2 << 20
+PAGE_TABLES_AT = 0x100000      # x86_64: first page above the legacy hole; stubs allocate top down
+OUTSIDE = "first instruction outside the loaded images"
 TRAP_SLOT = 16
 CHECKPOINT_BLOCKS = 1 << 25
 NO_RETURN = object()
@@ -150,6 +164,112 @@ class Engine:
         self.memory.on_allocate = self.ensure_mapped
         self._probe: int | None = None
         self.counter = BlockCounter.create(self.uc, with_table=True)
+        self.paging: IdentityMap | None = None
+        self.code_pages: set[int] = set()     # pages code was first fetched from before EBS
+        self._last_fault: tuple[int, int] | None = None
+        self._block_hook: int | None = None
+        self._exec_later: int | None = None
+        self._fault_pc: int | None = None
+        if arch == "x86_64":
+            self._start_paging()
+
+    # -- x86_64 paging ---------------------------------------------------------------
+    def _start_paging(self) -> None:
+        """Identity-mapped page tables in EfiBootServicesData at 1 MiB; nothing executable yet.
+
+        At a fixed low address, so that every allocation (top down) lands where
+        it would without them.  Left off (paging off, every page executable: slow
+        stores) where this unicorn cannot resume after a page fault, or the
+        guest is too small to hold the tables.
+        """
+        size = IdentityMap.size(self.memory.ram_size)
+        if PAGE_TABLES_AT + size > self.memory.ram_size:
+            return
+        if self.cpu.exception_slot() is None:
+            log.warning("this unicorn cannot resume after a page fault; running with paging off")
+            return
+        self.memory.reserve(PAGE_TABLES_AT, size, c.BS_DATA)
+        self.paging = IdentityMap(PAGE_TABLES_AT, self.memory.ram_size, self.write,
+                                  phys_bits=self.cpu.phys_bits)
+        self.paging.build()
+        self.cpu.enable_paging(self.paging.root)
+        self.uc.hook_add(self._u.UC_HOOK_INTR, self._on_exception)
+
+    def _on_exception(self, uc, intno, data) -> None:
+        """UC_HOOK_INTR: a page fault is resolved here; any other exception ends the run,
+        as it did before the hook (unicorn's "Unhandled CPU exception")."""
+        if self.stop_reason is not None or self.failure is not None:
+            return      # stopping already; the faulting instruction is retried after the stop
+        try:
+            if intno == self.cpu.PAGE_FAULT:
+                self._on_page_fault()
+                return
+            name = self.cpu.VECTORS.get(intno)
+            self._stop_on_fault(f"{self._u.UcError(self._u.UC_ERR_EXCEPTION)}: vector {intno}"
+                                + (f" ({name})" if name else ""))
+        except BaseException as e:  # noqa: BLE001 - re-raised by run()
+            self.failure = e
+            self.uc.emu_stop()
+
+    def _stop_on_fault(self, what: str) -> None:
+        self.fault = what
+        self._fault_pc = self.cpu.pc()
+        self.stop_reason = "fault"
+        self.uc.emu_stop()
+
+    def _on_page_fault(self) -> None:
+        """A #PF: a fetch from a page not (yet) executable, or an access beyond RAM."""
+        addr, pc = self.cpu.fault_address(), self.cpu.pc()
+        if self.cpu.page_table_root() != self.paging.root:
+            self._stop_on_fault(f"page fault at {addr:#x} under page tables the guest loaded "
+                                f"itself (CR3 {self.cpu.page_table_root():#x})")
+            return
+        if self._last_fault == (pc, addr):
+            self._stop_on_fault(f"page fault at {addr:#x} again after it was resolved")
+            return
+        self._last_fault = (pc, addr)
+        if not self.paging.covers(addr):
+            # beyond RAM: mapped, the access reaches unicorn's unmapped-memory check,
+            # which names it as it did with paging off (kind, size, address)
+            if not self.paging.map_beyond(addr):
+                ram = self.memory.ram_size
+                self._stop_on_fault(f"access at {addr:#x}, outside guest RAM [0, {ram:#x})")
+                return
+            self.cpu.forget_exception()
+            return
+        # all RAM is present and writable: this is an instruction fetch
+        if self.exit_boot_services_done:
+            if self._left_images(pc):
+                return
+            if not self.in_images(addr):
+                # a block that runs off the edge of an image: let the block hook decide
+                self._exec_later = addr
+                self.stop_reason = "blocks"
+                self.uc.emu_stop()
+                return
+        else:
+            self.code_pages.add(addr & ~(c.PAGE - 1))
+        if not self.paging.allow_exec(addr) and self.exit_boot_services_done:
+            self.stop_reason = "blocks"     # a whole 2 MiB is executable: not exact any more
+            self.uc.emu_stop()
+        self.cpu.forget_exception()
+
+    def _protect_images(self) -> bool:
+        """At ExitBootServices: only the images, the stubs' regions and the traps stay executable.
+
+        Then the first fetch anywhere else faults, and is the hand-over.  False
+        where the tables cannot say that exactly (a 2 MiB region executable whole).
+        """
+        if self.paging is None:
+            return False
+        exact = self.paging.deny_exec(self.in_images)
+        self.cpu.load_page_tables(self.paging.root)     # flush the TLB
+        self._last_fault = None
+        return exact
+
+    def _watch_blocks(self) -> None:
+        if self._block_hook is None:
+            self._block_hook = self.uc.hook_add(self._u.UC_HOOK_BLOCK, self._on_block)
 
     # -- guest memory ----------------------------------------------------------------
     def _map_chunk(self, index: int) -> None:
@@ -386,12 +506,14 @@ class Engine:
         systemd-stub (v256 and later, with Secure Boot off) lays the kernel's PE
         image out in pages it allocated and calls it itself; that kernel's stub
         then runs from memory no LoadImage produced.  The block counter's table
-        says which addresses ran before ExitBootServices.
+        and, on x86_64, the pages code was fetched from say which addresses ran
+        before ExitBootServices.
         """
-        if self.counter is None:
-            return
+        ran = set(self.code_pages)
+        if self.counter is not None:
+            ran.update(self.counter.block_counts())
         seen: set[tuple[int, int]] = set()
-        for addr in self.counter.block_counts():
+        for addr in ran:
             alloc = self.memory.allocation_containing(addr)
             if alloc is not None:
                 seen.add((alloc[0], alloc[1]))
@@ -403,8 +525,14 @@ class Engine:
         self.uc.emu_stop()
 
     def _on_block(self, uc, addr, size, data) -> None:
-        if self.handover is None and not self.in_images(addr):
-            self._handover(addr, "first instruction outside the loaded images")
+        self._left_images(addr)
+
+    def _left_images(self, pc: int) -> bool:
+        """After ExitBootServices, code at ``pc`` outside every image is the hand-over."""
+        if self.handover is None and not self.in_images(pc):
+            self._handover(pc, OUTSIDE)
+            return True
+        return False
 
     def _on_kernel_entry(self, uc, addr, size, data) -> None:
         if self.exit_boot_services_done and self.handover is None:
@@ -451,16 +579,23 @@ class Engine:
         k = self.counter.counters
         if self.arch == "arm64":
             return k.bytes // 4
-        total = 0
-        for addr, n in self.counter.block_counts().items():
-            icount = self._icount.get(addr)
-            if icount is None:
+        counts = self.counter.block_counts()
+        new = [addr for addr in counts if addr not in self._icount]
+        if new and self.paging is not None:
+            # unicorn translates through the page tables, and a page fault while it
+            # does so outside emulation crashes the process: under these tables all
+            # RAM is executable.  Loading either flushes the TLB.
+            self.cpu.load_page_tables(self.paging.translate_root)
+        try:
+            for addr in new:
                 try:
-                    icount = self.uc.ctl_request_cache(addr)[1]
+                    self._icount[addr] = self.uc.ctl_request_cache(addr)[1]
                 except Exception:  # noqa: BLE001 - memory gone since: estimate from bytes
-                    icount = 0
-                self._icount[addr] = icount
-            total += n * icount
+                    self._icount[addr] = 0
+        finally:
+            if new and self.paging is not None:
+                self.cpu.load_page_tables(self.paging.root)
+        total = sum(n * self._icount[addr] for addr, n in counts.items())
         # blocks the table had no room for: 4 bytes an instruction, a stated approximation
         return total + k.overflow_bytes // 4
 
@@ -480,6 +615,8 @@ class Engine:
             if remaining <= 0:
                 self._limit(f"time limit of {self.options.max_seconds:g} s reached")
             pc = self.cpu.pc()
+            if self.paging is not None:
+                self.cpu.forget_exception()     # a fault a hook stopped at is over
             try:
                 # unicorn's timeout costs ~2x in CPU time: with the block counter the
                 # time limit is checked at its checkpoints instead
@@ -495,7 +632,7 @@ class Engine:
                         | u.UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped)
                     continue
                 if self.failure is None:
-                    raise self._fault(e) from e
+                    raise self._fault(self.fault or str(e)) from e
             if self._probe is not None:
                 self.uc.hook_del(self._probe)
                 self._probe = None
@@ -508,10 +645,19 @@ class Engine:
             if self.stop_reason == "handover":
                 self.instructions = self.count_instructions()
                 return self.handover
+            if self.stop_reason == "fault":
+                raise self._fault(self.fault, self._fault_pc)
             if self.stop_reason == "ebs":
                 self._note_stub_regions()
-                self.uc.hook_add(self._u.UC_HOOK_BLOCK, self._on_block)
+                if not self._protect_images():
+                    self._watch_blocks()
                 self.uc.ctl_flush_tb()
+            if self.stop_reason == "blocks":
+                self._watch_blocks()
+                self.uc.ctl_flush_tb()
+                if self._exec_later is not None:
+                    self.paging.allow_exec(self._exec_later)
+                    self._exec_later = None
             if self.pending_hooks:
                 for addr, fn in self.pending_hooks:
                     self.uc.hook_add(self._u.UC_HOOK_CODE, self._guarded(fn),
@@ -540,10 +686,10 @@ class Engine:
         raise EmulationLimit(f"{what}: the stub loops or needs more", pc=self.cpu.pc(),
                              calls=tuple(self.history), instructions=self.count_instructions())
 
-    def _fault(self, e) -> EmulationFault:
-        what = self.fault or str(e)
+    def _fault(self, what: str, pc: int | None = None) -> EmulationFault:
         self.fault = None
-        return EmulationFault(f"emulated code faulted: {what}", pc=self.cpu.pc(),
+        return EmulationFault(f"emulated code faulted: {what}",
+                              pc=self.cpu.pc() if pc is None else pc,
                               calls=tuple(self.history), instructions=self.count_instructions())
 
     def elapsed(self) -> float:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import os
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -278,3 +281,172 @@ def test_start_image_and_exit_unwind_to_the_parent():
     assert len(start) == 1 and "= EFI_ACCESS_DENIED" in start[0]
     exits = [line for line in lines if "BS.Exit(" in line]
     assert len(exits) == 2 and exits[0] != exits[1]      # the child's, then the parent's handle
+
+
+# -- x86_64 paging: identity-mapped, executable only where code runs ------------------
+
+from pykexec.efi.machine import OUTSIDE, PAGE_TABLES_AT  # noqa: E402
+
+# AllocatePages(AnyPages, LoaderData, 3, &buf); at buf, buf+4K and buf+8K "mov eax, N; ret"
+# for N = 1, 2, 4; call the three; return their sum (7).  Three pages, three page faults.
+THREE_PAGES_OF_CODE = bytes.fromhex(
+    "53 4154 4155 4883ec30 488b5a60"                         # save; rbx = ST->BootServices
+    "31c9 ba02000000 41b803000000 4c8d4c2428 ff5328"         # AllocatePages(0, 2, 3, &buf)
+    "4c8b642428"                                             # r12 = buf
+    "41c70424b8010000 6641c744240400c3"                      # [buf] = mov eax, 1; ret
+    "41c7842400100000b8020000 6641c784240410000000c3"        # [buf+4K] = mov eax, 2; ret
+    "41c7842400200000b8040000 6641c784240420000000c3"        # [buf+8K] = mov eax, 4; ret
+    "4531ed 41ffd4 4901c5"                                   # r13 = buf()
+    "498d842400100000 ffd0 4901c5"                           # r13 += (buf+4K)()
+    "498d842400200000 ffd0 4901c5"                           # r13 += (buf+8K)()
+    "4c89e8 4883c430 415d 415c 5b c3")                       # return r13
+
+# M = AllocatePages(4); A = AllocatePages(1); [A] = ret; A(); FreePages(A, 1);
+# GetMemoryMap(&size, M, &key, ...); ExitBootServices(ImageHandle, key); rsi = M; jmp A.
+# A ran code before ExitBootServices, but was freed: jumping there is the hand-over.
+HANDOVER_TO_FREED_CODE = bytes.fromhex(
+    "53 4154 4155 4156 4157 4883ec60 4989ce 488b5a60"
+    "31c9 ba02000000 41b804000000 4c8d4c2438 ff5328 4c8b6c2438"     # r13 = M
+    "31c9 ba02000000 41b801000000 4c8d4c2438 ff5328 4c8b642438"     # r12 = A
+    "41c60424c3 41ffd4"                                             # [A] = ret; A()
+    "4c89e1 ba01000000 ff5330"                                      # FreePages(A, 1)
+    "48c744243000400000 488d442448 4889442420 4c8d4c2440"           # size = 16K, &ver, &dsize
+    "4c8d442438 4c89ea 488d4c2430 ff5338"                           # GetMemoryMap
+    "4c89f1 488b542438 ff93e8000000"                                # ExitBootServices
+    "4c89ee 41ffe4")                                                # rsi = M; jmp A
+
+
+def _run(code: bytes, memory: int = 256 << 20):
+    fw = Firmware("x86_64", Options(memory=memory, max_instructions=10_000_000))
+    image = fw.load_image(pe_image(code), parent=0, name="t.efi", file_path_dp=None)
+    return fw, image
+
+
+def returned(code: bytes) -> str:
+    with pytest.raises(StubExited) as e:
+        efi.emulate(pe_image(code), memory=256 << 20)
+    return str(e.value).split("entry point returned ")[1].split()[0]
+
+
+def test_x86_firmware_pages_as_uefi_does():
+    mov_cr = lambda r: bytes([0x0F, 0x20, 0xC0 | r << 3, 0xC3])     # noqa: E731 - mov rax, crN; ret
+    assert int(returned(mov_cr(0)), 16) == 0x80010033                # PG WP NE ET MP PE
+    assert int(returned(mov_cr(3)), 16) == PAGE_TABLES_AT
+    cr4 = int(returned(mov_cr(4)), 16)
+    assert cr4 & 0x20 and not cr4 & 0x1000                          # PAE, 4-level (no LA57)
+    rdmsr_efer = bytes.fromhex("b9800000c0 0f32 48c1e220 4809d0 c3")
+    assert int(returned(rdmsr_efer), 16) & 0xD00 == 0xD00           # NXE, LMA, LME
+    fw = Firmware("x86_64", Options(memory=256 << 20))
+    d = fw.memory.find(PAGE_TABLES_AT)
+    assert (d.start, d.type) == (PAGE_TABLES_AT, c.BS_DATA)
+    assert fw.paging is not None and Firmware("arm64", Options(memory=256 << 20)).paging is None
+
+
+def test_code_copied_into_allocations_runs_before_exit_boot_services():
+    fw, image = _run(THREE_PAGES_OF_CODE)
+    with pytest.raises(StubExited) as e:
+        fw.start(image)
+    # three separate page faults were resolved (unicorn would make the second a
+    # double fault and stop the CPU at the third)
+    assert "returned 0x7 " in str(e.value)
+    buf = min(fw.code_pages)
+    assert sorted(fw.code_pages) == sorted([buf, buf + 0x1000, buf + 0x2000,
+                                            image.entry & ~0xFFF, fw.trap_base])
+    assert all(fw.paging.executable(p) for p in fw.code_pages)
+    assert fw.memory.find(buf).type == c.LOADER_DATA
+
+
+def test_only_pages_code_ran_from_are_executable():
+    fw, image = _run(THREE_PAGES_OF_CODE)
+    with pytest.raises(StubExited):
+        fw.start(image)
+    data = [fw.stack_top - 8, fw.st, image.base, fw.pools.allocate(c.BS_DATA, 16)]
+    assert not any(fw.paging.executable(a) for a in data)
+    assert fw.paging.executable(image.entry) and fw.paging.executable(fw.trap_base)
+    # and the tables say so to the CPU: XD in the stack's entry, none in the code's
+    assert leaf_entry(fw, fw.stack_top - 8) >> 63 == 1
+    assert leaf_entry(fw, image.entry) >> 63 == 0
+
+
+def leaf_entry(fw, addr: int) -> int:
+    """The page-directory or page-table entry that maps ``addr`` (read from guest memory)."""
+    entry = fw.u64(fw.paging.pds + 8 * (addr >> 21))
+    if not entry & 0x80:
+        entry = fw.u64((entry & 0xFFFFFFFFFF000) + 8 * (addr >> 12 & 511))
+    assert entry & 1
+    return entry
+
+
+def test_fetch_outside_the_images_after_exit_boot_services_is_the_handover():
+    fw, image = _run(HANDOVER_TO_FREED_CODE)
+    handover = fw.start(image)
+    target = handover["pc"]
+    assert handover["how"] == OUTSIDE
+    assert fw.memory.find(target).type == c.CONVENTIONAL                # A, freed
+    assert target in fw.code_pages                                      # ran before EBS
+    assert handover["registers"]["rsi"] == fw.memory.allocation_containing(
+        handover["registers"]["rsi"])[0]                                # M
+    assert fw._block_hook is None                # the page fault found it, not a block hook
+    assert fw.call_counts["BS.ExitBootServices"] == 1
+
+
+# As HANDOVER_TO_FREED_CODE, but A's code is "nop; nop; nop; ret" at A+0xff0, and A's last
+# 16 bytes are nops by the hand-over.  Counting instructions then translates the block
+# at A+0xff0 again: it now runs on into A+0x1000, a page no code ran from.
+REWRITTEN_CODE = bytes.fromhex(
+    "53 4154 4155 4156 4157 4883ec60 4989ce 488b5a60"
+    "31c9 ba02000000 41b804000000 4c8d4c2438 ff5328 4c8b6c2438"     # r13 = M
+    "31c9 ba02000000 41b801000000 4c8d4c2438 ff5328 4c8b642438"     # r12 = A
+    "498dbc24f00f0000 c707909090c3 ffd7"                            # [A+0xff0] = code; call
+    "48b89090909090909090 488907 48894708"                          # nops to A's end
+    "4c89e1 ba01000000 ff5330"                                      # FreePages(A, 1)
+    "48c744243000400000 488d442448 4889442420 4c8d4c2440"
+    "4c8d442438 4c89ea 488d4c2430 ff5338"                           # GetMemoryMap
+    "4c89f1 488b542438 ff93e8000000"                                # ExitBootServices
+    "4c89ee 41ffe4")                                                # rsi = M; jmp A
+
+
+def test_counting_instructions_of_rewritten_code_does_not_fault(tmp_path):
+    """unicorn translates through the guest's page tables: a page fault there, outside
+    emulation (at the hand-over), would take the whole process down (so: a subprocess)."""
+    (tmp_path / "t.efi").write_bytes(pe_image(REWRITTEN_CODE))
+    script = ("from pykexec.efi.services import Firmware\n"
+              "from pykexec.efi.machine import Options\n"
+              "fw = Firmware('x86_64', Options(memory=256 << 20))\n"
+              f"data = open({str(tmp_path / 't.efi')!r}, 'rb').read()\n"
+              "h = fw.start(fw.load_image(data, parent=0, name='t', file_path_dp=None))\n"
+              "print(h['how'], fw.instructions)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    how, instructions = done.stdout.rsplit(" ", 1)
+    assert how == OUTSIDE and int(instructions) > 0
+
+
+@pytest.mark.parametrize("code, what", [
+    (b"\x48\xb8" + struct.pack("<Q", 0x4_0000_0000) + b"\x48\x8b\x00",   # mov rax, [16 GiB]
+     "read of 8 bytes at 0x400000000, outside guest RAM [0, 0x10000000)"),
+    (b"\x48\xb8" + struct.pack("<Q", 0x4_0000_0000) + b"\x48\x89\x00",   # mov [16 GiB], rax
+     "write of 8 bytes at 0x400000000, outside guest RAM [0, 0x10000000)"),
+    (b"\x48\xb8" + struct.pack("<Q", 0x2000_0000) + b"\x48\x8b\x00",     # mov rax, [512 MiB]
+     "read of 8 bytes at 0x20000000, outside guest RAM [0, 0x10000000)"),
+    (b"\x48\xb8" + struct.pack("<Q", 0x4_0000_0000) + b"\xff\xe0",       # jmp 16 GiB
+     "instruction fetch of 1 bytes at 0x400000000, outside guest RAM [0, 0x10000000)"),
+], ids=["read", "write", "read-below-the-mapped-GiB", "fetch"])
+def test_wild_accesses_fail_as_they_did_with_paging_off(code, what):
+    with pytest.raises(EmulationFault) as e:
+        efi.emulate(pe_image(code), memory=256 << 20)
+    assert f"emulated code faulted: {what} (pc " in str(e.value)
+    fetch = code.endswith(b"\xff\xe0")
+    assert e.value.pc == (0x4_0000_0000 if fetch else e.value.pc & ~0xFFF | TEXT_RVA % 0x1000 + 10)
+
+
+def test_other_exceptions_still_end_the_run():
+    with pytest.raises(EmulationFault) as e:
+        efi.emulate(pe_image(b"\x90\xcc"), memory=256 << 20)        # nop; int3
+    assert "Unhandled CPU exception (UC_ERR_EXCEPTION): vector 3 (#BP)" in str(e.value)
+    assert e.value.pc % 0x1000 == 2
+    with pytest.raises(EmulationFault) as e:
+        efi.emulate(pe_image(b"\x0f\x0b"), memory=256 << 20)        # ud2
+    assert "Invalid instruction (UC_ERR_INSN_INVALID)" in str(e.value)
