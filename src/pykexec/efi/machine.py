@@ -182,8 +182,9 @@ class Engine:
         stores) where this unicorn cannot resume after a page fault, or the
         guest is too small to hold the tables.
         """
-        size = IdentityMap.size(self.memory.ram_size)
-        if PAGE_TABLES_AT + size > self.memory.ram_size:
+        ram = self.memory.ram_size
+        size = IdentityMap.size(ram)
+        if PAGE_TABLES_AT + size > ram or not IdentityMap.fits(ram):
             return
         if self.cpu.exception_slot() is None:
             log.warning("this unicorn cannot resume after a page fault; running with paging off")
@@ -228,10 +229,13 @@ class Engine:
             self._stop_on_fault(f"page fault at {addr:#x} again after it was resolved")
             return
         self._last_fault = (pc, addr)
-        if not self.paging.covers(addr):
-            # beyond RAM: mapped, the access reaches unicorn's unmapped-memory check,
-            # which names it as it did with paging off (kind, size, address)
-            if not self.paging.map_beyond(addr):
+        if not c.PAGE <= addr < self.memory.ram_size:
+            # the NULL page or beyond RAM: let the access through to unicorn's
+            # unmapped-memory check, which names it as it did with paging off (kind,
+            # size, address); never a hand-over
+            if self.paging.covers(addr):
+                self.paging.allow_exec(addr)        # present and writable: a fetch
+            elif not self.paging.map_beyond(addr):
                 ram = self.memory.ram_size
                 self._stop_on_fault(f"access at {addr:#x}, outside guest RAM [0, {ram:#x})")
                 return

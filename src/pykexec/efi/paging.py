@@ -62,8 +62,9 @@ class IdentityMap:
 
     def __init__(self, base: int, ram_size: int, write: Callable[[int, bytes], None], *,
                  phys_bits: int = 40, pool: int = POOL_PAGES) -> None:
-        if base % PAGE:
-            raise ValueError(f"page tables must be page aligned, not at {base:#x}")
+        if base % PAGE or not self.fits(ram_size):
+            raise ValueError(f"no identity map at {base:#x} for {ram_size:#x} bytes of RAM: "
+                             f"it must be page aligned, and RAM at most {ENTRIES} GiB")
         self.base = base
         self.ram_size = ram_size
         self.phys_bits = phys_bits
@@ -79,6 +80,11 @@ class IdentityMap:
         self.exec_pages: set[int] = set()        # executable 4 KiB pages (addresses)
         self.exec_regions: set[int] = set()      # 2 MiB regions executable whole (no table left)
         self._beyond: dict[tuple[int, ...], int] = {}   # (pml4 index[, pdpt index]) -> table
+
+    @staticmethod
+    def fits(ram_size: int) -> bool:
+        """Whether one PDPT (512 GiB) maps ``ram_size`` bytes."""
+        return 0 < ram_size <= ENTRIES * GIB
 
     @staticmethod
     def size(ram_size: int, pool: int = POOL_PAGES) -> int:

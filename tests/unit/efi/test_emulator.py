@@ -442,6 +442,19 @@ def test_wild_accesses_fail_as_they_did_with_paging_off(code, what):
     assert e.value.pc == (0x4_0000_0000 if fetch else e.value.pc & ~0xFFF | TEXT_RVA % 0x1000 + 10)
 
 
+def test_a_jump_to_the_null_page_is_no_handover():
+    null = "instruction fetch of 1 bytes at 0x0, the NULL page"
+    with pytest.raises(EmulationFault) as e:
+        efi.emulate(pe_image(b"\x31\xc0\xff\xe0"), memory=256 << 20)      # xor eax, eax; jmp rax
+    assert null in str(e.value) and e.value.pc == 0
+    # after ExitBootServices too: "xor r12, r12" before the last "jmp r12"
+    code = HANDOVER_TO_FREED_CODE[:-3] + bytes.fromhex("4d31e4 41ffe4")
+    fw, image = _run(code)
+    with pytest.raises(EmulationFault) as e:
+        fw.start(image)
+    assert null in str(e.value) and "BS.ExitBootServices" in str(e.value)
+
+
 def test_other_exceptions_still_end_the_run():
     with pytest.raises(EmulationFault) as e:
         efi.emulate(pe_image(b"\x90\xcc"), memory=256 << 20)        # nop; int3

@@ -137,6 +137,8 @@ def test_map_beyond_maps_one_2mib_outside_ram_on_demand(built):
 def test_tables_must_be_page_aligned():
     with pytest.raises(ValueError):
         IdentityMap(BASE + 8, GIB, Memory().write)
+    with pytest.raises(ValueError):
+        IdentityMap(BASE, 513 * GIB, Memory().write)
     tables = IdentityMap(BASE, GIB, Memory().write)
     with pytest.raises(ValueError):
         tables.allow_exec(2 * GIB)
