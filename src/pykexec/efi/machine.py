@@ -219,7 +219,7 @@ class Engine:
         self.uc.emu_stop()
 
     def _on_page_fault(self) -> None:
-        """A #PF: a fetch from a page not (yet) executable, or an access beyond RAM."""
+        """A #PF: a fetch from a page not (yet) executable, or an access outside RAM."""
         addr, pc = self.cpu.fault_address(), self.cpu.pc()
         if self.cpu.page_table_root() != self.paging.root:
             self._stop_on_fault(f"page fault at {addr:#x} under page tables the guest loaded "
