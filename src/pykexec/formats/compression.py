@@ -12,20 +12,18 @@ them are kernel-specific framings:
 Decoders stop at the end of their stream, so the size trailer the kernel
 build appends is ignored.  Output is produced in chunks and never grows past
 ``Limits.max_output``: going past it is a :class:`LimitExceeded`, not a hang.
+
+Each decoder imports its library when it runs: probes read magic bytes only,
+so recognising a zstd stream does not load lz4, lzo, lzma or bz2.
 """
 
 from __future__ import annotations
 
-import bz2
-import lzma
+import importlib
 import struct
 import zlib
 from dataclasses import dataclass
 from typing import Callable
-
-import lz4.block
-import lzo
-import zstandard
 
 from ..errors import FormatError, LimitExceeded
 from ..limits import Limits
@@ -135,6 +133,7 @@ def zstd_frame_size(data: memoryview) -> int:
     python-zstandard does not expose ZSTD_findFrameCompressedSize, and its
     stream reader fails on bytes after the frame, which the kernel appends.
     """
+    import zstandard
     try:
         pos = zstandard.frame_header_size(data)
     except zstandard.ZstdError as e:
@@ -161,6 +160,7 @@ def _zstd(data: memoryview, sink: Sink) -> int:
     The one-shot call cannot tell a short output buffer from a corrupt frame,
     so when it fails the stream decoder runs and says which it was.
     """
+    import zstandard
     size = zstd_frame_size(data)
     frame = data[:size]
     if sink.limits.declared and not sink.buf:
@@ -179,6 +179,7 @@ def _zstd(data: memoryview, sink: Sink) -> int:
 
 
 def _lz4_legacy(data: memoryview, sink: Sink) -> int:
+    import lz4.block
     pos = 4
     while len(data) - pos > 4:
         size = int.from_bytes(data[pos:pos + 4], "little")
@@ -241,6 +242,7 @@ def _lzop_header(c: _Cursor) -> int:
 
 
 def _lzo(data: memoryview, sink: Sink) -> int:
+    import lzo
     c = _Cursor(data, len(LZOP_MAGIC))
     flags = _lzop_header(c)
     while dst_len := c.be(4, "dst_len"):
@@ -266,20 +268,38 @@ def _is_lzma_alone(d: Buffer) -> bool:
     return len(d) >= 13 and bytes(d[:3]) == b"\x5d\x00\x00"
 
 
+def _lzma(fmt: str) -> Callable[[], object]:
+    def make():
+        import lzma
+        return lzma.LZMADecompressor(getattr(lzma, fmt))
+    return make
+
+
+def _bz2() -> object:
+    import bz2
+    return bz2.BZ2Decompressor()
+
+
 Decoder = Callable[[memoryview, Sink], int]
-CODECS: dict[str, tuple[Callable[[Buffer], bool], Decoder, type[Exception]]] = {
-    "gzip": (lambda d: bytes(d[:2]) == b"\x1f\x8b", _gzip, zlib.error),
+# name: (probe, decoder, the library's exception as (module, attribute), imported on failure)
+CODECS: dict[str, tuple[Callable[[Buffer], bool], Decoder, tuple[str, str]]] = {
+    "gzip": (lambda d: bytes(d[:2]) == b"\x1f\x8b", _gzip, ("zlib", "error")),
     "zstd": (lambda d: len(d) >= 4 and struct.unpack_from("<I", d)[0] == ZSTD_MAGIC,
-             _zstd, zstandard.ZstdError),
-    "xz": (lambda d: bytes(d[:6]) == b"\xfd7zXZ\x00",
-           _stdlib("xz", lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ)), lzma.LZMAError),
-    "lzma": (_is_lzma_alone, _stdlib("lzma", lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE)), lzma.LZMAError),
+             _zstd, ("zstandard", "ZstdError")),
+    "xz": (lambda d: bytes(d[:6]) == b"\xfd7zXZ\x00", _stdlib("xz", _lzma("FORMAT_XZ")),
+           ("lzma", "LZMAError")),
+    "lzma": (_is_lzma_alone, _stdlib("lzma", _lzma("FORMAT_ALONE")), ("lzma", "LZMAError")),
     "lz4": (lambda d: len(d) >= 4 and struct.unpack_from("<I", d)[0] == LZ4_LEGACY_MAGIC,
-            _lz4_legacy, lz4.block.LZ4BlockError),
-    "lzo": (lambda d: bytes(d[:9]) == LZOP_MAGIC, _lzo, lzo.error),
+            _lz4_legacy, ("lz4.block", "LZ4BlockError")),
+    "lzo": (lambda d: bytes(d[:9]) == LZOP_MAGIC, _lzo, ("lzo", "error")),
     "bzip2": (lambda d: len(d) >= 4 and bytes(d[:3]) == b"BZh" and b"1" <= bytes(d[3:4]) <= b"9",
-              _stdlib("bzip2", bz2.BZ2Decompressor), OSError),
+              _stdlib("bzip2", _bz2), ("builtins", "OSError")),
 }
+
+
+def _library_error(where: tuple[str, str]) -> type[Exception]:
+    module, name = where
+    return getattr(importlib.import_module(module), name)
 
 
 def decompress(algorithm: str, data: Buffer, limits: Limits) -> Compressed:
@@ -289,7 +309,7 @@ def decompress(algorithm: str, data: Buffer, limits: Limits) -> Compressed:
     view = memoryview(data)
     try:
         consumed = decoder(view, sink)
-    except (lib_error, EOFError, ValueError) as e:
+    except (_library_error(lib_error), EOFError, ValueError) as e:  # evaluated only on failure
         if isinstance(e, FormatError):
             raise
         raise FormatError(algorithm, f"corrupt stream: {e}", field="compressed data") from e

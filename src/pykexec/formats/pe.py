@@ -11,8 +11,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import pefile
-
 from ..errors import FormatError
 from .layer import Buffer, Format, Layer, ignoring_limits
 
@@ -74,6 +72,7 @@ def has_pe_header(data: Buffer) -> bool:
 
 def read_header(data: Buffer, layer: str = "pe") -> PeHeader:
     """Parse the PE headers with pefile, bounds-checking what pefile does not."""
+    import pefile  # on first use: probing by magic never needs it
     try:
         pe = pefile.PE(data=bytes(data), fast_load=True)
     except pefile.PEFormatError as e:
