@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import mmap
 import os
 import stat
@@ -16,19 +14,31 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import formats, loader
-from .formats.arm64_image import Arm64Image
-from .formats.bzimage import BzImage
-from .backends.linux import LinuxSyscalls, Status, Syscalls, read_lockdown, read_status  # noqa: F401  (Status is API)
+from . import formats
 from .errors import LoadRefused, NotLoadable, PlacementError, UnknownFormat, UsageError
 from .formats import pe
+from .formats.arm64_image import Arm64Image
+from .formats.bzimage import BzImage
 from .limits import Limits
 from .output import write_files
 from .prepare import Prepared, join_initrds, prepare
 
-if TYPE_CHECKING:  # the machine model, planner and trust store load only when a load needs them
+if TYPE_CHECKING:  # the loader, syscalls, machine model, planner and trust store load only when used
+    from . import loader
+    from .backends.linux import Status, Syscalls
     from .machine.model import Machine
     from .plan.loadplan import LoadPlan
+
+# Part of this API, but from the syscall backend: imported on first access, so that
+# inspect and extract do not load ctypes and the loader.
+BACKEND_NAMES = ("LinuxSyscalls", "Status", "Syscalls", "read_lockdown", "read_status")
+
+
+def __getattr__(name: str):
+    if name in BACKEND_NAMES:
+        from .backends import linux
+        return getattr(linux, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 PROC_CMDLINE = Path("/proc/cmdline")
 DROPPED_ON_REUSE = ("BOOT_IMAGE=", "initrd=")
@@ -41,6 +51,7 @@ def read_image(path: str | Path) -> bytes:
 
 def inspect(path: str | Path, *, limits: Limits | None = None) -> dict:
     """Describe an image and every layer inside it, from the file inward."""
+    import hashlib
     data = read_image(path)
     layers = formats.unwrap(data, limits or Limits.from_env())
     return {"path": str(path), "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
@@ -177,6 +188,8 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
     (/proc/iomem) and the planner knows the image, a plan the kernel would
     refuse stops the load before any system call.
     """
+    from . import loader
+    from .backends.linux import LinuxSyscalls, read_lockdown
     from .machine import snapshot
     from .trust.esl import EFIVARS
     from .trust.policy import check_load
@@ -248,6 +261,7 @@ def _prepare_or_emulate(data: bytes, opts: LoadOptions, addons: tuple[bytes, ...
         except (NotLoadable, UnknownFormat) as e:
             if not pe.has_pe_header(data):
                 raise
+            import logging
             logging.getLogger(__name__).warning(
                 "no parser unwraps this PE image (%s); running its EFI stub in the emulator", e)
     return prepare_via_emulator(data, arch=machine.arch, limits=limits)
@@ -284,6 +298,7 @@ def _plan(req: loader.LoadRequest, machine: Machine, initrds: list[bytes], *,
     except PlacementError as e:
         if strict:
             raise LoadRefused(f"the load cannot fit: {e}") from e
+        import logging
         logging.getLogger(__name__).info("no placement prediction: %s", e)
         return None
 
@@ -300,6 +315,7 @@ def refuse_if_violated(predicted: LoadPlan) -> None:
 
 def _request(opts: LoadOptions, image: OpenedFile, initrds: list[OpenedFile],
              prepared: Prepared, machine: Machine) -> loader.LoadRequest:
+    from . import loader
     if not prepared.initrds and len(initrds) == 1:
         initrd, initrd_fd = None, initrds[0].fd
     else:
@@ -331,13 +347,18 @@ def _user_builder(opts: LoadOptions, prepared: Prepared, machine: Machine,
 
 def status(sysfs: Path = Path("/sys")) -> Status:
     """What is loaded now, from /sys/kernel."""
+    from .backends.linux import read_status
     return read_status(sysfs)
 
 
 def unload(*, crash: bool = False, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> str:
+    from . import loader
+    from .backends.linux import LinuxSyscalls, read_lockdown
     with loader.LoadLock():
         return loader.unload(syscalls or LinuxSyscalls(), crash=crash, lockdown=read_lockdown(sysfs))
 
 
 def execute(*, sync: bool = True, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> None:
+    from . import loader
+    from .backends.linux import LinuxSyscalls, read_status
     loader.execute(syscalls or LinuxSyscalls(), loaded=read_status(sysfs).loaded, sync=sync)
