@@ -275,7 +275,8 @@ def prepare_via_emulator(data: bytes, *, arch: str | None, limits: Limits = Limi
         raise NotLoadable("pe", "the emulated EFI stub handed over a kernel that kexec_file_load "
                           "cannot take (see `pykexec emulate`)")
     kernel = prepare(cap.loadable, limits=limits)
-    return replace(kernel, initrds=() if cap.initrd is None else (cap.initrd,),
+    return replace(kernel, layers=(cap.layer(), *kernel.layers),
+                   initrds=() if cap.initrd is None else (cap.initrd,),
                    cmdline=cap.cmdline, kernel_is_input=False)
 
 
