@@ -197,14 +197,16 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
     if opts.mode == "user":
         loader.refuse_user_mode_under_lockdown(lockdown)
     image = open_file(opts.image)
-    initrds = [open_file(p, mapped=True) for p in opts.initrds]
+    initrds: list[OpenedFile] = []
     addons: list[OpenedFile] = []
-    try:
+    try:  # appended one by one, so that a failure (or a signal) half-way closes what is open
+        for p in opts.initrds:
+            initrds.append(open_file(p, mapped=True))
         machine = machine or snapshot(sys=str(sysfs))
         refuse_oversized(initrds, machine)
         if formats.uki.probe(image.data):
-            addons = [open_file(p) for p in (addon_dir(opts.image) if opts.addons is None
-                                              else opts.addons)]
+            for p in addon_dir(opts.image) if opts.addons is None else opts.addons:
+                addons.append(open_file(p))
         policy = check_load(
             image.data, image_name=str(opts.image),
             files=[(str(f.path), os.fstat(f.fd)) for f in (image, *initrds, *addons)],

@@ -265,6 +265,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    from . import interrupt
+    interrupt.install()  # SIGTERM and SIGHUP unwind like Ctrl-C (exit 128 + signal number)
     try:
         if argv[:1] == ["kexec"]:
             from . import kexec_compat
@@ -292,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("pykexec: error: out of memory; lower --max-output", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("pykexec: error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        message, code = interrupt.describe(e)
+        print(f"pykexec: error: {message}", file=sys.stderr)
+        return code
