@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -38,6 +39,8 @@ from .memory import EfiStatusError
 
 __all__ = ["Capture", "Options", "emulate", "emulate_for_load", "write_capture", "detect_arch",
            "STOPS"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY = 2 << 30
 #: where a run may stop: the hand-over to the kernel proper, or the entry of a nested
@@ -150,7 +153,11 @@ def emulate_for_load(data: bytes, *, initrd: bytes | None, cmdline: str | None,
     as the stub passed them; ``boot_params``/``dtb`` (hand-over captures only)
     are there for a kexec_load (user mode) path.
     """
-    return emulate(data, initrd=initrd, cmdline=cmdline, arch=arch, stop_at="kernel-stub")
+    cap = emulate(data, initrd=initrd, cmdline=cmdline, arch=arch, stop_at="kernel-stub")
+    r = cap.report
+    log.info("EFI emulator: stopped at %s: %s; %s instructions in %.2f s", r["stopped_at"],
+             r["handover"], r["instructions"], r["seconds"])
+    return cap
 
 
 def write_capture(cap: Capture, outdir: str | Path) -> dict[str, Path]:
