@@ -615,13 +615,20 @@ class Firmware(Engine):
         self.kernel_sections += kernels.in_sections(image.source, info, self.arch)
 
     def _watch_layouts(self, base: int, pages: int) -> None:
-        """An allocation a stub may lay a kernel out in (systemd-stub 256+): watch its entry."""
+        """An allocation a stub may lay a kernel out in (systemd-stub 256+): watch its entry.
+
+        The kernel sits at the start of the allocation (262 on x86) or at the first
+        SectionAlignment boundary in it (262 on arm64 allocates SizeOfImage plus the
+        alignment and frees the slack on either side).
+        """
         if self.options.stop_at != "kernel-stub" or self.exit_boot_services_done:
             return
-        size = pages * c.PAGE
+        end = base + pages * c.PAGE
         for kernel in self.kernel_sections:
-            if kernel.size_of_image <= size <= kernel.size_of_image + TWO_MIB:
-                self._watch_entry(base + kernel.entry, kernel, base, None)
+            align = kernel.info.section_alignment
+            for at in sorted({base, (base + align - 1) & ~(align - 1)}):
+                if kernel.size_of_image <= end - at <= kernel.size_of_image + TWO_MIB:
+                    self._watch_entry(at + kernel.entry, kernel, at, None)
 
     def _watch_entry(self, addr: int, kernel: kernels.Kernel, base: int,
                      image: Image | None) -> None:

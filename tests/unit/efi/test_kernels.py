@@ -80,6 +80,22 @@ def test_laid_out_compares_the_sections_raw_data():
     assert not k.laid_out_at(read, 0x10000)
 
 
+def test_a_layout_at_the_section_alignment_is_watched():
+    """systemd-stub 262 on arm64 allocates SizeOfImage + SectionAlignment, frees the slack
+    and lays the Image out at the aligned address inside."""
+    image = b.pe([(".text", b"\x1f\x20\x03\xd5" * 32), (".data", b"arm64-data" * 8)],
+                 machine=b.IMAGE_FILE_MACHINE_ARM64, dos=b.arm64_image()[:0x40],
+                 section_alignment=0x10000)
+    k = kernels.recognise(image, "arm64")
+    assert k is not None and k.info.section_alignment == 0x10000
+    fw = Firmware("arm64", Options(memory=256 << 20, stop_at="kernel-stub"))
+    fw.kernel_sections = [k]
+    fw._watch_layouts(0x7BEFF000, -(-k.size_of_image // c.PAGE) + 0x10)
+    assert 0x7BF00000 + k.entry in fw.entry_watches
+    fw._watch_layouts(0x6000000, 1)                       # too small for it: not watched
+    assert not any(addr < 0x7BEFF000 for addr in fw.entry_watches)
+
+
 # -- the capture ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lay_out", [False, True], ids=["start-image", "laid-out"])
