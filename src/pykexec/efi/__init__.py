@@ -8,7 +8,10 @@ is given, calls ExitBootServices and jumps to the kernel.  The first
 instruction it executes outside every image it was given (or a bzImage's
 ``startup_64``, where a pre-6.7 stub returns into its own decompressor) is the
 hand-over: there the registers name the kernel's boot data (x86 ``boot_params``
-in RSI, arm64 FDT in X0), which :mod:`.capture` reads out.
+in RSI, arm64 FDT in X0), which :mod:`.capture` reads out.  A loader needs less:
+``stop_at="kernel-stub"`` (what :func:`emulate_for_load` uses) stops at the
+entry of a nested kernel's own EFI stub, where a UKI's stub hands it the kernel
+image, the command line and the initrd (:mod:`.kernels`).
 
     >>> from pykexec import efi
     >>> cap = efi.emulate(open("vmlinuz", "rb").read(), cmdline="console=ttyS0",
