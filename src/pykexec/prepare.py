@@ -15,6 +15,7 @@ then the add-ons' ``.initrd`` archives in order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from . import formats
 from .errors import NotLoadable, UsageError
@@ -67,10 +68,11 @@ def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, .
     """Unwrap ``data`` down to the kernel and collect what comes with it.
 
     A loader stops at the kernel; ``vmlinux`` also decompresses a bzImage's
-    payload (what ``extract`` writes as DIR/vmlinux).
+    payload (what ``extract`` writes as DIR/vmlinux), and stops there: the
+    vmlinux is handed on as bytes, not parsed.
     """
-    until = None if vmlinux else _is_kernel
-    layers = formats.unwrap(data, limits, until)
+    stop = _vmlinux_stop if vmlinux else lambda: _is_kernel
+    layers = formats.unwrap(data, limits, stop())
     top = layers[0]
     if not isinstance(top, Uki):
         if profile is not None or addons:
@@ -80,7 +82,7 @@ def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, .
     chain = layers[1:]
     if top.chosen(".linux", top.resolve_profile(profile)) is not top.chosen(
             ".linux", top.resolve_profile(None)):
-        chain = formats.unwrap(parts.linux, limits, until)
+        chain = formats.unwrap(parts.linux, limits, stop())
     extras = tuple(_addon(a, limits) for a in addons)
     cmdline = " ".join(c for c in (parts.cmdline, *(a.cmdline for a in extras)) if c) or None
     initrds = (*(a.section(".ucode") for a in reversed(extras)), parts.ucode,
@@ -93,6 +95,19 @@ def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, .
 
 def _is_kernel(layer: Layer) -> bool:
     return isinstance(layer, KERNEL_LAYERS)
+
+
+def _vmlinux_stop() -> Callable[[Layer], bool]:
+    """A fresh ``until`` for one unwrap: true at the first decompressed layer below a bzImage."""
+    below_bzimage = False
+
+    def until(layer: Layer) -> bool:
+        nonlocal below_bzimage
+        if isinstance(layer, BzImage):
+            below_bzimage = True
+            return False
+        return below_bzimage and isinstance(layer, Compressed)
+    return until
 
 
 def _addon(data: Buffer, limits: Limits) -> UkiAddon:
