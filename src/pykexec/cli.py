@@ -68,6 +68,11 @@ EXTERNAL = {"machine": "pykexec.plan.cli", "plan": "pykexec.plan.cli",
             "verify": "pykexec.trust.cli", "emulate": "pykexec.efi.cli"}
 
 
+# Verbs whose code logs nothing: they neither import nor configure logging
+# (tests/unit/test_lazy_imports.py fails if logging comes back on their path).
+UNLOGGED = frozenset({"inspect", "extract"})
+
+
 def _load_options() -> list[tuple[tuple[str, ...], dict]]:
     from .plan import cli as plan_cli
     from .trust import cli as trust_cli
@@ -262,6 +267,12 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _configure_logging(debug: bool) -> None:
+    import logging
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="pykexec: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -275,9 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         known = wanted in COMMANDS or wanted in EXTERNAL
         args = build_parser(wanted if known else None).parse_args(argv)
         gc.freeze()  # pefile runs gc.collect() on every image it rejects; spare it the start-up heap
-        import logging
-        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                            format="pykexec: %(message)s")
+        if args.command not in UNLOGGED:
+            _configure_logging(args.debug)
         return handler(args.command)(args)
     except PykexecError as e:
         if debug:
