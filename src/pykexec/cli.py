@@ -277,18 +277,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     from . import interrupt
-    interrupt.install()  # SIGTERM and SIGHUP unwind like Ctrl-C (exit 128 + signal number)
+    stop = interrupt.install()  # SIGTERM and SIGHUP unwind like Ctrl-C (exit 128 + signal number)
     try:
         if argv[:1] == ["kexec"]:
             from . import kexec_compat
-            return kexec_compat.main(argv[1:])
+            return stop.finish(kexec_compat.main(argv[1:]))
         wanted = next((a for a in argv if not a.startswith("-")), None)
         known = wanted in COMMANDS or wanted in EXTERNAL
         args = build_parser(wanted if known else None).parse_args(argv)
         gc.freeze()  # pefile runs gc.collect() on every image it rejects; spare it the start-up heap
         if args.command not in UNLOGGED:
             _configure_logging(args.debug)
-        return handler(args.command)(args)
+        return stop.finish(handler(args.command)(args))
     except PykexecError as e:
         if debug:
             raise
