@@ -12,7 +12,7 @@ import os
 import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from . import formats
 from .errors import LoadRefused, NotLoadable, PlacementError, UnknownFormat, UsageError
@@ -20,8 +20,8 @@ from .formats import pe
 from .formats.arm64_image import Arm64Image
 from .formats.bzimage import BzImage
 from .limits import Limits
-from .output import write_files
-from .prepare import Prepared, join_initrds, prepare
+from .output import OutputDir
+from .prepare import Prepared, join_initrds, prepare, vmlinux_written
 
 if TYPE_CHECKING:  # the loader, syscalls, machine model, planner and trust store load only when used
     from . import loader
@@ -60,7 +60,7 @@ def inspect(path: str | Path, *, limits: Limits | None = None) -> dict:
 
 def prepare_file(path: str | Path, *, profile: int | None = None,
                  addons: tuple[str | Path, ...] = (), limits: Limits | None = None,
-                 vmlinux: bool = False) -> Prepared:
+                 vmlinux: bool | BinaryIO = False) -> Prepared:
     """Unwrap an image file to what a loader hands the kernel (and a bzImage's vmlinux)."""
     return prepare(read_image(path), profile=profile, addons=tuple(read_image(a) for a in addons),
                    limits=limits or Limits.from_env(), vmlinux=vmlinux)
@@ -68,12 +68,18 @@ def prepare_file(path: str | Path, *, profile: int | None = None,
 
 def extract(path: str | Path, outdir: str | Path, *, profile: int | None = None,
             limits: Limits | None = None) -> dict[str, Path]:
-    """Write kernel, initrd, cmdline, dtb and vmlinux (where present) into ``outdir``."""
-    prepared = prepare_file(path, profile=profile, limits=limits, vmlinux=True)
-    return write_files(outdir, {
-        "kernel": prepared.kernel, "initrd": prepared.initrd,
-        "cmdline": None if prepared.cmdline is None else prepared.cmdline.encode(),
-        "dtb": prepared.dtb, "vmlinux": prepared.vmlinux})
+    """Write kernel, initrd, cmdline, dtb and vmlinux (where present) into ``outdir``.
+
+    A bzImage's vmlinux is decompressed straight into its file.  Nothing is
+    written unless everything succeeds.
+    """
+    with OutputDir(outdir) as out:
+        vmlinux = out.stream("vmlinux")
+        prepared = prepare_file(path, profile=profile, limits=limits, vmlinux=vmlinux)
+        return out.commit({
+            "kernel": prepared.kernel, "initrd": prepared.initrd,
+            "cmdline": None if prepared.cmdline is None else prepared.cmdline.encode(),
+            "dtb": prepared.dtb, "vmlinux": vmlinux if vmlinux_written(prepared) else None})
 
 
 @dataclass(frozen=True)

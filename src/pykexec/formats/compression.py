@@ -23,7 +23,7 @@ import importlib
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from ..errors import FormatError, LimitExceeded
 from ..limits import Limits
@@ -57,34 +57,52 @@ class Compressed(Layer):
 
 
 class Sink:
-    """Collects decoder output, refusing to grow past the limit."""
+    """Collects decoder output, refusing to grow past the limit.
 
-    def __init__(self, name: str, limits: Limits) -> None:
-        self.name, self.limits = name, limits
+    The output is kept in memory, or, given ``out``, written to that file as it
+    comes and not kept (``extract`` writes a bzImage's vmlinux this way).
+    """
+
+    def __init__(self, name: str, limits: Limits, out: BinaryIO | None = None) -> None:
+        self.name, self.limits, self.out = name, limits, out
         self.buf: bytearray | bytes = bytearray()
+        self.size = 0
 
     def add(self, chunk: Buffer) -> None:
         self.reserve(len(chunk))
-        self.buf += chunk
+        if self.out is None:
+            self.buf += chunk
+        else:
+            self.out.write(chunk)
+        self.size += len(chunk)
         if self.limits.progress is not None:
             total = self.limits.max_output if self.limits.declared else None
-            self.limits.progress(f"decompressing {self.name}", len(self.buf), total)
+            self.limits.progress(f"decompressing {self.name}", self.size, total)
+
+    @property
+    def whole(self) -> bool:
+        """Whether a decoder may hand over its complete output at once (see :meth:`take`)."""
+        return self.out is None and not self.size
 
     def take(self, whole: bytes) -> None:
         """Adopt a decoder's complete output without copying it."""
         self.reserve(len(whole))
-        self.buf = whole
+        self.buf, self.size = whole, len(whole)
+
+    def reset(self) -> None:
+        """Forget output adopted by :meth:`take`."""
+        self.buf, self.size = bytearray(), 0
 
     def reserve(self, size: int) -> None:
         """Fail before producing ``size`` more bytes if they would pass the limit."""
-        if len(self.buf) + size > self.limits.max_output:
+        if self.size + size > self.limits.max_output:
             raise LimitExceeded(self.name, f"decompressed output exceeds {self.limits.max_output} "
                                 f"bytes, {self.limits.why}", field="decompressed_size")
 
     @property
     def remaining(self) -> int:
         """How much more may be asked for: one byte past the limit reveals a bomb."""
-        return max(1, self.limits.max_output - len(self.buf) + 1)
+        return max(1, self.limits.max_output - self.size + 1)
 
     @property
     def room(self) -> int:
@@ -163,16 +181,17 @@ def _zstd(data: memoryview, sink: Sink) -> int:
     import zstandard
     size = zstd_frame_size(data)
     frame = data[:size]
-    if sink.limits.declared and not sink.buf:
+    if sink.limits.declared and sink.whole:
         try:
             sink.take(zstandard.ZstdDecompressor().decompress(frame, max_output_size=sink.remaining))
             return size
         except zstandard.ZstdError:
-            sink.buf = bytearray()
+            sink.reset()
     reader = zstandard.ZstdDecompressor().stream_reader(frame, read_size=CHUNK)
+    chunk = memoryview(bytearray(CHUNK))
     try:
-        while chunk := reader.read(sink.room):
-            sink.add(chunk)
+        while n := reader.readinto(chunk[:sink.room]):
+            sink.add(chunk[:n])
     except zstandard.ZstdError as e:
         raise FormatError("zstd", str(e), field="compressed data") from e
     return size
@@ -302,10 +321,14 @@ def _library_error(where: tuple[str, str]) -> type[Exception]:
     return getattr(importlib.import_module(module), name)
 
 
-def decompress(algorithm: str, data: Buffer, limits: Limits) -> Compressed:
-    """Decode one stream of ``algorithm``, bounded by ``limits``."""
+def decompress(algorithm: str, data: Buffer, limits: Limits, out: BinaryIO | None = None) -> Compressed:
+    """Decode one stream of ``algorithm``, bounded by ``limits``.
+
+    With ``out``, the output goes to that file as it is decoded, and the layer
+    returned holds no bytes (``data`` is None).
+    """
     _, decoder, lib_error = CODECS[algorithm]
-    sink = Sink(algorithm, limits)
+    sink = Sink(algorithm, limits, out)
     view = memoryview(data)
     try:
         consumed = decoder(view, sink)
@@ -314,9 +337,9 @@ def decompress(algorithm: str, data: Buffer, limits: Limits) -> Compressed:
             raise
         raise FormatError(algorithm, f"corrupt stream: {e}", field="compressed data") from e
     if limits.progress is not None:
-        limits.progress(f"decompressing {algorithm}", len(sink.buf), len(sink.buf))
-    return Compressed(arch=None, data=memoryview(sink.buf), algorithm=algorithm,
-                      compressed_size=consumed, decompressed_size=len(sink.buf))
+        limits.progress(f"decompressing {algorithm}", sink.size, sink.size)
+    return Compressed(arch=None, data=memoryview(sink.buf) if out is None else None,
+                      algorithm=algorithm, compressed_size=consumed, decompressed_size=sink.size)
 
 
 def _entry(name: str) -> Format:
