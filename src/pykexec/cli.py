@@ -129,7 +129,7 @@ def build_parser(wanted: str | None = None) -> Parser:
                    add_help=False)
     for name in (*COMMANDS, *EXTERNAL):
         if wanted not in (None, name):
-            sub.add_parser(name)
+            sub.add_parser(name, add_help=False)  # a placeholder: never parses, never shown
             continue
         help_text, options = _command(name)
         p = sub.add_parser(name, help=help_text, description=help_text)
