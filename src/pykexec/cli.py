@@ -150,8 +150,8 @@ def _limits(args: argparse.Namespace) -> Limits:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from . import api
-    report = api.inspect(args.image, limits=_limits(args))
+    from . import images
+    report = images.inspect(args.image, limits=_limits(args))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -176,8 +176,8 @@ def _show(value) -> str:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from . import api
-    written = api.extract(args.image, args.output, profile=args.profile, limits=_limits(args))
+    from . import images
+    written = images.extract(args.image, args.output, profile=args.profile, limits=_limits(args))
     if args.json:
         import json
         print(json.dumps({k: str(v) for k, v in written.items()}))

@@ -19,7 +19,7 @@ from tests import builders as b
 
 # Never needed to extract or inspect a bzImage whose payload is zstd.
 HEAVY = ("pefile", "elftools", "unicorn", "cryptography", "lz4", "lzo", "ctypes", "logging",
-         "hashlib", "pykexec.loader", "pykexec.backends", "pykexec.kexec_compat",
+         "hashlib", "pykexec.api", "pykexec.loader", "pykexec.backends", "pykexec.kexec_compat",
          "pykexec.plan", "pykexec.machine", "pykexec.trust", "pykexec.efi", "pykexec.boot")
 
 CHILD = """
@@ -52,7 +52,7 @@ def bzimage_zstd(image_file):
 def test_importing_the_cli_loads_no_format(tmp_path):
     rc, modules, _ = imported()
     assert rc is None
-    assert loaded(modules, ("pykexec.api", "pykexec.formats", *HEAVY)) == []
+    assert loaded(modules, ("pykexec.images", "pykexec.formats", *HEAVY)) == []
 
 
 def test_extract_loads_only_the_parsers_it_uses(bzimage_zstd, tmp_path):
@@ -72,9 +72,15 @@ def test_inspect_parses_the_vmlinux_but_loads_nothing_else(bzimage_zstd):
     assert loaded(modules, set(HEAVY) - {"elftools", "hashlib"}) == []
 
 
-def test_the_backend_names_of_the_api_resolve_on_first_use():
-    from pykexec import api
+def test_the_api_is_whole():
+    """What the CLI imports piecemeal, :mod:`pykexec.api` and :mod:`pykexec` still offer."""
+    import pykexec
+    from pykexec import api, images
     from pykexec.backends import linux
+    for name in ("read_image", "inspect", "prepare_file", "extract"):
+        assert getattr(api, name) is getattr(images, name)
+    for name in ("inspect", "prepare_file", "extract"):
+        assert getattr(pykexec, name) is getattr(images, name)
     for name in api.BACKEND_NAMES:
         assert getattr(api, name) is getattr(linux, name)
     with pytest.raises(AttributeError):
