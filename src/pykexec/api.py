@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import mmap
 import os
 import stat
@@ -16,53 +14,34 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import formats, loader
-from .formats.arm64_image import Arm64Image
-from .formats.bzimage import BzImage
-from .backends.linux import LinuxSyscalls, Status, Syscalls, read_lockdown, read_status  # noqa: F401  (Status is API)
+from . import formats
 from .errors import LoadRefused, NotLoadable, PlacementError, UnknownFormat, UsageError
 from .formats import pe
+from .formats.arm64_image import Arm64Image
+from .formats.bzimage import BzImage
+from .images import extract, inspect, prepare_file, read_image  # noqa: F401  (part of this API)
 from .limits import Limits
-from .output import write_files
 from .prepare import Prepared, join_initrds, prepare
 
-if TYPE_CHECKING:  # the machine model, planner and trust store load only when a load needs them
+if TYPE_CHECKING:  # the loader, syscalls, machine model, planner and trust store load only when used
+    from . import loader
+    from .backends.linux import Status, Syscalls
     from .machine.model import Machine
     from .plan.loadplan import LoadPlan
 
+# Part of this API, but from the syscall backend: imported on first access, so that
+# inspect and extract do not load ctypes and the loader.
+BACKEND_NAMES = ("LinuxSyscalls", "Status", "Syscalls", "read_lockdown", "read_status")
+
+
+def __getattr__(name: str):
+    if name in BACKEND_NAMES:
+        from .backends import linux
+        return getattr(linux, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 PROC_CMDLINE = Path("/proc/cmdline")
 DROPPED_ON_REUSE = ("BOOT_IMAGE=", "initrd=")
-
-
-def read_image(path: str | Path) -> bytes:
-    """Read an image once; everything after works on these bytes."""
-    return Path(path).read_bytes()
-
-
-def inspect(path: str | Path, *, limits: Limits | None = None) -> dict:
-    """Describe an image and every layer inside it, from the file inward."""
-    data = read_image(path)
-    layers = formats.unwrap(data, limits or Limits.from_env())
-    return {"path": str(path), "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-            "layers": [layer.to_json() for layer in layers]}
-
-
-def prepare_file(path: str | Path, *, profile: int | None = None,
-                 addons: tuple[str | Path, ...] = (), limits: Limits | None = None,
-                 vmlinux: bool = False) -> Prepared:
-    """Unwrap an image file to what a loader hands the kernel (and a bzImage's vmlinux)."""
-    return prepare(read_image(path), profile=profile, addons=tuple(read_image(a) for a in addons),
-                   limits=limits or Limits.from_env(), vmlinux=vmlinux)
-
-
-def extract(path: str | Path, outdir: str | Path, *, profile: int | None = None,
-            limits: Limits | None = None) -> dict[str, Path]:
-    """Write kernel, initrd, cmdline, dtb and vmlinux (where present) into ``outdir``."""
-    prepared = prepare_file(path, profile=profile, limits=limits, vmlinux=True)
-    return write_files(outdir, {
-        "kernel": prepared.kernel, "initrd": prepared.initrd,
-        "cmdline": None if prepared.cmdline is None else prepared.cmdline.encode(),
-        "dtb": prepared.dtb, "vmlinux": prepared.vmlinux})
 
 
 @dataclass(frozen=True)
@@ -177,6 +156,8 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
     (/proc/iomem) and the planner knows the image, a plan the kernel would
     refuse stops the load before any system call.
     """
+    from . import loader
+    from .backends.linux import LinuxSyscalls, read_lockdown
     from .machine import snapshot
     from .trust.esl import EFIVARS
     from .trust.policy import check_load
@@ -184,14 +165,16 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
     if opts.mode == "user":
         loader.refuse_user_mode_under_lockdown(lockdown)
     image = open_file(opts.image)
-    initrds = [open_file(p, mapped=True) for p in opts.initrds]
+    initrds: list[OpenedFile] = []
     addons: list[OpenedFile] = []
-    try:
+    try:  # appended one by one, so that a failure (or a signal) half-way closes what is open
+        for p in opts.initrds:
+            initrds.append(open_file(p, mapped=True))
         machine = machine or snapshot(sys=str(sysfs))
         refuse_oversized(initrds, machine)
         if formats.uki.probe(image.data):
-            addons = [open_file(p) for p in (addon_dir(opts.image) if opts.addons is None
-                                              else opts.addons)]
+            for p in addon_dir(opts.image) if opts.addons is None else opts.addons:
+                addons.append(open_file(p))
         policy = check_load(
             image.data, image_name=str(opts.image),
             files=[(str(f.path), os.fstat(f.fd)) for f in (image, *initrds, *addons)],
@@ -248,6 +231,7 @@ def _prepare_or_emulate(data: bytes, opts: LoadOptions, addons: tuple[bytes, ...
         except (NotLoadable, UnknownFormat) as e:
             if not pe.has_pe_header(data):
                 raise
+            import logging
             logging.getLogger(__name__).warning(
                 "no parser unwraps this PE image (%s); running its EFI stub in the emulator", e)
     return prepare_via_emulator(data, arch=machine.arch, limits=limits)
@@ -261,7 +245,8 @@ def prepare_via_emulator(data: bytes, *, arch: str | None, limits: Limits = Limi
         raise NotLoadable("pe", "the emulated EFI stub handed over a kernel that kexec_file_load "
                           "cannot take (see `pykexec emulate`)")
     kernel = prepare(cap.loadable, limits=limits)
-    return replace(kernel, initrds=() if cap.initrd is None else (cap.initrd,),
+    return replace(kernel, layers=(cap.layer(), *kernel.layers),
+                   initrds=() if cap.initrd is None else (cap.initrd,),
                    cmdline=cap.cmdline, kernel_is_input=False)
 
 
@@ -284,6 +269,7 @@ def _plan(req: loader.LoadRequest, machine: Machine, initrds: list[bytes], *,
     except PlacementError as e:
         if strict:
             raise LoadRefused(f"the load cannot fit: {e}") from e
+        import logging
         logging.getLogger(__name__).info("no placement prediction: %s", e)
         return None
 
@@ -300,6 +286,7 @@ def refuse_if_violated(predicted: LoadPlan) -> None:
 
 def _request(opts: LoadOptions, image: OpenedFile, initrds: list[OpenedFile],
              prepared: Prepared, machine: Machine) -> loader.LoadRequest:
+    from . import loader
     if not prepared.initrds and len(initrds) == 1:
         initrd, initrd_fd = None, initrds[0].fd
     else:
@@ -331,13 +318,18 @@ def _user_builder(opts: LoadOptions, prepared: Prepared, machine: Machine,
 
 def status(sysfs: Path = Path("/sys")) -> Status:
     """What is loaded now, from /sys/kernel."""
+    from .backends.linux import read_status
     return read_status(sysfs)
 
 
 def unload(*, crash: bool = False, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> str:
+    from . import loader
+    from .backends.linux import LinuxSyscalls, read_lockdown
     with loader.LoadLock():
         return loader.unload(syscalls or LinuxSyscalls(), crash=crash, lockdown=read_lockdown(sysfs))
 
 
 def execute(*, sync: bool = True, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> None:
+    from . import loader
+    from .backends.linux import LinuxSyscalls, read_status
     loader.execute(syscalls or LinuxSyscalls(), loaded=read_status(sysfs).loaded, sync=sync)

@@ -7,18 +7,20 @@ line on stderr; 1 any other failure.  ``--debug`` shows tracebacks.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import importlib
-from dataclasses import replace
-import json
-import logging
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from . import __version__, api, kexec_compat
+from . import __version__
 from .errors import PykexecError, UsageError
-from .limits import Limits, byte_count, terminal_progress
+from .limits import byte_count
+
+if TYPE_CHECKING:
+    from .limits import Limits
+
+# Each verb imports what it uses when it runs: ``extract`` and ``inspect`` need
+# the format parsers only, not the loader, the syscall backend or the planner.
 
 
 class Parser(argparse.ArgumentParser):
@@ -64,6 +66,11 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
 # unicorn): imported only when that verb runs, or for the full --help.
 EXTERNAL = {"machine": "pykexec.plan.cli", "plan": "pykexec.plan.cli",
             "verify": "pykexec.trust.cli", "emulate": "pykexec.efi.cli"}
+
+
+# Verbs whose code logs nothing: they neither import nor configure logging
+# (tests/unit/test_lazy_imports.py fails if logging comes back on their path).
+UNLOGGED = frozenset({"inspect", "extract"})
 
 
 def _load_options() -> list[tuple[tuple[str, ...], dict]]:
@@ -122,7 +129,7 @@ def build_parser(wanted: str | None = None) -> Parser:
                    add_help=False)
     for name in (*COMMANDS, *EXTERNAL):
         if wanted not in (None, name):
-            sub.add_parser(name)
+            sub.add_parser(name, add_help=False)  # a placeholder: never parses, never shown
             continue
         help_text, options = _command(name)
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -133,12 +140,18 @@ def build_parser(wanted: str | None = None) -> Parser:
 
 
 def _limits(args: argparse.Namespace) -> Limits:
+    from dataclasses import replace
+
+    from .limits import Limits, terminal_progress
     limits = Limits.from_env(progress=terminal_progress())
     return limits if args.max_output is None else replace(limits, max_output=args.max_output)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    report = api.inspect(args.image, limits=_limits(args))
+    import json
+
+    from . import images
+    report = images.inspect(args.image, limits=_limits(args))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -158,12 +171,15 @@ def _show(value) -> str:
         return f"{value:#x}" if value >= 4096 else str(value)
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return " ".join(value)
+    import json
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    written = api.extract(args.image, args.output, profile=args.profile, limits=_limits(args))
+    from . import images
+    written = images.extract(args.image, args.output, profile=args.profile, limits=_limits(args))
     if args.json:
+        import json
         print(json.dumps({k: str(v) for k, v in written.items()}))
     else:
         for name, path in written.items():
@@ -172,6 +188,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from . import api
     if args.append is not None and args.command_line is not None:
         raise UsageError("give --append or --command-line, not both")
     if args.dtb is not None:
@@ -209,17 +229,23 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
+    from . import api
     api.execute(sync=not args.no_sync)
     return 0
 
 
 def cmd_unload(args: argparse.Namespace) -> int:
+    from . import api
     call = api.unload(crash=args.crash)
     print(f"unloaded {'crash ' if args.crash else ''}kernel with {call}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from . import api
     st = api.status()
     if args.json:
         print(json.dumps(dataclasses.asdict(st)))
@@ -241,19 +267,28 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _configure_logging(debug: bool) -> None:
+    import logging
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="pykexec: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    from . import interrupt
+    stop = interrupt.install()  # SIGTERM and SIGHUP unwind like Ctrl-C (exit 128 + signal number)
     try:
         if argv[:1] == ["kexec"]:
-            return kexec_compat.main(argv[1:])
+            from . import kexec_compat
+            return stop.finish(kexec_compat.main(argv[1:]))
         wanted = next((a for a in argv if not a.startswith("-")), None)
         known = wanted in COMMANDS or wanted in EXTERNAL
         args = build_parser(wanted if known else None).parse_args(argv)
         gc.freeze()  # pefile runs gc.collect() on every image it rejects; spare it the start-up heap
-        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                            format="pykexec: %(message)s")
-        return handler(args.command)(args)
+        if args.command not in UNLOGGED:
+            _configure_logging(args.debug)
+        return stop.finish(handler(args.command)(args))
     except PykexecError as e:
         if debug:
             raise
@@ -269,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("pykexec: error: out of memory; lower --max-output", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("pykexec: error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        message, code = interrupt.describe(e)
+        print(f"pykexec: error: {message}", file=sys.stderr)
+        return code

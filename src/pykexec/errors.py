@@ -74,6 +74,18 @@ class SyscallError(PykexecError):
         return errno.errorcode.get(self.errno_value, str(self.errno_value))
 
 
+class KernelRefused(SyscallError):
+    """The running kernel refused the load for a reason the user must act on (a signature
+    under lockdown, a missing capability): a refused load, exit status 2.  The message
+    leads with that sentence; the call and its errno follow in parentheses."""
+
+    exit_code = 2
+
+    def __init__(self, call: str, err: int, sentence: str) -> None:
+        super().__init__(call, err, errno.errorcode.get(err, str(err)), advice=sentence)
+        self.args = (f"{sentence} ({call}: {self.errno_name})",)
+
+
 class LoadRefused(PykexecError):
     """pykexec refuses a load before any system call (policy, lockdown, bad request)."""
 

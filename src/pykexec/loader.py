@@ -7,6 +7,13 @@ Policy, after kexec-tools' ``-a`` (kexec/kexec.c, do_kexec_file_load):
 * never on signature or key errors (EKEYREJECTED, ENOKEY, EBADMSG, EPERM);
 * never use ``kexec_load`` under lockdown: the kernel refuses it anyway.
 
+When the kernel refuses a load for a reason the user must act on (under
+lockdown, EPERM means the kernel's signature did not verify against its
+keyrings), the error is a :class:`KernelRefused` that says so and what to do,
+not a bare errno.  Each kernel call runs with SIGINT, SIGTERM and SIGHUP held
+(:func:`pykexec.interrupt.kernel_call`): the call is atomic in the kernel, and
+a signal that arrives during it is acted on afterwards, saying what was done.
+
 A bzImage or plain Image goes to the kernel as the file descriptor it was
 read from, so IMA appraisal sees the real file; anything pykexec prepared
 (an unwrapped UKI, a decompressed zboot, joined initrds) goes through a
@@ -26,7 +33,8 @@ from typing import TYPE_CHECKING, Callable
 
 from .backends.linux import (KEXEC_FILE_DEBUG, KEXEC_FILE_NO_INITRAMFS, KEXEC_FILE_ON_CRASH,
                              KEXEC_FILE_UNLOAD, KEXEC_ON_CRASH, Syscalls, memfd)
-from .errors import LoadRefused, PykexecError, SyscallError
+from .errors import KernelRefused, LoadRefused, PykexecError, SyscallError
+from .interrupt import kernel_call
 from .prepare import Prepared
 
 if TYPE_CHECKING:
@@ -64,6 +72,12 @@ ADVICE = {
     errno.E2BIG: "too many segments for kexec_load (16 at most)",
 }
 LOCK_PATHS = (Path("/run/lock/pykexec.lock"), Path("/run/pykexec.lock"), Path("/tmp/pykexec.lock"))
+PROC = Path("/proc")
+CAP_SYS_BOOT = 22
+#: errnos with which kexec_file_load refuses the kernel's signature (kimage_validate_signature)
+SIGNATURE_ERRNOS = {errno.EKEYREJECTED, errno.ENOKEY, errno.EBADMSG}
+KEYRINGS = ("the kernel's keyrings: builtin, secondary, and platform (the UEFI db and MOK "
+            "certificates)")
 
 
 @dataclass(frozen=True)
@@ -102,7 +116,70 @@ def advise(err: SyscallError) -> SyscallError:
     return SyscallError(err.call, err.errno_value, os.strerror(err.errno_value), advice=advice)
 
 
-def load(req: LoadRequest, sys: Syscalls, *, lockdown: str | None) -> LoadReport:
+def explain(err: SyscallError, *, lockdown: str | None, prepared: Prepared | None = None,
+            proc: Path = PROC) -> SyscallError:
+    """What a failed kernel call means here: a :class:`KernelRefused` sentence where the
+    cause is known (missing CAP_SYS_BOOT, kexec disabled, a signature under lockdown),
+    else :func:`advise`'s generic advice."""
+    e = err.errno_value
+    if e == errno.EPERM:
+        sentence = _eperm_cause(err.call, lockdown, prepared, proc)
+        if sentence:
+            return KernelRefused(err.call, e, sentence)
+    elif e in SIGNATURE_ERRNOS and err.call == "kexec_file_load":
+        why = {errno.EKEYREJECTED: "its signature was checked against " + KEYRINGS
+                                   + " and rejected",
+               errno.ENOKEY: "it is unsigned, or signed by a key that is not in " + KEYRINGS,
+               errno.EBADMSG: "its signature is malformed"}[e]
+        return KernelRefused(err.call, e, _signature_sentence(why, prepared))
+    return advise(err)
+
+
+def _eperm_cause(call: str, lockdown: str | None, prepared: Prepared | None,
+                 proc: Path) -> str | None:
+    """kexec_load_permitted(): CAP_SYS_BOOT and the sysctls; then, under lockdown,
+    kimage_validate_signature() (kexec_file_load) or kexec_load_check() (kexec_load)."""
+    caps = _read(proc / "self" / "status")
+    eff = next((line.split()[1] for line in caps.splitlines() if line.startswith("CapEff:")), None)
+    if eff is not None and not int(eff, 16) >> CAP_SYS_BOOT & 1:
+        return "loading a kernel needs CAP_SYS_BOOT: run pykexec as root"
+    if _read(proc / "sys" / "kernel" / "kexec_load_disabled").strip() == "1":
+        return ("kexec is disabled until the next boot (/proc/sys/kernel/kexec_load_disabled "
+                "is 1)")
+    for name in ("kexec_load_limit_reboot", "kexec_load_limit_panic"):
+        if _read(proc / "sys" / "kernel" / name).strip() == "0":
+            return (f"this kernel allows no more loads of this kind (/proc/sys/kernel/{name} "
+                    f"is 0)")
+    if lockdown in (None, "none"):
+        return None
+    if call != "kexec_file_load":
+        return (f"kernel lockdown is '{lockdown}': the kernel refuses {call}; use "
+                f"kexec_file_load (--mode file) with a signed kernel")
+    return _signature_sentence(
+        f"kernel lockdown is '{lockdown}', so kexec_file_load accepts only a kernel whose own "
+        f"signature verifies against {KEYRINGS}", prepared)
+
+
+def _signature_sentence(why: str, prepared: Prepared | None) -> str:
+    if prepared is not None and any(x.format == "uki" for x in prepared.layers):
+        return (f"the running kernel refused the kernel inside this UKI (its .linux section): "
+                f"{why}; the UKI's own signature does not count for it, so build the UKI "
+                f"around a kernel signed by one of those keys (e.g. the distribution's signed "
+                f"vmlinuz)")
+    return (f"the running kernel refused this kernel: {why}; load a kernel signed by one of "
+            f"those keys (e.g. the distribution's signed kernel, on a machine whose UEFI db "
+            f"or MOK holds its CA), or enrol the signer's certificate with mokutil --import")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def load(req: LoadRequest, sys: Syscalls, *, lockdown: str | None,
+         proc: Path = PROC) -> LoadReport:
     """Load with the policy above; raise the first error that ends the attempt."""
     report = LoadReport()
     if req.mode == "user":
@@ -111,10 +188,9 @@ def load(req: LoadRequest, sys: Syscalls, *, lockdown: str | None) -> LoadReport
         try:
             return _file_load(req, sys, report)
         except SyscallError as e:
-            if req.mode == "file" or e.errno_value not in FALLBACK_ERRNOS:
-                raise advise(e) from None
-            if lockdown not in (None, "none"):
-                raise advise(e) from None
+            if (req.mode == "file" or e.errno_value not in FALLBACK_ERRNOS
+                    or lockdown not in (None, "none")):
+                raise explain(e, lockdown=lockdown, prepared=req.prepared, proc=proc) from None
             log.info("kexec_file_load failed with %s; falling back to kexec_load", e.errno_name)
             report.attempts.append(f"kexec_file_load: {e.errno_name}")
             first_error = e
@@ -122,7 +198,8 @@ def load(req: LoadRequest, sys: Syscalls, *, lockdown: str | None) -> LoadReport
         first_error = None
     if req.user_load is None:
         raise LoadRefused(_user_mode_unavailable(req, first_error))
-    return _user_load(req.user_load(), sys, report)
+    return _user_load(req.user_load(), sys, report, lockdown=lockdown, proc=proc,
+                      crash=req.crash)
 
 
 def refuse_user_mode_under_lockdown(lockdown: str | None) -> None:
@@ -139,12 +216,21 @@ def _user_mode_unavailable(req: LoadRequest, first: SyscallError | None) -> str:
             f"ELFs and Multiboot images, not a {fmt} on this machine")
 
 
-def _user_load(built: "UserLoad", sys: Syscalls, report: LoadReport) -> LoadReport:
+def _loaded(crash: bool) -> str:
+    kind = "crash kernel" if crash else "new kernel"
+    undo = "pykexec unload --crash" if crash else "pykexec unload"
+    return f"the kernel call had completed: the {kind} is loaded (`{undo}` removes it)"
+
+
+def _user_load(built: "UserLoad", sys: Syscalls, report: LoadReport, *,
+               lockdown: str | None = None, proc: Path = PROC, crash: bool = False) -> LoadReport:
     """kexec_load with segments, purgatory and entry built in user space."""
+    segments = list(built.segments)
     try:
-        sys.kexec_load(built.entry, list(built.segments), built.flags)
+        with kernel_call(_loaded(crash)):
+            sys.kexec_load(built.entry, segments, built.flags)
     except SyscallError as e:
-        raise advise(e) from None
+        raise explain(e, lockdown=lockdown, proc=proc) from None
     report.syscall, report.flags = "kexec_load", built.flags
     report.attempts.append("kexec_load: ok")
     return report
@@ -168,7 +254,8 @@ def _file_load(req: LoadRequest, sys: Syscalls, report: LoadReport) -> LoadRepor
             opened.append(initrd_fd)
         elif initrd_fd >= 0:
             os.lseek(initrd_fd, 0, os.SEEK_SET)
-        sys.kexec_file_load(kernel_fd, initrd_fd, req.cmdline, flags)
+        with kernel_call(_loaded(req.crash)):
+            sys.kexec_file_load(kernel_fd, initrd_fd, req.cmdline, flags)
     finally:
         for fd in opened:
             os.close(fd)
@@ -177,19 +264,22 @@ def _file_load(req: LoadRequest, sys: Syscalls, report: LoadReport) -> LoadRepor
     return report
 
 
-def unload(sys: Syscalls, *, crash: bool, lockdown: str | None) -> str:
+def unload(sys: Syscalls, *, crash: bool, lockdown: str | None, proc: Path = PROC) -> str:
     """Unload with kexec_file_load's UNLOAD flag (allowed under lockdown), else kexec_load."""
     flags = KEXEC_FILE_UNLOAD | (KEXEC_FILE_ON_CRASH if crash else 0)
+    done = f"the kernel call had completed: the {'crash ' if crash else ''}kernel is unloaded"
     try:
-        sys.kexec_file_load(-1, -1, None, flags)
+        with kernel_call(done):
+            sys.kexec_file_load(-1, -1, None, flags)
         return "kexec_file_load"
     except SyscallError as e:
         if e.errno_value not in (errno.ENOSYS, errno.EINVAL) or lockdown not in (None, "none"):
-            raise advise(e) from None
+            raise explain(e, lockdown=lockdown, proc=proc) from None
     try:
-        sys.kexec_load(0, [], KEXEC_ON_CRASH if crash else 0)
+        with kernel_call(done):
+            sys.kexec_load(0, [], KEXEC_ON_CRASH if crash else 0)
     except SyscallError as e:
-        raise advise(e) from None
+        raise explain(e, lockdown=lockdown, proc=proc) from None
     return "kexec_load"
 
 
@@ -213,18 +303,25 @@ class LoadLock:
 
     def __enter__(self) -> "LoadLock":
         self.fd = self._open()
+        try:
+            self._wait()
+        except BaseException:  # timed out, or interrupted while waiting: __exit__ will not run
+            os.close(self.fd)
+            raise
+        return self
+
+    def _wait(self) -> None:
         deadline = time.monotonic() + self.timeout
         told = False
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
+                return
             except BlockingIOError:
                 if not told:
                     log.warning("another pykexec is loading; waiting up to %.0f s", self.timeout)
                     told = True
                 if time.monotonic() > deadline:
-                    os.close(self.fd)
                     raise PykexecError(f"another pykexec still holds the load lock after "
                                        f"{self.timeout:.0f} s; try again later") from None
                 time.sleep(0.1)

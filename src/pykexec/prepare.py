@@ -15,9 +15,10 @@ then the add-ons' ``.initrd`` archives in order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from . import formats
-from .errors import NotLoadable, UsageError
+from .errors import NotLoadable, PykexecError, UsageError
 from .formats.bzimage import BzImage
 from .formats.compression import Compressed
 from .formats.elf import Elf
@@ -63,24 +64,35 @@ def join_initrds(parts) -> bytes | None:
 
 
 def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, ...] = (),
-            limits: Limits = Limits(), vmlinux: bool = False) -> Prepared:
+            limits: Limits = Limits(), vmlinux: bool | BinaryIO = False) -> Prepared:
     """Unwrap ``data`` down to the kernel and collect what comes with it.
 
     A loader stops at the kernel; ``vmlinux`` also decompresses a bzImage's
-    payload (what ``extract`` writes as DIR/vmlinux).
+    payload (what ``extract`` writes as DIR/vmlinux), and stops there: the
+    vmlinux is handed on as bytes, not parsed.  Given a file rather than True,
+    the payload is decoded straight into it (``extract`` never holds the
+    vmlinux in memory) and ``Prepared.vmlinux`` is None.
     """
-    until = None if vmlinux else _is_kernel
-    layers = formats.unwrap(data, limits, until)
+    layers = formats.unwrap(data, limits, _is_kernel)
     top = layers[0]
     if not isinstance(top, Uki):
+        layers = _on_to_vmlinux(layers, limits, vmlinux)
         if profile is not None or addons:
             raise UsageError(f"--profile and --addon apply to UKIs; this image is {top.format}")
         return _from_kernel_chain(tuple(layers), data)
-    parts = top.parts(profile)
+    try:
+        parts = top.parts(profile)
+        own_linux = top.chosen(".linux", top.resolve_profile(profile)) is not top.chosen(
+            ".linux", top.resolve_profile(None))
+    except PykexecError:
+        _on_to_vmlinux(layers, limits, bool(vmlinux))  # the default's vmlinux fails first, as it did
+        raise
+    # The default profile's vmlinux is decoded even when a profile brings its own
+    # .linux (its errors are errors); only the vmlinux written is the chosen one.
+    layers = _on_to_vmlinux(layers, limits, bool(vmlinux) if own_linux else vmlinux)
     chain = layers[1:]
-    if top.chosen(".linux", top.resolve_profile(profile)) is not top.chosen(
-            ".linux", top.resolve_profile(None)):
-        chain = formats.unwrap(parts.linux, limits, until)
+    if own_linux:
+        chain = _on_to_vmlinux(formats.unwrap(parts.linux, limits, _is_kernel), limits, vmlinux)
     extras = tuple(_addon(a, limits) for a in addons)
     cmdline = " ".join(c for c in (parts.cmdline, *(a.cmdline for a in extras)) if c) or None
     initrds = (*(a.section(".ucode") for a in reversed(extras)), parts.ucode,
@@ -93,6 +105,24 @@ def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, .
 
 def _is_kernel(layer: Layer) -> bool:
     return isinstance(layer, KERNEL_LAYERS)
+
+
+def _is_compressed(layer: Layer) -> bool:
+    return isinstance(layer, Compressed)
+
+
+def _on_to_vmlinux(layers: list[Layer], limits: Limits, vmlinux: bool | BinaryIO) -> list[Layer]:
+    """With ``vmlinux``, go on below a bzImage until its payload is decompressed:
+    into memory (True), or into the file given."""
+    if not vmlinux or not isinstance(layers[-1], BzImage):
+        return layers
+    return formats.unwrap_from(layers, limits, _is_compressed,
+                               out=None if vmlinux is True else vmlinux)
+
+
+def vmlinux_written(prepared: Prepared) -> bool:
+    """Whether ``prepare(vmlinux=file)`` decoded a vmlinux into the file."""
+    return any(isinstance(x, Compressed) and x.data is None for x in prepared.layers)
 
 
 def _addon(data: Buffer, limits: Limits) -> UkiAddon:

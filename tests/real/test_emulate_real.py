@@ -7,7 +7,9 @@ at the hand-over is judged against independent oracles.
    decompresses, at ``p_paddr - LOAD_PHYSICAL_ADDR``; boot_params carries the
    command line and the initrd given.
 2. UKIs built by ukify around that kernel with Debian's systemd-stub 252 (bookworm)
-   and 262 (sid): the capture holds the UKI's .cmdline and .initrd.
+   and 262 (sid): the capture holds the UKI's .cmdline and .initrd; with
+   ``--stop-at kernel-stub`` it is taken where systemd-stub starts .linux, and the
+   kernel captured is .linux itself.
 3. A 6.1 arm64 zboot built from linux-source-6.1 (its stub does LoadFile2 +
    LoadImage + StartImage of the inner Image): the captured Image is the build's
    arch/arm64/boot/Image (but for the stub's own variables, which it stores before
@@ -200,6 +202,32 @@ def test_uki_capture_holds_cmdline_and_initrd(suite, tmp_path):
     # the kernel's own stub ran inside systemd-stub and decompressed the kernel
     assert cap.report["instructions"] > 100_000_000
     assert len(cap.kernel) >= 32 << 20
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "sid"])
+def test_uki_stop_at_kernel_stub(suite, tmp_path, capsys):
+    """`emulate --stop-at kernel-stub`: where systemd-stub starts .linux, the capture is .linux
+    itself (the 7.x zstd bzImage, byte for byte), .cmdline and the initrd its LoadFile2 serves."""
+    initrd = tmp_path / "initrd.cpio"
+    initrd.write_bytes(INITRD)
+    linux = material.sid_cloud_bzimage()
+    uki = material.build_uki(tmp_path / f"{suite}.efi", linux=linux,
+                             stub=material.systemd_stub(suite, "x64", "linux"),
+                             cmdline="console=ttyS0 uki-marker", initrd=initrd)
+    parser = argparse.ArgumentParser()
+    for flags, kwargs in efi_cli.COMMANDS["emulate"][1]:
+        parser.add_argument(*flags, **kwargs)
+    args = parser.parse_args([str(uki), "--stop-at", "kernel-stub", "-o", str(tmp_path / "out")])
+    assert efi_cli.HANDLERS["emulate"](args) == 0
+    assert "kernel's EFI stub entry at" in capsys.readouterr().out
+    out = tmp_path / "out"
+    assert (out / "kernel").read_bytes() == linux.read_bytes()
+    assert (out / "cmdline").read_text() == "console=ttyS0 uki-marker"
+    assert (out / "initrd").read_bytes().startswith(INITRD)
+    assert not (out / "boot_params").exists()           # the kernel's stub never built one
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped_at"] == "kernel-stub" and report["kernel_stub"]["layers"] == ["bzimage"]
+    assert report["entry_offset"] == pe.read_header(linux.read_bytes()).address_of_entry_point
 
 
 # -- 3. arm64 zboot (6.1) -----------------------------------------------------------

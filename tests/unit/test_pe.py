@@ -13,7 +13,7 @@ from pykexec.formats import pe
 from pykexec.formats.pe import PeImage
 from tests import builders as b
 
-from .contract import parse_or_error, truncations, unwrap_or_error
+from .contract import outcome, parse_or_error, truncations, unwrap_or_error
 
 pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
 
@@ -145,3 +145,79 @@ def test_truncation():
     for n in truncations(image, SECTION_TABLE + 3 * 40 + 8, stride=4):
         assert isinstance(parse_or_error(pe.parse, image[:n]), (PeImage, FormatError))
         unwrap_or_error(image[:n])
+
+
+# ---------------------------------------------------------------- the plain reader against pefile
+
+PE_SEEDS = {name: data for name, data in b.samples().items() if pe.has_pe_header(data)}
+PE_SEEDS.update({
+    "pe-signed": b.pe(SECTIONS, signed=True),
+    "pe-unsorted": b.pe([(".b", b"B" * 16), (".a", b"A" * 16)]),
+    "bzimage-pe-signed": b.bzimage(pe=True, signed=True),
+    "uki-signed-arm64": b.uki(b.arm64_image(signed=True), machine=b.IMAGE_FILE_MACHINE_ARM64),
+})
+
+
+def pefile_only(data: bytes):
+    """read_header as it was before the plain reader: pefile for every header."""
+    fields = outcome(pe._read_with_pefile, data, "pe")
+    if isinstance(fields, FormatError):
+        return fields
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pe, "_read_plain", lambda d: fields)
+        return outcome(pe.read_header, data)
+
+
+def same_result(data: bytes) -> None:
+    """read_header gives what pefile alone gives: the same header, or the same error."""
+    got, want = outcome(pe.read_header, data), pefile_only(data)
+    if isinstance(want, FormatError):
+        assert type(got) is type(want) and str(got) == str(want)
+    else:
+        assert got == want
+
+
+@pytest.mark.parametrize("name", sorted(PE_SEEDS))
+def test_plain_reader_reads_what_pefile_reads(name):
+    data = PE_SEEDS[name]
+    assert pe._read_plain(data) is not None, "a builder's PE is plain: pefile is not needed"
+    assert pe._read_plain(data) == pe._read_with_pefile(data, "pe")
+    same_result(data)
+
+
+@pytest.mark.parametrize("name", sorted(PE_SEEDS))
+def test_plain_reader_agrees_with_pefile_on_mutants(name):
+    """Flipped bytes and boundary values in the headers: either the plain reader declines
+    (pefile decides), or it reads exactly what pefile reads."""
+    from hypothesis import HealthCheck, given, settings
+
+    from .test_fuzz_parsers import mutated
+
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(mutated(PE_SEEDS[name]))
+    def run(data):
+        same_result(data)
+    run()
+
+
+def test_plain_reader_agrees_with_pefile_on_truncations():
+    image = b.pe(SECTIONS, signed=True)
+    for n in truncations(image, SECTION_TABLE + 3 * 40 + 8, stride=2):
+        same_result(image[:n])
+
+
+@pytest.mark.parametrize("where, value", [
+    ("Magic", 0x10B), ("Magic", 0x107), ("NumberOfRvaAndSizes", 4), ("NumberOfRvaAndSizes", 0),
+    ("NumberOfSections", 0), ("NumberOfSections", 0x801), ("SizeOfOptionalHeader", 0),
+    ("VirtualSize", 0x10000001), ("all-zero section", 0),
+])
+def test_plain_reader_declines_or_agrees_at_the_edges(where, value):
+    image = bytearray(b.pe(SECTIONS, signed=True))
+    opt = 0x40 + 24
+    at, size = {"Magic": (opt, 2), "NumberOfRvaAndSizes": (opt + 108, 4),
+                "NumberOfSections": (0x40 + 6, 2), "SizeOfOptionalHeader": (0x40 + 20, 2),
+                "VirtualSize": (SECTION_TABLE + 40 + 8, 4),
+                "all-zero section": (SECTION_TABLE + 40, 40)}[where]
+    image[at:at + size] = value.to_bytes(size, "little")
+    same_result(bytes(image))

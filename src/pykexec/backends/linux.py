@@ -137,8 +137,12 @@ def read_lockdown(sysfs: Path = Path("/sys")) -> str | None:
 def memfd(name: str, data: bytes | memoryview) -> int:
     """An anonymous file holding ``data``: what we prepared never touches disk."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:  # interrupted or out of memory: the caller never sees the fd
+        os.close(fd)
+        raise
     return fd

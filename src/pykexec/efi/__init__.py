@@ -8,7 +8,10 @@ is given, calls ExitBootServices and jumps to the kernel.  The first
 instruction it executes outside every image it was given (or a bzImage's
 ``startup_64``, where a pre-6.7 stub returns into its own decompressor) is the
 hand-over: there the registers name the kernel's boot data (x86 ``boot_params``
-in RSI, arm64 FDT in X0), which :mod:`.capture` reads out.
+in RSI, arm64 FDT in X0), which :mod:`.capture` reads out.  A loader needs less:
+``stop_at="kernel-stub"`` (what :func:`emulate_for_load` uses) stops at the
+entry of a nested kernel's own EFI stub, where a UKI's stub hands it the kernel
+image, the command line and the initrd (:mod:`.kernels`).
 
     >>> from pykexec import efi
     >>> cap = efi.emulate(open("vmlinuz", "rb").read(), cmdline="console=ttyS0",
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,13 +36,19 @@ from typing import Callable
 from ..errors import EmulationError, FormatError, UsageError
 from ..output import write_files
 from . import constants as c
-from .capture import Capture, arm64_capture, sha256, x86_capture
+from .capture import Capture, arm64_capture, kernel_stub_capture, sha256, x86_capture
 from .machine import Options
 from .memory import EfiStatusError
 
-__all__ = ["Capture", "Options", "emulate", "emulate_for_load", "write_capture", "detect_arch"]
+__all__ = ["Capture", "Options", "emulate", "emulate_for_load", "write_capture", "detect_arch",
+           "STOPS"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY = 2 << 30
+#: where a run may stop: the hand-over to the kernel proper, or the entry of a nested
+#: kernel's own EFI stub (falling back to the hand-over when no such entry is reached)
+STOPS = ("kernel", "kernel-stub")
 ARCH_FOR_MACHINE = {v: k for k, v in c.MACHINE_FOR_ARCH.items()}
 
 
@@ -61,22 +71,29 @@ def detect_arch(data: bytes) -> str:
 def emulate(data: bytes, *, initrd: bytes | None = None, cmdline: str | None = None,
             arch: str | None = None, memory: int = DEFAULT_MEMORY,
             max_instructions: int | None = None, max_seconds: float | None = None,
-            trace: Callable[[str], None] | None = None, name: str = "image.efi") -> Capture:
+            trace: Callable[[str], None] | None = None, name: str = "image.efi",
+            stop_at: str = "kernel") -> Capture:
     """Start ``data`` (a PE image) under emulated firmware and capture the hand-over.
 
     ``initrd`` is offered through LoadFile2 on the LINUX_EFI_INITRD_MEDIA device
     path; ``cmdline`` becomes the image's LoadOptions (UTF-16).  ``trace`` gets one
-    line per service call.  Raises :class:`~pykexec.errors.EmulationError` (and
-    its subclasses) when the stub stops anywhere but at a kernel hand-over.
+    line per service call.  ``stop_at="kernel-stub"`` captures earlier, where
+    execution reaches the entry point of a nested kernel kexec_file_load takes
+    (:mod:`.kernels`), if it does.  The report's ``stopped_at`` says which capture
+    it is.  Raises :class:`~pykexec.errors.EmulationError` (and its subclasses)
+    when the stub stops anywhere but at a kernel hand-over.
     """
     from .services import Firmware, top_file_path
+    if stop_at not in STOPS:
+        raise UsageError(f"stop_at must be one of {', '.join(STOPS)}, not {stop_at!r}")
     found = detect_arch(data)
     if arch is not None and arch != found:
         raise UsageError(f"--arch {arch} given, but the image is a {found} PE image")
     defaults = Options()
     options = Options(memory=memory,
                       max_instructions=max_instructions or defaults.max_instructions,
-                      max_seconds=max_seconds or defaults.max_seconds, trace=trace)
+                      max_seconds=max_seconds or defaults.max_seconds, trace=trace,
+                      stop_at=stop_at)
     t0 = time.monotonic()
     fw = Firmware(found, options, initrd=initrd)
     try:
@@ -85,7 +102,10 @@ def emulate(data: bytes, *, initrd: bytes | None = None, cmdline: str | None = N
         raise EmulationError(f"the firmware cannot load {name}: {e}") from e
     fw.set_load_options(image, cmdline)
     handover = fw.start(image)
-    pieces = (x86_capture if found == "x86_64" else arm64_capture)(fw, handover)
+    if handover["stopped_at"] == "kernel-stub":
+        pieces = kernel_stub_capture(fw, handover)
+    else:
+        pieces = (x86_capture if found == "x86_64" else arm64_capture)(fw, handover)
     seconds = time.monotonic() - t0
     report = _report(fw, image, handover, pieces, data, seconds)
     return Capture(arch=found, entry=handover["pc"], kernel=pieces["kernel"],
@@ -102,6 +122,7 @@ def _report(fw, image, handover: dict, pieces: dict, data: bytes, seconds: float
         "image": {"name": image.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
         "entry": handover["pc"],
         "entry_offset": handover["pc"] - pieces["kernel_base"],
+        "stopped_at": handover["stopped_at"],
         "handover": handover["how"],
         "registers": handover["registers"],
         "kernel": {"base": pieces["kernel_base"], "size": len(kernel), "sha256": sha256(kernel)},
@@ -127,12 +148,19 @@ def emulate_for_load(data: bytes, *, initrd: bytes | None, cmdline: str | None,
                      arch: str | None) -> Capture:
     """The loader's fallback: what ``pykexec load --via-emulator`` hands the kernel.
 
-    ``Capture.loadable`` is the kernel for kexec_file_load (the arm64 Image, or
-    the x86 bzImage whose stub ran), with ``initrd`` and ``cmdline`` as the stub
-    passed them; ``boot_params``/``dtb`` are there for a kexec_load (user mode)
-    path.
+    It stops at the entry of the nested kernel's own EFI stub when there is one
+    (``stop_at="kernel-stub"``: a UKI's systemd-stub starting ``.linux``, a zboot
+    starting its Image), so the kernel's stub never runs its decompressor;
+    otherwise at the hand-over.  ``Capture.loadable`` is the kernel for
+    kexec_file_load (the bzImage or arm64 Image), with ``initrd`` and ``cmdline``
+    as the stub passed them; ``boot_params``/``dtb`` (hand-over captures only)
+    are there for a kexec_load (user mode) path.
     """
-    return emulate(data, initrd=initrd, cmdline=cmdline, arch=arch)
+    cap = emulate(data, initrd=initrd, cmdline=cmdline, arch=arch, stop_at="kernel-stub")
+    r = cap.report
+    log.info("EFI emulator: stopped at %s: %s; %s instructions in %.2f s", r["stopped_at"],
+             r["handover"], r["instructions"], r["seconds"])
+    return cap
 
 
 def write_capture(cap: Capture, outdir: str | Path) -> dict[str, Path]:

@@ -13,6 +13,9 @@ The kernel is the page allocation the entry point lies in: the decompressed
 kernel on x86 (its ``init_size`` region), the relocated Image on arm64 (cut to
 the Image's own length, read from its PE header), or the loaded image itself
 when the stub returns into it (pre-6.7 x86).
+
+With ``--stop-at kernel-stub`` the capture happens earlier, at the entry of a
+nested kernel's own EFI stub (:func:`kernel_stub_capture`, :mod:`.kernels`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import struct
 from dataclasses import dataclass, field
 
+from ..formats.layer import Layer, raw
 from . import constants as c
 from . import fdt
 
@@ -52,6 +56,25 @@ class Capture:
     @property
     def entry_offset(self) -> int:
         return self.entry - self.kernel_base
+
+    def layer(self) -> "Emulated":
+        """This capture as the outermost layer of a load, so that the load says the emulator ran."""
+        r = self.report
+        return Emulated(arch=self.arch, data=self.loadable, stopped_at=r.get("stopped_at", ""),
+                        handover=r.get("handover", ""), instructions=r.get("instructions"),
+                        seconds=r.get("seconds"))
+
+
+@dataclass(frozen=True)
+class Emulated(Layer):
+    """A load whose kernel, initrd and command line the emulated EFI stub produced."""
+
+    FORMAT = "emulator"
+    data: bytes | None = raw()
+    stopped_at: str = ""            # "kernel-stub" or "kernel" (the hand-over)
+    handover: str = ""
+    instructions: int | None = None
+    seconds: float | None = None
 
 
 def sha256(data: bytes | None) -> str | None:
@@ -156,6 +179,26 @@ def arm64_capture(fw, handover: dict) -> dict:
                    "image_header": region[0x38:0x3C] == b"ARM\x64",
                    "kernel_region": {"size": len(region),
                                      "type": c.memory_type_name(mtype) if mtype is not None else None}},
+    }
+
+
+def kernel_stub_capture(fw, handover: dict) -> dict:
+    """``--stop-at kernel-stub``: what the stub was about to hand the kernel's own EFI stub.
+
+    The kernel is the nested PE image itself (the bytes LoadImage was given,
+    or the section the stub laid out); the command line is the LoadOptions of
+    the image handle it was started with; the initrd is what the
+    LINUX_EFI_INITRD_MEDIA LoadFile2 served (see :mod:`.services`).
+    """
+    stub = handover["kernel_stub"]
+    kernel = stub["kernel"]
+    return {
+        "kernel": kernel.data, "kernel_base": stub["base"], "initrd": stub["initrd"],
+        "cmdline": stub["cmdline"], "loadable": kernel.loadable,
+        "report": {"kernel_stub": {"origin": kernel.origin, "layers": list(kernel.layers),
+                                   "entry_rva": kernel.entry, "size_of_image": kernel.size_of_image,
+                                   "image_handle": stub["image_handle"]},
+                   "initrd_source": stub["initrd_source"]},
     }
 
 

@@ -57,6 +57,11 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
                                                        "(default 50G)"}),
                     (("--max-seconds",), {"type": float, "metavar": "S",
                                           "help": "stop after S seconds (default 600)"}),
+                    (("--stop-at",), {"choices": ("kernel", "kernel-stub"), "default": "kernel",
+                                      "help": "kernel (default): the hand-over to the kernel; "
+                                              "kernel-stub: the entry of a nested kernel's own "
+                                              "EFI stub (a UKI's .linux), what a loader needs, "
+                                              "else the hand-over"}),
                 ]),
 }
 
@@ -71,14 +76,15 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         raise UsageError(f"--memory {args.memory} is too small; give at least 16M")
     cap = emulate(data, initrd=initrd, cmdline=args.cmdline, arch=args.arch, memory=args.memory,
                   max_instructions=args.max_instructions, max_seconds=args.max_seconds,
-                  trace=trace, name=image.name)
+                  trace=trace, name=image.name, stop_at=args.stop_at)
     written = write_capture(cap, args.output) if args.output else {}
     if args.json:
         print(json.dumps({**cap.report, "written": {k: str(v) for k, v in written.items()}},
                          indent=2))
         return 0
     r = cap.report
-    print(f"{image}: {r['arch']} hand-over at {cap.entry:#x} ({r['handover']})")
+    where = "kernel's EFI stub entry" if r["stopped_at"] == "kernel-stub" else "hand-over"
+    print(f"{image}: {r['arch']} {where} at {cap.entry:#x} ({r['handover']})")
     print(f"kernel: {len(cap.kernel)} bytes at {cap.kernel_base:#x}, entry offset "
           f"{cap.entry_offset:#x}")
     print(f"initrd: {'none' if cap.initrd is None else f'{len(cap.initrd)} bytes'}")

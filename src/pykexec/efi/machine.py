@@ -65,6 +65,9 @@ class Options:
     max_seconds: float = 600.0
     history: int = 12
     trace: Callable[[str], None] | None = None
+    #: "kernel": the hand-over to the kernel proper; "kernel-stub": the entry of a
+    #: nested kernel's own EFI stub (see :mod:`.kernels`), else the hand-over
+    stop_at: str = "kernel"
 
 
 @dataclass
@@ -453,6 +456,19 @@ class Engine:
         finally:
             self.record = outer
 
+    def drive(self, name: str, gen: Generator) -> None:
+        """From a hook, run ``gen`` as a service is run: each GuestCall it yields runs guest code.
+
+        When ``gen`` returns, its value goes in the result register and execution
+        goes on at the PC and stack the hook saw (a capture stops the run first).
+        """
+        self.seq += 1
+        self.call_counts[name] += 1
+        here = (self.cpu.pc(), self.cpu.sp())
+        frame = Frame(gen, here, CallRecord(self.seq, name, [], here[0]), base_sp=here[1])
+        self.frames.append(frame)
+        self._advance(frame, None)
+
     def _complete(self, record: CallRecord, status: int, caller: tuple[int, int]) -> None:
         record.status = status
         text = record.text()
@@ -543,7 +559,8 @@ class Engine:
             self._handover(addr, "the kernel entry point of the loaded bzImage (startup_64)")
 
     def _handover(self, pc: int, how: str) -> None:
-        self.handover = {"pc": pc, "how": how, "registers": self.cpu.handover_registers()}
+        self.handover = {"pc": pc, "how": how, "registers": self.cpu.handover_registers(),
+                         "stopped_at": "kernel"}
         self.stop_reason = "handover"
         self.uc.emu_stop()
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ..errors import EmulationError, StubExited
 from . import constants as c
+from . import kernels
 from .handles import HandleDatabase, device_path_bytes, file_path, parse_device_path, path_text, \
     vendor_media_path
 from .machine import NO_RETURN, Engine, GuestCall, Image, Options
@@ -77,6 +78,11 @@ class Firmware(Engine):
         self.watchdog: int | None = None
         self.ebs_image: int | None = None
         self.initrd = initrd
+        self.initrd_handle: int | None = None
+        # --stop-at kernel-stub: kernels found in loaded images' sections (a UKI's .linux),
+        # and the entry points watched, each with the kernel, base and image expected there
+        self.kernel_sections: list[kernels.Kernel] = []
+        self.entry_watches: dict[int, list[tuple[kernels.Kernel, int, Image | None]]] = {}
         self.stack_top = self.alloc(c.BS_DATA, STACK_SIZE) + STACK_SIZE
         self._build_tables()
 
@@ -226,6 +232,8 @@ class Firmware(Engine):
         self.images_by_handle[handle] = image
         if image.kernel_entry is not None:
             self.watch_kernel_entry(image.kernel_entry)
+        if self.options.stop_at == "kernel-stub":
+            self._watch_kernels(image, info)
         return image
 
     def _bzimage_entry(self, data: bytes, base: int) -> int | None:
@@ -296,6 +304,7 @@ class Firmware(Engine):
         base = self.memory.allocate_pages(type_, memory_type, pages, where)
         self.put64(memory, base)
         self.note(f"-> [{base:#x}, {base + pages * c.PAGE:#x})")
+        self._watch_layouts(base, pages)
         return c.EFI_SUCCESS
 
     def bs_FreePages(self, memory, pages):
@@ -564,28 +573,138 @@ class Firmware(Engine):
                 continue
             rest = path[matched:]
             iface = self.handles.lookup(handle, guid)
-            fn = self.u64(iface)
-            scratch = self.pools.allocate(c.BS_DATA, 8 + len(device_path_bytes(rest)))
-            self.write(scratch + 8, device_path_bytes(rest))
+            data = yield from self._guest_load_file(iface, rest, boot_policy, c.guid_name(guid))
+            self.note(f"{len(data):#x} bytes from {c.guid_name(guid)} on handle {handle:#x}")
+            return data, handle, rest
+        raise EfiStatusError(c.EFI_NOT_FOUND, f"nothing can load {path_text(path)}")
+
+    def _guest_load_file(self, iface: int, rest: list, boot_policy: bool, what: str,
+                         mem_type: int = c.BS_DATA):
+        """Call a guest's LoadFile(2) as its callers do: a size query that answers
+        EFI_BUFFER_TOO_SMALL, then the load into pages allocated for it.  Returns the bytes."""
+        fn = self.u64(iface)
+        rest_raw = device_path_bytes(rest)
+        scratch = self.pools.allocate(c.BS_DATA, 8 + len(rest_raw))
+        try:
+            self.write(scratch + 8, rest_raw)
             self.put64(scratch, 0)
             status = yield GuestCall(fn, [iface, scratch + 8, int(boot_policy), scratch, 0])
             if status != c.EFI_BUFFER_TOO_SMALL:
-                self.pools.release(scratch)
                 raise EfiStatusError(status if status & c.HIGH_BIT else c.EFI_LOAD_ERROR,
-                                     f"{c.guid_name(guid)} size query answered {c.status_name(status)}")
+                                     f"{what} size query answered {c.status_name(status)}")
             size = self.u64(scratch)
-            pages = -(-size // c.PAGE)
-            buf = self.memory.allocate_pages(c.ALLOCATE_ANY_PAGES, c.BS_DATA, pages)
+            pages = max(1, -(-size // c.PAGE))
+            buf = self.memory.allocate_pages(c.ALLOCATE_ANY_PAGES, mem_type, pages)
             status = yield GuestCall(fn, [iface, scratch + 8, int(boot_policy), scratch, buf])
-            size = self.u64(scratch)
-            self.pools.release(scratch)
+            size = min(self.u64(scratch), pages * c.PAGE)
             data = self.read_sparse(buf, size)
             self.memory.free_pages(buf, pages)
-            if status != c.EFI_SUCCESS:
-                raise EfiStatusError(status, f"{c.guid_name(guid)} LoadFile failed")
-            self.note(f"{size:#x} bytes from {c.guid_name(guid)} on handle {handle:#x}")
-            return data, handle, rest
-        raise EfiStatusError(c.EFI_NOT_FOUND, f"nothing can load {path_text(path)}")
+        finally:
+            self.pools.release(scratch)
+        if status != c.EFI_SUCCESS:
+            raise EfiStatusError(status, f"{what} LoadFile failed")
+        return data
+
+    # -- early capture: the entry of a nested kernel's own EFI stub (--stop-at kernel-stub) --
+    def _watch_kernels(self, image: Image, info) -> None:
+        """Kernels this image brings: itself if nested (LoadImage), else in its sections."""
+        if image.parent:
+            kernel = kernels.recognise(image.source, self.arch, origin=f"LoadImage of {image.name}")
+            if kernel is not None:
+                self._watch_entry(image.entry, kernel, image.base, image)
+        self.kernel_sections += kernels.in_sections(image.source, info, self.arch)
+
+    def _watch_layouts(self, base: int, pages: int) -> None:
+        """An allocation a stub may lay a kernel out in (systemd-stub 256+): watch its entry.
+
+        The kernel sits at the start of the allocation (262 on x86) or at the first
+        SectionAlignment boundary in it (262 on arm64 allocates SizeOfImage plus the
+        alignment and frees the slack on either side).
+        """
+        if self.options.stop_at != "kernel-stub" or self.exit_boot_services_done:
+            return
+        end = base + pages * c.PAGE
+        for kernel in self.kernel_sections:
+            align = kernel.info.section_alignment
+            for at in sorted({base, (base + align - 1) & ~(align - 1)}):
+                if kernel.size_of_image <= end - at <= kernel.size_of_image + TWO_MIB:
+                    self._watch_entry(at + kernel.entry, kernel, at, None)
+
+    def _watch_entry(self, addr: int, kernel: kernels.Kernel, base: int,
+                     image: Image | None) -> None:
+        expected = self.entry_watches.setdefault(addr, [])
+        if not expected:
+            self.watch(addr, self._at_kernel_entry)
+        expected.append((kernel, base, image))
+
+    def _at_kernel_entry(self, uc, addr, size, data) -> None:
+        if self.handover is not None or self.exit_boot_services_done:
+            return
+        for kernel, base, image in self.entry_watches.get(addr, ()):
+            if image is not None:
+                if self.images_by_handle.get(image.handle) is not image:
+                    continue            # unloaded since; the memory may hold anything
+                how = (f"StartImage of {image.name}" if image.started
+                       else f"a jump to the entry point of {image.name}")
+            elif kernel.laid_out_at(self.read_sparse, base):
+                how = f"a call into the {kernel.origin} kernel the stub laid out at {base:#x}"
+            else:
+                continue
+            self.drive("<kernel-stub capture>", self._capture_kernel_stub(kernel, base, addr, how))
+            return
+
+    def _capture_kernel_stub(self, kernel: kernels.Kernel, base: int, pc: int, how: str):
+        """What the kernel's EFI stub would read, read as it would: LoadOptions, then the initrd."""
+        registers = self.cpu.handover_registers()
+        handle = self.cpu.arg(0)
+        cmdline = self.kernel_cmdline(handle)
+        try:
+            initrd, source = yield from self._kernel_initrd()
+        except EfiStatusError as e:
+            raise EmulationError(f"the initrd's LoadFile2 failed as the kernel's stub would "
+                                 f"call it: {e}", pc=self.cpu.pc(), calls=tuple(self.history),
+                                 instructions=self.count_instructions()) from e
+        self.note(f"{kernel.layers[-1]} of {len(kernel.data):#x} bytes at {pc:#x}, "
+                  f"initrd {'none' if initrd is None else f'{len(initrd):#x} bytes'}")
+        self.handover = {"pc": pc, "how": f"entry of the kernel's EFI stub: {how}",
+                         "registers": registers, "stopped_at": "kernel-stub",
+                         "kernel_stub": {"kernel": kernel, "base": base, "cmdline": cmdline,
+                                         "initrd": initrd, "initrd_source": source,
+                                         "image_handle": handle}}
+        self.stop_reason = "handover"
+        self.uc.emu_stop()
+        return c.EFI_SUCCESS
+
+    def kernel_cmdline(self, handle: int) -> str | None:
+        """LoadOptions of ``handle``'s LOADED_IMAGE as the Linux stub reads them
+        (libstub efi_convert_cmdline: UTF-16, up to LoadOptionsSize, a NUL or a newline)."""
+        try:
+            li = self.handles.lookup(handle, c.LOADED_IMAGE_PROTOCOL)
+        except EfiStatusError:
+            return None
+        size, ptr = self.u32(li + c.LI_LOAD_OPTIONS_SIZE), self.u64(li + c.LI_LOAD_OPTIONS)
+        if not ptr or not size:
+            return None
+        text = self.read(ptr, size & ~1).decode("utf-16-le", "replace")
+        return text.split("\0", 1)[0].split("\n", 1)[0]
+
+    def _kernel_initrd(self):
+        """The initrd as the Linux stub loads it (libstub efi_load_initrd_dev_path):
+        LocateDevicePath(LOAD_FILE2, VenMedia(LINUX_EFI_INITRD_MEDIA)/End), then that
+        LoadFile2.  Returns (bytes or None, where they came from)."""
+        raw = vendor_media_path(c.LINUX_EFI_INITRD_MEDIA)
+        path = parse_device_path(lambda addr, n: raw[addr:addr + n], 0)
+        try:
+            handle, matched = self.handles.locate_device_path(c.LOAD_FILE2_PROTOCOL, path,
+                                                              self._device_paths())
+        except EfiStatusError:
+            return None, None
+        if handle == self.initrd_handle:
+            return self.initrd, "the emulator's LoadFile2 (--initrd)"
+        iface = self.handles.lookup(handle, c.LOAD_FILE2_PROTOCOL)
+        data = yield from self._guest_load_file(iface, path[matched:], False,
+                                                "LINUX_EFI_INITRD_MEDIA LoadFile2", c.LOADER_DATA)
+        return data, f"the guest's LoadFile2 on handle {handle:#x}"
 
     def bs_StartImage(self, image_handle, exit_data_size, exit_data):
         self.show(hx(image_handle))

@@ -12,7 +12,7 @@ UKI → zboot → gzip → arm64 Image is followed to the end.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from ..errors import FormatError, LimitExceeded, UnknownFormat
 from ..limits import Limits
@@ -44,10 +44,17 @@ def _accepts(fmt: Format, data: Buffer) -> bool:
         return False
 
 
-def identify(data: Buffer, limits: Limits = Limits(), *, where: str = "image") -> Layer:
-    """Parse ``data`` with the first format that accepts it."""
+def identify(data: Buffer, limits: Limits = Limits(), *, where: str = "image",
+             out: BinaryIO | None = None) -> Layer:
+    """Parse ``data`` with the first format that accepts it.
+
+    ``out``: when that format is a compressed stream, decode it into this file
+    instead of into memory (the layer then holds no bytes).
+    """
     for fmt in FORMATS:
         if _accepts(fmt, data):
+            if out is not None and fmt.name in compression.CODECS:
+                return compression.decompress(fmt.name, data, limits, out)
             return fmt.parse(data, limits)
     raise UnknownFormat({f.name: f"needs {f.needs}" for f in FORMATS}, bytes(data[:8]), layer=where)
 
@@ -58,14 +65,25 @@ def unwrap(data: Buffer, limits: Limits = Limits(),
 
     ``until`` stops at the first layer it accepts (a loader needs no deeper).
     """
-    layers = [identify(data, limits)]
+    return unwrap_from([identify(data, limits)], limits, until)
+
+
+def unwrap_from(layers: list[Layer], limits: Limits = Limits(),
+                until: Callable[[Layer], bool] | None = None, *,
+                out: BinaryIO | None = None) -> list[Layer]:
+    """``layers`` (from the file inward) continued as :func:`unwrap` continues them.
+
+    ``out``: a compressed stream met on the way is decoded into this file, not
+    into memory; its layer holds no bytes, so unwrapping ends there.
+    """
+    layers = list(layers)
     while not (until and until(layers[-1])) and (inner := layers[-1].inner()) is not None:
         outer = layers[-1]
         if len(layers) >= limits.max_depth:
             raise LimitExceeded(outer.format, f"images nest deeper than {limits.max_depth} layers",
                                 field="payload")
         inner_limits = limits.capped(outer.inner_size(), f"the {outer.format} header")
-        layer = identify(inner, inner_limits, where=f"{outer.format} payload")
+        layer = identify(inner, inner_limits, where=f"{outer.format} payload", out=out)
         _check_declared_size(outer, layer)
         layers.append(layer)
     return layers
@@ -81,4 +99,4 @@ def _check_declared_size(outer: Layer, layer: Layer) -> None:
                           f"but the header declares {declared}", field="decompressed size")
 
 
-__all__ = ["FORMATS", "NAMES", "Layer", "identify", "unwrap"]
+__all__ = ["FORMATS", "NAMES", "Layer", "identify", "unwrap", "unwrap_from"]

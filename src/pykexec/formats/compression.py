@@ -12,20 +12,18 @@ them are kernel-specific framings:
 Decoders stop at the end of their stream, so the size trailer the kernel
 build appends is ignored.  Output is produced in chunks and never grows past
 ``Limits.max_output``: going past it is a :class:`LimitExceeded`, not a hang.
+
+Each decoder imports its library when it runs: probes read magic bytes only,
+so recognising a zstd stream does not load lz4, lzo, lzma or bz2.
 """
 
 from __future__ import annotations
 
-import bz2
-import lzma
+import importlib
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable
-
-import lz4.block
-import lzo
-import zstandard
+from typing import BinaryIO, Callable
 
 from ..errors import FormatError, LimitExceeded
 from ..limits import Limits
@@ -59,34 +57,52 @@ class Compressed(Layer):
 
 
 class Sink:
-    """Collects decoder output, refusing to grow past the limit."""
+    """Collects decoder output, refusing to grow past the limit.
 
-    def __init__(self, name: str, limits: Limits) -> None:
-        self.name, self.limits = name, limits
+    The output is kept in memory, or, given ``out``, written to that file as it
+    comes and not kept (``extract`` writes a bzImage's vmlinux this way).
+    """
+
+    def __init__(self, name: str, limits: Limits, out: BinaryIO | None = None) -> None:
+        self.name, self.limits, self.out = name, limits, out
         self.buf: bytearray | bytes = bytearray()
+        self.size = 0
 
     def add(self, chunk: Buffer) -> None:
         self.reserve(len(chunk))
-        self.buf += chunk
+        if self.out is None:
+            self.buf += chunk
+        else:
+            self.out.write(chunk)
+        self.size += len(chunk)
         if self.limits.progress is not None:
             total = self.limits.max_output if self.limits.declared else None
-            self.limits.progress(f"decompressing {self.name}", len(self.buf), total)
+            self.limits.progress(f"decompressing {self.name}", self.size, total)
+
+    @property
+    def whole(self) -> bool:
+        """Whether a decoder may hand over its complete output at once (see :meth:`take`)."""
+        return self.out is None and not self.size
 
     def take(self, whole: bytes) -> None:
         """Adopt a decoder's complete output without copying it."""
         self.reserve(len(whole))
-        self.buf = whole
+        self.buf, self.size = whole, len(whole)
+
+    def reset(self) -> None:
+        """Forget output adopted by :meth:`take`."""
+        self.buf, self.size = bytearray(), 0
 
     def reserve(self, size: int) -> None:
         """Fail before producing ``size`` more bytes if they would pass the limit."""
-        if len(self.buf) + size > self.limits.max_output:
+        if self.size + size > self.limits.max_output:
             raise LimitExceeded(self.name, f"decompressed output exceeds {self.limits.max_output} "
                                 f"bytes, {self.limits.why}", field="decompressed_size")
 
     @property
     def remaining(self) -> int:
         """How much more may be asked for: one byte past the limit reveals a bomb."""
-        return max(1, self.limits.max_output - len(self.buf) + 1)
+        return max(1, self.limits.max_output - self.size + 1)
 
     @property
     def room(self) -> int:
@@ -135,6 +151,7 @@ def zstd_frame_size(data: memoryview) -> int:
     python-zstandard does not expose ZSTD_findFrameCompressedSize, and its
     stream reader fails on bytes after the frame, which the kernel appends.
     """
+    import zstandard
     try:
         pos = zstandard.frame_header_size(data)
     except zstandard.ZstdError as e:
@@ -161,24 +178,27 @@ def _zstd(data: memoryview, sink: Sink) -> int:
     The one-shot call cannot tell a short output buffer from a corrupt frame,
     so when it fails the stream decoder runs and says which it was.
     """
+    import zstandard
     size = zstd_frame_size(data)
     frame = data[:size]
-    if sink.limits.declared and not sink.buf:
+    if sink.limits.declared and sink.whole:
         try:
             sink.take(zstandard.ZstdDecompressor().decompress(frame, max_output_size=sink.remaining))
             return size
         except zstandard.ZstdError:
-            sink.buf = bytearray()
+            sink.reset()
     reader = zstandard.ZstdDecompressor().stream_reader(frame, read_size=CHUNK)
+    chunk = memoryview(bytearray(CHUNK))
     try:
-        while chunk := reader.read(sink.room):
-            sink.add(chunk)
+        while n := reader.readinto(chunk[:sink.room]):
+            sink.add(chunk[:n])
     except zstandard.ZstdError as e:
         raise FormatError("zstd", str(e), field="compressed data") from e
     return size
 
 
 def _lz4_legacy(data: memoryview, sink: Sink) -> int:
+    import lz4.block
     pos = 4
     while len(data) - pos > 4:
         size = int.from_bytes(data[pos:pos + 4], "little")
@@ -241,6 +261,7 @@ def _lzop_header(c: _Cursor) -> int:
 
 
 def _lzo(data: memoryview, sink: Sink) -> int:
+    import lzo
     c = _Cursor(data, len(LZOP_MAGIC))
     flags = _lzop_header(c)
     while dst_len := c.be(4, "dst_len"):
@@ -266,37 +287,59 @@ def _is_lzma_alone(d: Buffer) -> bool:
     return len(d) >= 13 and bytes(d[:3]) == b"\x5d\x00\x00"
 
 
+def _lzma(fmt: str) -> Callable[[], object]:
+    def make():
+        import lzma
+        return lzma.LZMADecompressor(getattr(lzma, fmt))
+    return make
+
+
+def _bz2() -> object:
+    import bz2
+    return bz2.BZ2Decompressor()
+
+
 Decoder = Callable[[memoryview, Sink], int]
-CODECS: dict[str, tuple[Callable[[Buffer], bool], Decoder, type[Exception]]] = {
-    "gzip": (lambda d: bytes(d[:2]) == b"\x1f\x8b", _gzip, zlib.error),
+# name: (probe, decoder, the library's exception as (module, attribute), imported on failure)
+CODECS: dict[str, tuple[Callable[[Buffer], bool], Decoder, tuple[str, str]]] = {
+    "gzip": (lambda d: bytes(d[:2]) == b"\x1f\x8b", _gzip, ("zlib", "error")),
     "zstd": (lambda d: len(d) >= 4 and struct.unpack_from("<I", d)[0] == ZSTD_MAGIC,
-             _zstd, zstandard.ZstdError),
-    "xz": (lambda d: bytes(d[:6]) == b"\xfd7zXZ\x00",
-           _stdlib("xz", lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ)), lzma.LZMAError),
-    "lzma": (_is_lzma_alone, _stdlib("lzma", lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE)), lzma.LZMAError),
+             _zstd, ("zstandard", "ZstdError")),
+    "xz": (lambda d: bytes(d[:6]) == b"\xfd7zXZ\x00", _stdlib("xz", _lzma("FORMAT_XZ")),
+           ("lzma", "LZMAError")),
+    "lzma": (_is_lzma_alone, _stdlib("lzma", _lzma("FORMAT_ALONE")), ("lzma", "LZMAError")),
     "lz4": (lambda d: len(d) >= 4 and struct.unpack_from("<I", d)[0] == LZ4_LEGACY_MAGIC,
-            _lz4_legacy, lz4.block.LZ4BlockError),
-    "lzo": (lambda d: bytes(d[:9]) == LZOP_MAGIC, _lzo, lzo.error),
+            _lz4_legacy, ("lz4.block", "LZ4BlockError")),
+    "lzo": (lambda d: bytes(d[:9]) == LZOP_MAGIC, _lzo, ("lzo", "error")),
     "bzip2": (lambda d: len(d) >= 4 and bytes(d[:3]) == b"BZh" and b"1" <= bytes(d[3:4]) <= b"9",
-              _stdlib("bzip2", bz2.BZ2Decompressor), OSError),
+              _stdlib("bzip2", _bz2), ("builtins", "OSError")),
 }
 
 
-def decompress(algorithm: str, data: Buffer, limits: Limits) -> Compressed:
-    """Decode one stream of ``algorithm``, bounded by ``limits``."""
+def _library_error(where: tuple[str, str]) -> type[Exception]:
+    module, name = where
+    return getattr(importlib.import_module(module), name)
+
+
+def decompress(algorithm: str, data: Buffer, limits: Limits, out: BinaryIO | None = None) -> Compressed:
+    """Decode one stream of ``algorithm``, bounded by ``limits``.
+
+    With ``out``, the output goes to that file as it is decoded, and the layer
+    returned holds no bytes (``data`` is None).
+    """
     _, decoder, lib_error = CODECS[algorithm]
-    sink = Sink(algorithm, limits)
+    sink = Sink(algorithm, limits, out)
     view = memoryview(data)
     try:
         consumed = decoder(view, sink)
-    except (lib_error, EOFError, ValueError) as e:
+    except (_library_error(lib_error), EOFError, ValueError) as e:  # evaluated only on failure
         if isinstance(e, FormatError):
             raise
         raise FormatError(algorithm, f"corrupt stream: {e}", field="compressed data") from e
     if limits.progress is not None:
-        limits.progress(f"decompressing {algorithm}", len(sink.buf), len(sink.buf))
-    return Compressed(arch=None, data=memoryview(sink.buf), algorithm=algorithm,
-                      compressed_size=consumed, decompressed_size=len(sink.buf))
+        limits.progress(f"decompressing {algorithm}", sink.size, sink.size)
+    return Compressed(arch=None, data=memoryview(sink.buf) if out is None else None,
+                      algorithm=algorithm, compressed_size=consumed, decompressed_size=sink.size)
 
 
 def _entry(name: str) -> Format:

@@ -13,15 +13,15 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
-
-from elftools.common.exceptions import ELFError
-from elftools.construct.core import ConstructError
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING
 
 from ..errors import FormatError
 from ..layout import Field, Layout
 from . import multiboot, multiboot2
 from .layer import Buffer, Format, Layer, ignoring_limits
+
+if TYPE_CHECKING:  # pyelftools loads when an ELF is parsed, not when one is probed
+    from elftools.elf.elffile import ELFFile
 
 ELF_MAGIC = b"\x7fELF"
 MAX_NOTES = 4096
@@ -91,6 +91,9 @@ def parse(data: Buffer) -> Elf:
     if not probe(data):
         raise FormatError("elf", "no \\x7fELF magic", field="e_ident", offset=0)
     _check_tables(data)
+    from elftools.common.exceptions import ELFError
+    from elftools.construct.core import ConstructError
+    from elftools.elf.elffile import ELFFile
     try:
         elf = ELFFile(io.BytesIO(data))
         segments = tuple(_segment(s) for s in elf.iter_segments())

@@ -4,6 +4,12 @@ This module is both the ``pe`` format (any PE not claimed by a more specific
 format) and the shared reader the UKI, add-on, zboot and bzImage formats use.
 Sections are sized by VirtualSize, as firmware and systemd-stub size them;
 the raw size is only FileAlignment padding.
+
+pefile stays the judge of odd headers, but importing it costs more than
+reading a well-formed header: headers in the plain shape every linker writes
+(all tables inside the file, a PE32 or PE32+ optional header, no section that
+pefile would warn about) are read from the layouts below, and anything else
+goes to pefile, so its checks and messages are unchanged.
 """
 
 from __future__ import annotations
@@ -11,12 +17,36 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import pefile
-
 from ..errors import FormatError
+from ..layout import Field, Layout
 from .layer import Buffer, Format, Layer, ignoring_limits
 
 IMAGE_DIRECTORY_ENTRY_SECURITY = 4
+# Relative to e_lfanew: the signature and the COFF file header.
+COFF_HEADER = Layout("pe", [
+    Field("Signature", 0x00, "4s"), Field("Machine", 0x04, "H"),
+    Field("NumberOfSections", 0x06, "H"), Field("SizeOfOptionalHeader", 0x14, "H"),
+])
+COFF_HEADER_END = 0x18
+# Relative to the optional header; the same offsets in PE32 and PE32+.
+OPTIONAL_HEADER = Layout("pe", [
+    Field("Magic", 0x00, "H"), Field("AddressOfEntryPoint", 0x10, "I"),
+    Field("SizeOfImage", 0x38, "I"), Field("Subsystem", 0x44, "H"),
+])
+# Magic: the size of the fixed part, whose last field is NumberOfRvaAndSizes;
+# the data directories (8 bytes each) follow it.
+OPTIONAL_HEADER_SIZES = {0x10B: 96, 0x20B: 112}
+DATA_DIRECTORY = Layout("pe", [Field("VirtualAddress", 0x00, "I"), Field("Size", 0x04, "I")])
+SECTION_HEADER = Layout("pe", [
+    Field("Name", 0x00, "8s"), Field("VirtualSize", 0x08, "I"), Field("VirtualAddress", 0x0C, "I"),
+    Field("SizeOfRawData", 0x10, "I"), Field("PointerToRawData", 0x14, "I"),
+])
+SECTION_HEADER_SIZE = 40
+# pefile (fast_load) reads at most 16 data directories and 0x800 sections, and
+# stops or gives up on sections whose sizes it finds suspicious.
+PEFILE_MAX_DATA_DIRECTORIES = 16
+PEFILE_MAX_SECTIONS = 0x800
+PEFILE_MAX_VIRTUAL_SIZE = 0x10000000
 MAX_SECTION_ZERO_FILL = 64 << 20
 MACHINES = {
     0x14C: "x86", 0x8664: "x86_64", 0xAA64: "arm64", 0x1C2: "arm", 0x1C4: "arm",
@@ -73,24 +103,88 @@ def has_pe_header(data: Buffer) -> bool:
 
 
 def read_header(data: Buffer, layer: str = "pe") -> PeHeader:
-    """Parse the PE headers with pefile, bounds-checking what pefile does not."""
-    try:
-        pe = pefile.PE(data=bytes(data), fast_load=True)
-    except pefile.PEFormatError as e:
-        raise FormatError(layer, str(e.value), field="e_lfanew", offset=0x3C) from e
-    sections = tuple(_section(s) for s in pe.sections)
+    """Parse the PE headers, bounds-checking what pefile does not."""
+    fields = _read_plain(data)
+    if fields is None:
+        fields = _read_with_pefile(data, layer)
+    machine, subsystem, entry, size_of_image, sections, certificate = fields
     for s in sections:
         if s.pointer_to_raw_data + s.size_of_raw_data > len(data):
             raise FormatError(layer, f"section {s.name!r} raw data "
                               f"[{s.pointer_to_raw_data:#x}, +{s.size_of_raw_data:#x}) "
                               f"runs past the end of the {len(data):#x}-byte image",
                               field="PointerToRawData")
-    opt = pe.OPTIONAL_HEADER
-    cert_off, cert_size = _certificate_table(opt, len(data), layer)
-    return PeHeader(machine=pe.FILE_HEADER.Machine, subsystem=opt.Subsystem,
-                    address_of_entry_point=opt.AddressOfEntryPoint,
-                    size_of_image=opt.SizeOfImage, sections=sections,
+    cert_off, cert_size = _certificate_table(certificate, len(data), layer)
+    return PeHeader(machine=machine, subsystem=subsystem, address_of_entry_point=entry,
+                    size_of_image=size_of_image, sections=sections,
                     certificate_table_offset=cert_off, certificate_table_size=cert_size)
+
+
+def _read_plain(data: Buffer):
+    """The header fields of a PE in the plain shape, as pefile would read them; None otherwise.
+
+    Plain: the COFF header, the whole fixed optional header (PE32 or PE32+),
+    DataDirectory[SECURITY] when NumberOfRvaAndSizes includes it, and every
+    section header lie inside the file; no section header is all zeros, and
+    every section's raw data lies inside the file with a VirtualSize pefile
+    accepts.  pefile then raises nothing and drops nothing, and it orders the
+    sections by VirtualAddress, as done here.
+    """
+    if not has_pe_header(data):
+        return None
+    coff_at = struct.unpack_from("<I", data, 0x3C)[0]
+    opt_at = coff_at + COFF_HEADER_END
+    if opt_at + OPTIONAL_HEADER.size > len(data):
+        return None
+    fixed = OPTIONAL_HEADER_SIZES.get(OPTIONAL_HEADER.get(data, "Magic", opt_at))
+    if fixed is None or opt_at + fixed > len(data):
+        return None
+    coff = COFF_HEADER.unpack(data, coff_at)
+    opt = OPTIONAL_HEADER.unpack(data, opt_at)
+    directories = min(struct.unpack_from("<I", data, opt_at + fixed - 4)[0] & 0x7FFFFFFF,
+                      PEFILE_MAX_DATA_DIRECTORIES)
+    certificate = (0, 0)
+    if directories > IMAGE_DIRECTORY_ENTRY_SECURITY:
+        entry_at = opt_at + fixed + DATA_DIRECTORY.size * IMAGE_DIRECTORY_ENTRY_SECURITY
+        if entry_at + DATA_DIRECTORY.size > len(data):
+            return None
+        entry = DATA_DIRECTORY.unpack(data, entry_at)
+        certificate = (entry["VirtualAddress"], entry["Size"])
+    count = coff["NumberOfSections"]
+    table_at = opt_at + coff["SizeOfOptionalHeader"]
+    if count > PEFILE_MAX_SECTIONS or table_at + SECTION_HEADER_SIZE * count > len(data):
+        return None
+    sections = []
+    for at in range(table_at, table_at + SECTION_HEADER_SIZE * count, SECTION_HEADER_SIZE):
+        if not any(bytes(data[at:at + SECTION_HEADER_SIZE])):
+            return None
+        h = SECTION_HEADER.unpack(data, at)
+        if (h["PointerToRawData"] + h["SizeOfRawData"] > len(data)
+                or h["VirtualSize"] > PEFILE_MAX_VIRTUAL_SIZE):
+            return None
+        sections.append(PeSection(
+            name=h["Name"].rstrip(b"\0").decode("ascii", "replace"),
+            virtual_address=h["VirtualAddress"], virtual_size=h["VirtualSize"],
+            size_of_raw_data=h["SizeOfRawData"], pointer_to_raw_data=h["PointerToRawData"]))
+    sections.sort(key=lambda s: s.virtual_address)
+    return (coff["Machine"], opt["Subsystem"], opt["AddressOfEntryPoint"], opt["SizeOfImage"],
+            tuple(sections), certificate)
+
+
+def _read_with_pefile(data: Buffer, layer: str):
+    import pefile  # on first use: plain headers and probes by magic never need it
+    try:
+        pe = pefile.PE(data=bytes(data), fast_load=True)
+    except pefile.PEFormatError as e:
+        raise FormatError(layer, str(e.value), field="e_lfanew", offset=0x3C) from e
+    opt = pe.OPTIONAL_HEADER
+    dirs = getattr(opt, "DATA_DIRECTORY", [])
+    certificate = (0, 0)
+    if len(dirs) > IMAGE_DIRECTORY_ENTRY_SECURITY:
+        entry = dirs[IMAGE_DIRECTORY_ENTRY_SECURITY]
+        certificate = (entry.VirtualAddress, entry.Size)
+    return (pe.FILE_HEADER.Machine, opt.Subsystem, opt.AddressOfEntryPoint, opt.SizeOfImage,
+            tuple(_section(s) for s in pe.sections), certificate)
 
 
 def _section(s) -> PeSection:
@@ -99,19 +193,16 @@ def _section(s) -> PeSection:
                      size_of_raw_data=s.SizeOfRawData, pointer_to_raw_data=s.PointerToRawData)
 
 
-def _certificate_table(opt, size: int, layer: str) -> tuple[int, int]:
-    """The Authenticode table: a file offset (not an RVA) and a size."""
-    dirs = getattr(opt, "DATA_DIRECTORY", [])
-    if len(dirs) <= IMAGE_DIRECTORY_ENTRY_SECURITY:
+def _certificate_table(entry: tuple[int, int], size: int, layer: str) -> tuple[int, int]:
+    """The Authenticode table (DataDirectory[SECURITY]): a file offset (not an RVA) and a size."""
+    offset, length = entry
+    if length == 0:
         return 0, 0
-    entry = dirs[IMAGE_DIRECTORY_ENTRY_SECURITY]
-    if entry.Size == 0:
-        return 0, 0
-    if entry.VirtualAddress + entry.Size > size:
-        raise FormatError(layer, f"certificate table [{entry.VirtualAddress:#x}, "
-                          f"+{entry.Size:#x}) runs past the end of the {size:#x}-byte image",
+    if offset + length > size:
+        raise FormatError(layer, f"certificate table [{offset:#x}, "
+                          f"+{length:#x}) runs past the end of the {size:#x}-byte image",
                           field="DataDirectory[SECURITY]")
-    return entry.VirtualAddress, entry.Size
+    return offset, length
 
 
 def section_data(data: Buffer, s: PeSection, layer: str) -> memoryview:

@@ -65,12 +65,15 @@ def _default_reason(lockdown: str | None, secure_boot: bool | None) -> str:
     return "neither lockdown nor Secure Boot is on"
 
 
-def require_signature(data: bytes, *, trust: TrustStore, what: str) -> Verdict:
-    """The verdict for ``data``; raises :class:`SignatureRejected` unless it is verified."""
+def require_signature(data: bytes, *, trust: TrustStore, what: str,
+                      why: str | None = None) -> Verdict:
+    """The verdict for ``data``; raises :class:`SignatureRejected` unless it is verified.
+    ``why`` (the reason a signature is required) is named in the refusal."""
     from .verify import verify_image
     verdict = verify_image(data, trust, what=what)
     if not verdict.verified:
-        raise SignatureRejected(what, verdict.reason, advice=ADVICE, verdict=verdict)
+        reason = verdict.reason if why is None else f"{verdict.reason} (required: {why})"
+        raise SignatureRejected(what, reason, advice=ADVICE, verdict=verdict)
     log.info("%s: %s", what, verdict.reason)
     return verdict
 
@@ -148,9 +151,9 @@ def check_load(image: bytes, *, image_name: str,
         raise SignatureRejected(image_name, NO_ANCHORS,
                                 advice="pass --trust FILE with the signing certificate (PEM, "
                                        "DER or an EFI signature list)")
-    verdicts = [require_signature(image, trust=trust, what=image_name)]
+    verdicts = [require_signature(image, trust=trust, what=image_name, why=why)]
     for name, data in addons:
-        verdicts.append(require_signature(data, trust=trust, what=f"add-on {name}"))
+        verdicts.append(require_signature(data, trust=trust, what=f"add-on {name}", why=why))
     notes = []
     uki_cmdline = _has_section(image, ".linux") and _has_section(image, ".cmdline")
     if cmdline_override and uki_cmdline:

@@ -1,0 +1,87 @@
+"""``extract`` and ``inspect`` load only what they use.
+
+Start-up is most of what a small extract costs, so each verb imports its own
+modules and each format imports its library when it parses.  These tests run
+the CLI in a fresh interpreter and list what it imported: a top-level import
+of pefile, pyelftools, unicorn, cryptography, the loader or the planner on
+this path makes them fail.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests import builders as b
+
+# Never needed to extract or inspect a bzImage whose payload is zstd.
+HEAVY = ("pefile", "elftools", "unicorn", "cryptography", "lz4", "lzo", "ctypes", "logging",
+         "hashlib", "pykexec.api", "pykexec.loader", "pykexec.backends", "pykexec.kexec_compat",
+         "pykexec.plan", "pykexec.machine", "pykexec.trust", "pykexec.efi", "pykexec.boot")
+
+CHILD = """
+import json, sys
+from pykexec.cli import main
+rc = main(sys.argv[1:]) if len(sys.argv) > 1 else None
+print(json.dumps({"rc": rc, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+def imported(*argv) -> tuple[int | None, set[str], str]:
+    """Run ``pykexec.cli.main(argv)`` in a fresh interpreter: its exit code, the modules
+    it imported, and its stdout."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, argv)], capture_output=True,
+                          text=True, timeout=120)
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    return report["rc"], set(report["modules"]), proc.stdout
+
+
+def loaded(modules: set[str], names) -> list[str]:
+    return sorted(m for m in modules for n in names if m == n or m.startswith(n + "."))
+
+
+@pytest.fixture
+def bzimage_zstd(image_file):
+    """A bzImage with an EFI stub's PE header (as distributions ship them) and a zstd payload."""
+    return image_file(b.bzimage(compression="zstd", pe=True, signed=True))
+
+
+def test_importing_the_cli_loads_no_format(tmp_path):
+    rc, modules, _ = imported()
+    assert rc is None
+    assert loaded(modules, ("pykexec.images", "pykexec.formats", *HEAVY)) == []
+
+
+def test_extract_loads_only_the_parsers_it_uses(bzimage_zstd, tmp_path):
+    rc, modules, out = imported("extract", bzimage_zstd, "-o", tmp_path / "out")
+    assert rc == 0, out
+    assert (tmp_path / "out" / "kernel").read_bytes() == bzimage_zstd.read_bytes()
+    assert (tmp_path / "out" / "vmlinux").read_bytes() == b.elf64()
+    assert loaded(modules, HEAVY) == []
+    assert "zstandard" in modules
+
+
+def test_inspect_parses_the_vmlinux_but_loads_nothing_else(bzimage_zstd):
+    rc, modules, out = imported("inspect", bzimage_zstd, "--json")
+    assert rc == 0, out
+    assert [layer["format"] for layer in json.loads(out)["layers"]] == ["bzimage", "zstd", "elf"]
+    assert "elftools" in modules and "hashlib" in modules  # the ELF layer, the sha256
+    assert loaded(modules, set(HEAVY) - {"elftools", "hashlib"}) == []
+
+
+def test_the_api_is_whole():
+    """What the CLI imports piecemeal, :mod:`pykexec.api` and :mod:`pykexec` still offer."""
+    import pykexec
+    from pykexec import api, images
+    from pykexec.backends import linux
+    for name in ("read_image", "inspect", "prepare_file", "extract"):
+        assert getattr(api, name) is getattr(images, name)
+    for name in ("inspect", "prepare_file", "extract"):
+        assert getattr(pykexec, name) is getattr(images, name)
+    for name in api.BACKEND_NAMES:
+        assert getattr(api, name) is getattr(linux, name)
+    with pytest.raises(AttributeError):
+        api.no_such_name  # noqa: B018
