@@ -95,7 +95,7 @@ def parse(data: Buffer) -> Elf:
     from elftools.construct.core import ConstructError
     from elftools.elf.elffile import ELFFile
     try:
-        elf = ELFFile(io.BytesIO(data))
+        elf = ELFFile(_file(data))
         segments = tuple(_segment(s) for s in elf.iter_segments())
         notes = tuple(_notes(elf, data))
         header = elf.header
@@ -111,6 +111,14 @@ def parse(data: Buffer) -> Elf:
                machine=str(header["e_machine"]), elf_type=str(header["e_type"]),
                entry=header["e_entry"], segments=segments, notes=notes,
                multiboot=_multiboot(data))
+
+
+def _file(data: Buffer) -> io.BytesIO:
+    """A file over ``data`` for pyelftools.  BytesIO shares a whole ``bytes`` object
+    instead of copying it, so a view of one (a decompressed vmlinux) is unwrapped."""
+    if isinstance(data, memoryview) and isinstance(data.obj, bytes) and data.nbytes == len(data.obj):
+        return io.BytesIO(data.obj)
+    return io.BytesIO(data)
 
 
 def _check_tables(data: Buffer) -> None:
