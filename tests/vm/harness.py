@@ -851,7 +851,9 @@ class Guest:
         return c.write_file(self.dir / name, compress=compress)
 
     def boot(self, append: str = "", *, memory: int = DEFAULT_MEMORY, timeout: float = DEFAULT_TIMEOUT,
-             kernel: Optional[PathLike] = None, quiet: bool = True, embed_initrd: bool = True) -> Serial:
+             kernel: Optional[PathLike] = None, quiet: bool = True, embed_initrd: bool = True,
+             extra_args: Sequence[str] = ()) -> Serial:
+        """Boot once.  ``extra_args`` go to QEMU as they are (e.g. UEFI firmware as pflash)."""
         inner = self.initrd()
         boot_kernel = Path(kernel) if kernel is not None else self.kernel
         self.embedded.file(GUEST_VMLINUZ, boot_kernel)
@@ -861,7 +863,7 @@ class Guest:
         full = atomic_write(self.dir / "boot-initrd.img", lambda f: _concat([inner, emb], f))
         cmdline = " ".join(w for w in ["console=ttyS0", "panic=-1", "quiet" if quiet else "", append] if w)
         return run_qemu(kernel=boot_kernel, initrd=full, append=cmdline, memory=memory, timeout=timeout,
-                        log_path=self.dir / "serial.log", scenario=self.scenario)
+                        log_path=self.dir / "serial.log", scenario=self.scenario, extra_args=extra_args)
 
 
 def _concat(parts: Sequence[Path], out: BinaryIO) -> None:
