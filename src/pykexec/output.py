@@ -23,24 +23,34 @@ class Stream:
     """A file of an :class:`OutputDir` written while it is produced (e.g. decompressed).
 
     Nothing is created before the first write; the bytes go to a hidden
-    temporary file that :meth:`OutputDir.commit` renames into place.
+    temporary file that :meth:`OutputDir.commit` renames into place.  A file
+    system error is held until :meth:`finish`: the producer runs to its end
+    first, so a bad image is still reported before a bad output directory.
     """
 
     def __init__(self, outdir: OutputDir, name: str) -> None:
         self.outdir, self.name = outdir, name
         self.temp = outdir.path / f".{name}.{os.getpid()}.tmp"
         self.file: BinaryIO | None = None
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
-        if self.file is None:
-            self.outdir.create()
-            self.file = open(self.temp, "wb")  # noqa: SIM115  (closed by finish or discard)
-        return self.file.write(data)
+        if self.error is None:
+            try:
+                if self.file is None:
+                    self.outdir.create()
+                    self.file = open(self.temp, "wb")  # noqa: SIM115  (closed by finish or discard)
+                self.file.write(data)
+            except OSError as e:
+                self.error = e
+        return len(data)
 
     def finish(self) -> Path:
         """Close the file (creating it empty if nothing was written) and move it into place."""
         if self.file is None:
             self.write(b"")
+        if self.error is not None:
+            raise self.error
         self.file.close()
         final = self.outdir.path / self.name
         os.replace(self.temp, final)

@@ -114,3 +114,14 @@ def test_nothing_is_created_before_the_first_byte(tmp_path):
             out.stream("vmlinux")
             raise RuntimeError
     assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("outdir", ["a-file", "a-file/sub"])
+def test_a_bad_image_is_reported_before_a_bad_output_directory(outdir, image_file, tmp_path):
+    """As when the vmlinux was decoded in memory before anything was written."""
+    (tmp_path / "a-file").write_bytes(b"x")
+    assert isinstance(outcome(api.extract, image_file(corrupt_zstd_bzimage()), tmp_path / outdir),
+                      FormatError)
+    with pytest.raises(OSError):
+        api.extract(image_file(b.bzimage(vmlinux=VMLINUX, compression="zstd")), tmp_path / outdir)
+    assert listing(tmp_path) == ["a-file", "image"]
