@@ -26,6 +26,29 @@ from .fakes import FakeSyscalls
 from .test_loader import arm64_image, write
 
 
+def _default_signals() -> None:
+    """Python's own start-up dispositions.  A test run started in the background
+    (``cmd &`` in a script, nohup) inherits SIGINT (and maybe SIGHUP) ignored, and
+    pykexec rightly leaves ignored signals ignored; these tests are about the others."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def _child_default_signals() -> None:
+    for s in interrupt.SIGNALS:
+        signal.signal(s, signal.SIG_DFL)   # the child's Python then installs its SIGINT handler
+
+
+@pytest.fixture(autouse=True)
+def default_signals():
+    saved = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
+    _default_signals()
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
 @pytest.fixture
 def handlers():
     """The CLI's handler, installed as main() installs it; the old handlers come back after."""
@@ -203,7 +226,8 @@ def test_cli_signal_during_preparation(tmp_path, signum, code):
     env = dict(os.environ, TMPDIR=str(tmpdir))
     proc = subprocess.Popen([sys.executable, "-m", "pykexec", "load", "--dry-run", str(image),
                              "--initrd", str(fifo)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_child_default_signals)
     try:
         _wait_blocked_on_fifo(proc)
         proc.send_signal(signum)
