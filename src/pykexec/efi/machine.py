@@ -52,6 +52,12 @@ PAGE_TABLES_AT = 0x100000      # x86_64: first page above the legacy hole; stubs
 OUTSIDE = "first instruction outside the loaded images"
 TRAP_SLOT = 16
 CHECKPOINT_BLOCKS = 1 << 25
+# QEMU sizes its software TLB only when the TLB is flushed: doubled if more than
+# 70 % of it was used since the last flush.  Nothing flushes it in a stub's
+# decompression loop, so it would stay at its first 256 entries, and a TLB miss
+# (a page walk through the guest's tables) costs ~20x a hit.  Flushes at these
+# block counts let it grow to the working set of a decompressor.
+TLB_GROWTH_BLOCKS = tuple(1 << n for n in range(14, 25))
 NO_RETURN = object()
 UNTIL = 0xFFFF_FFFF_FFFF_F000
 
@@ -628,8 +634,9 @@ class Engine:
         self.pending_hooks.clear()
         self.started = time.monotonic()
         checkpoint = CHECKPOINT_BLOCKS
+        growth = collections.deque(TLB_GROWTH_BLOCKS)
         if self.counter:
-            self.counter.counters.stop_at = checkpoint
+            self.counter.counters.stop_at = growth[0]
         while True:
             self.stop_reason = None
             remaining = self.options.max_seconds - (time.monotonic() - self.started)
@@ -686,6 +693,13 @@ class Engine:
                 self.pending_hooks.clear()
                 self.uc.ctl_flush_tb()
             if self.stop_reason is not None:
+                continue
+            if growth and self.counter and self.counter.counters.blocks >= growth[0]:
+                self.uc.ctl(self._u.UC_CTL_TLB_FLUSH, self._u.UC_CTL_IO_WRITE)
+                while growth and growth[0] <= self.counter.counters.blocks:
+                    growth.popleft()
+                self.counter.counters.stop_at = min(growth[0] if growth else checkpoint,
+                                                    checkpoint)
                 continue
             if self.counter and self.counter.counters.blocks >= checkpoint:
                 if time.monotonic() - self.started >= self.options.max_seconds:
