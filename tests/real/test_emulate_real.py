@@ -7,7 +7,8 @@ at the hand-over is judged against independent oracles.
    decompresses, at ``p_paddr - LOAD_PHYSICAL_ADDR``; boot_params carries the
    command line and the initrd given.
 2. UKIs built by ukify around that kernel with Debian's systemd-stub 252 (bookworm)
-   and 262 (sid): the capture holds the UKI's .cmdline and .initrd; with
+   and 262 (sid): the capture holds the UKI's .cmdline and .initrd, the same in two
+   runs with KASLR on; with
    ``--stop-at kernel-stub`` it is taken where systemd-stub starts .linux, and the
    kernel captured is .linux itself.
 3. A 6.1 arm64 zboot built from linux-source-6.1 (its stub does LoadFile2 +
@@ -187,14 +188,30 @@ def test_sid_x86_boot_params_carry_cmdline_and_initrd(sid_capture):
 
 # -- 2. UKIs ------------------------------------------------------------------------
 
+def _emulate_twice(data: bytes, tmp_path, **kwargs):
+    """Two runs' written captures (the report without its timing), and the last Capture."""
+    runs = []
+    for n in range(2):
+        cap = efi.emulate(data, **kwargs)
+        out = efi.write_capture(cap, tmp_path / f"run{n}")
+        runs.append({k: p.read_bytes() for k, p in out.items() if k != "report"})
+        report = json.loads(out["report"].read_text())
+        report.pop("seconds")
+        runs[-1]["report"] = report
+    return runs, cap
+
+
 @pytest.mark.parametrize("suite", ["bookworm", "sid"])
 def test_uki_capture_holds_cmdline_and_initrd(suite, tmp_path):
+    """With KASLR on.  Two runs are identical: 262 (sid) lays the kernel's image out
+    itself, and the RDTSCs there read the virtual counter as those of loaded images do."""
     initrd = tmp_path / "initrd.cpio"
     initrd.write_bytes(INITRD)
     uki = material.build_uki(tmp_path / f"{suite}.efi", linux=material.sid_cloud_bzimage(),
                              stub=material.systemd_stub(suite, "x64", "linux"),
                              cmdline="console=ttyS0 uki-marker", initrd=initrd)
-    cap = efi.emulate(uki.read_bytes())
+    runs, cap = _emulate_twice(uki.read_bytes(), tmp_path)
+    assert runs[0] == runs[1]
     assert cap.cmdline == "console=ttyS0 uki-marker"
     assert cap.initrd is not None and cap.initrd.startswith(INITRD)
     f = _boot_params_fields(cap.boot_params)
@@ -285,14 +302,8 @@ def test_arm64_sid_image_capture_equals_the_image():
 
 def test_bookworm_x86_handover_and_determinism(tmp_path):
     data = material.bookworm_cloud_bzimage().read_bytes()
-    runs = []
-    for n in range(2):
-        cap = efi.emulate(data, cmdline="console=ttyS0 bookworm-marker", initrd=INITRD)
-        out = efi.write_capture(cap, tmp_path / f"run{n}")
-        runs.append({k: p.read_bytes() for k, p in out.items() if k != "report"})
-        report = json.loads(out["report"].read_text())
-        report.pop("seconds")
-        runs[-1]["report"] = report
+    runs, cap = _emulate_twice(data, tmp_path, cmdline="console=ttyS0 bookworm-marker",
+                               initrd=INITRD)
     assert runs[0] == runs[1]
     f = _boot_params_fields(cap.boot_params)
     assert cap.cmdline == "console=ttyS0 bookworm-marker" and cap.initrd == INITRD

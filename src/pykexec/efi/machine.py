@@ -174,7 +174,7 @@ class Engine:
         self._probe: int | None = None
         self.counter = BlockCounter.create(self.uc, with_table=True)
         self.paging: IdentityMap | None = None
-        self.code_pages: set[int] = set()     # pages code was first fetched from before EBS
+        self.code_pages: set[int] = set()     # pages code was fetched from
         self._last_fault: tuple[int, int] | None = None
         self._block_hook: int | None = None
         self._exec_later: int | None = None
@@ -260,8 +260,10 @@ class Engine:
                 self.stop_reason = "blocks"
                 self.uc.emu_stop()
                 return
-        else:
-            self.code_pages.add(addr & ~(c.PAGE - 1))
+        page = addr & ~(c.PAGE - 1)
+        if page not in self.code_pages:
+            self.code_pages.add(page)
+            self._watch_rdtsc_page(page)
         if not self.paging.allow_exec(addr) and self.exit_boot_services_done:
             self.stop_reason = "blocks"     # a whole 2 MiB is executable: not exact any more
             self.uc.emu_stop()
@@ -587,16 +589,28 @@ class Engine:
         self.cpu.timestamp(self.tsc, 3 if self.read(addr, 3) == b"\x0f\x01\xf9" else 2)
 
     def watch_rdtsc(self, base: int, image: bytes, ranges) -> int:
-        """Hook every RDTSC/RDTSCP byte pattern in ``ranges`` (RVAs) of an image at ``base``."""
+        """Hook every RDTSC/RDTSCP byte pattern starting in ``ranges`` (RVAs) of ``image`` at ``base``.
+
+        A hook fires only at an instruction boundary, so a pattern inside another
+        instruction's bytes costs a hook that never runs, never a wrong result.
+        """
         found = 0
         for start, end in ranges:
             for pattern in getattr(self.cpu, "RDTSC", ()):
-                at = image.find(pattern, start, end)
-                while at >= 0:
+                at = image.find(pattern, start, end + len(pattern) - 1)
+                while 0 <= at < end:
                     self.watch(base + at, self._on_rdtsc)
                     found += 1
-                    at = image.find(pattern, at + 1, end)
+                    at = image.find(pattern, at + 1, end + len(pattern) - 1)
         return found
+
+    def _watch_rdtsc_page(self, page: int) -> None:
+        """First fetch from a page no LoadImage produced (systemd-stub 256+ lays the
+        kernel's image out itself): its RDTSCs read the virtual counter too."""
+        if any(img.base <= page < img.base + img.size for img in self.images):
+            return      # watched when it was loaded
+        end = min(page + c.PAGE + 2, self.memory.ram_size)
+        self.watch_rdtsc(page, self.read(page, end - page), [(0, c.PAGE)])
 
     # -- running -----------------------------------------------------------------------
     def count_instructions(self) -> int | None:
