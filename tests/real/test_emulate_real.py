@@ -18,6 +18,8 @@ at the hand-over is judged against independent oracles.
    line and the system table whose LINUX_EFI_INITRD_MEDIA table holds the initrd.
 4. sid's 7.x arm64 Image: the stub copies itself out of the loaded image; the
    capture is the Image up to its signature (but for the stub's variables).
+   bookworm's 6.1 arm64 Image: its stub runs the kernel where it was loaded, and
+   the hand-over is caught at primary_entry.
 5. bookworm's 6.1 cloud bzImage (6.1.192, whose stub decompresses too, with KASLR):
    the hand-over's boot_params and entry; and the same run twice is identical.
 """
@@ -296,6 +298,26 @@ def test_arm64_sid_image_capture_equals_the_image():
     # 7.x passes the initrd in the LINUX_EFI_INITRD_MEDIA table, not in /chosen
     assert cap.initrd == INITRD
     assert cap.kernel_base % (2 << 20) == 0
+
+
+def test_arm64_bookworm_image_run_in_place():
+    """6.1's stub runs a 64 KiB-aligned Image where it was loaded (no KASLR seed without
+    an RNG protocol): the hand-over never leaves the image, and is caught at primary_entry."""
+    data = material.arm64_image().read_bytes()
+    cap = efi.emulate(data, cmdline="console=ttyAMA0 arm64-marker", initrd=INITRD)
+    image = cap.report["images"][0]
+    assert cap.kernel_base == image["base"] and len(cap.report["images"]) == 1
+    # booting.rst: x0 is the device tree, x1-x3 are zero; code1 branches to primary_entry
+    regs = cap.report["registers"]
+    assert regs["x0"] == cap.report["dtb"]["addr"] and regs["x1"] == regs["x2"] == regs["x3"] == 0
+    code1 = struct.unpack_from("<I", data, 4)[0]
+    assert code1 >> 26 == 0b000101
+    assert cap.entry == cap.kernel_base + 4 + 4 * (code1 & 0x3FF_FFFF)
+    assert "primary_entry" in cap.report["handover"]
+    _stub_globals_only(cap.kernel, data[:len(cap.kernel)], cap.report["system_table"])
+    assert len(data) - len(cap.kernel) == pe.read_header(data).certificate_table_size
+    assert cap.cmdline == "console=ttyAMA0 arm64-marker" and cap.initrd == INITRD
+    assert cap.loadable == cap.kernel
 
 
 # -- 5. bookworm 6.1 amd64, and determinism ------------------------------------------

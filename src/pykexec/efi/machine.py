@@ -125,7 +125,9 @@ class Image:
     parent: int
     name: str
     started: bool = False
-    kernel_entry: int | None = None
+    #: where the boot protocol enters the kernel inside this image, if it is one
+    #: (a bzImage's startup_64; an arm64 Image's first instruction and primary_entry)
+    kernel_entries: dict[int, str] = field(default_factory=dict)
 
 
 class Engine:
@@ -564,7 +566,8 @@ class Engine:
 
     def _on_kernel_entry(self, uc, addr, size, data) -> None:
         if self.exit_boot_services_done and self.handover is None:
-            self._handover(addr, "the kernel entry point of the loaded bzImage (startup_64)")
+            names = (img.kernel_entries.get(addr) for img in self.images)
+            self._handover(addr, next((n for n in names if n), "a kernel entry point"))
 
     def _handover(self, pc: int, how: str) -> None:
         self.handover = {"pc": pc, "how": how, "registers": self.cpu.handover_registers(),
@@ -578,8 +581,11 @@ class Engine:
         self.stop_reason = self.stop_reason or "hooks"
         self.uc.emu_stop()
 
-    def watch_kernel_entry(self, addr: int) -> None:
-        self.watch(addr, self._on_kernel_entry)
+    def watch_kernel_entries(self, image: Image) -> None:
+        """After ExitBootServices, reaching one of ``image.kernel_entries`` is the hand-over:
+        a stub that runs the kernel in place never leaves its image."""
+        for addr in image.kernel_entries:
+            self.watch(addr, self._on_kernel_entry)
 
     def _on_rdtsc(self, uc, addr, size, data) -> None:
         # A virtual time-stamp counter: 1 GHz from the blocks executed, so the same

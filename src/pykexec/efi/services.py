@@ -227,21 +227,13 @@ class Firmware(Engine):
             self.handles.install(handle, c.LOADED_IMAGE_DEVICE_PATH_PROTOCOL, dp)
         image = Image(handle=handle, base=base, size=pages * c.PAGE, entry=base + info.entry,
                       source=bytes(data), loaded_image=li, parent=parent, name=name)
-        image.kernel_entry = self._bzimage_entry(data, base)
+        image.kernel_entries = kernel_entries(self.arch, data, base)
         self.images.append(image)
         self.images_by_handle[handle] = image
-        if image.kernel_entry is not None:
-            self.watch_kernel_entry(image.kernel_entry)
+        self.watch_kernel_entries(image)
         if self.options.stop_at == "kernel-stub":
             self._watch_kernels(image, info)
         return image
-
-    def _bzimage_entry(self, data: bytes, base: int) -> int | None:
-        """startup_64 of an x86 bzImage: the protected-mode kernel + 0x200 (boot.rst)."""
-        if self.arch != "x86_64" or data[0x202:0x206] != b"HdrS":
-            return None
-        setup_sects = data[0x1F1] or 4
-        return base + (setup_sects + 1) * 512 + 0x200
 
     def set_load_options(self, image: Image, cmdline: str | None) -> None:
         """LoadOptions: the command line in UTF-16 with its NUL, as boot managers pass it."""
@@ -1076,6 +1068,33 @@ class Firmware(Engine):
         self.put64(buffer_size, size)
         self.note(f"{size:#x} bytes of initrd")
         return c.EFI_SUCCESS
+
+
+def kernel_entries(arch: str, data: bytes, base: int) -> dict[int, str]:
+    """Where a boot protocol enters the kernel in ``data`` loaded at ``base``, and its name.
+
+    * x86_64 bzImage: startup_64, the protected-mode kernel + 0x200 (boot.rst),
+      where a pre-6.7 stub returns into the kernel's own decompressor.
+    * arm64 Image: its first instruction (booting.rst), and primary_entry, the
+      target of code1's branch, where the stub's efi_enter_kernel jumps when it
+      runs the kernel where it was loaded (6.1 on a 64 KiB-aligned image
+      without a KASLR seed).  The Image's file offsets are its RVAs.
+    """
+    if arch == "x86_64" and data[0x202:0x206] == b"HdrS":
+        setup_sects = data[0x1F1] or 4
+        return {base + (setup_sects + 1) * 512 + 0x200:
+                "the kernel entry point of the loaded bzImage (startup_64)"}
+    if arch != "arm64" or len(data) < 0x40 or data[0x38:0x3C] != b"ARM\x64":
+        return {}
+    entries = {base: "the arm64 Image's first instruction, where it was loaded"}
+    code1 = struct.unpack_from("<I", data, 4)[0]
+    if code1 >> 26 == 0b000101:                     # B <imm26>
+        imm = code1 & 0x3FF_FFFF
+        target = 4 + 4 * (imm - (1 << 26) if imm & (1 << 25) else imm)
+        if 0 < target < len(data):
+            entries[base + target] = ("the arm64 Image's primary_entry (code1's branch), "
+                                      "where it was loaded")
+    return entries
 
 
 def top_file_path(name: str) -> bytes:
