@@ -16,6 +16,7 @@ trap page does the work and returns on the guest's behalf.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import mmap
 import platform
 import struct
@@ -375,6 +376,19 @@ class Arm64(Cpu):
 ARCHES = {"x86_64": X86_64, "arm64": Arm64}
 
 
+def read_into(uc, addr: int, out: bytearray, offset: int, size: int) -> None:
+    """uc_mem_read straight into ``out[offset:offset + size]``.
+
+    The binding's mem_read copies twice (into a ctypes buffer, then a new
+    bytearray); a captured kernel is tens of MiB.
+    """
+    from unicorn.unicorn_py3.unicorn import UcError, uclib
+    view = (ctypes.c_char * size).from_buffer(out, offset)
+    err = uclib.uc_mem_read(uc._uch, addr, ctypes.cast(view, ctypes.POINTER(ctypes.c_char)), size)
+    if err:
+        raise UcError(err)
+
+
 # -- counting executed code without a per-instruction hook --------------------------------
 #
 # A Python UC_HOOK_CODE costs ~170x and unicorn's own ``count`` ~9x; a native
@@ -467,13 +481,8 @@ class BlockCounter:
 
     def block_counts(self) -> dict[int, int]:
         """{block address: executions} from the table."""
-        out = {}
-        t = self.table
-        if t is None:
-            return out
-        raw = memoryview(t).cast("B").cast("Q")
-        for i in range(0, len(raw), 2):
-            key = raw[i]
-            if key:
-                out[key - 1] = raw[i + 1]
-        return out
+        if self.table is None:
+            return {}
+        raw = memoryview(self.table).cast("B").cast("Q")
+        keys = raw[0::2].tolist()
+        return {key - 1: n for key, n in itertools.compress(zip(keys, raw[1::2].tolist()), keys)}

@@ -41,7 +41,7 @@ from typing import Any, Callable, Generator
 
 from ..errors import EmulationError, EmulationFault, EmulationLimit, StubExited
 from . import constants as c
-from .cpu import ARCHES, BlockCounter
+from .cpu import ARCHES, BlockCounter, read_into
 from .memory import EfiStatusError, MemoryMap
 from .paging import IdentityMap
 
@@ -324,15 +324,13 @@ class Engine:
 
     def read_sparse(self, addr: int, size: int) -> bytes:
         """Read a large range; chunks never touched read as zeros."""
-        out = bytearray()
+        out = bytearray(size)
         pos, end = addr, addr + size
         while pos < end:
             index = pos // CHUNK
             stop = min(end, (index + 1) * CHUNK)
             if index in self.mapped and pos >= c.PAGE:
-                out += self.uc.mem_read(pos, stop - pos)
-            else:
-                out += bytes(stop - pos)
+                read_into(self.uc, pos, out, pos - addr, stop - pos)
             pos = stop
         return bytes(out)
 
