@@ -274,6 +274,16 @@ def test_arm64_zboot_61_captures_the_builds_image():
     assert calls["BS.LoadImage"] == 1 and calls["BS.StartImage"] == 1
 
 
+@pytest.mark.parametrize("compression", ["gzip", "lz4", "lzma", "lzo", "xz", "zstd"])
+def test_arm64_zboot_61_every_compression(compression):
+    """Each zboot stub decompresses with the kernel's own decompressor for its method."""
+    efi_path, image = material.arm64_zboot(compression)
+    cap = efi.emulate(efi_path.read_bytes(), cmdline="console=ttyAMA0 zboot-marker")
+    _stub_globals_only(cap.kernel, image.read_bytes(), cap.report["system_table"])
+    assert cap.cmdline == "console=ttyAMA0 zboot-marker"
+    assert cap.report["handover"] == "first instruction outside the loaded images"
+
+
 def test_arm64_zboot_61_tinyconfig_build_without_initrd_support():
     """material's zboot (tinyconfig: no BLK_DEV_INITRD) still hands over its Image."""
     efi_path, image = material.arm64_zboot("gzip")
