@@ -301,6 +301,25 @@ THREE_PAGES_OF_CODE = bytes.fromhex(
     "498d842400200000 ffd0 4901c5"                           # r13 += (buf+8K)()
     "4c89e8 4883c430 415d 415c 5b c3")                       # return r13
 
+# AllocatePages(AnyPages, LoaderData, 1, &buf); [buf] = "rdtsc; shl rdx, 32; or rax, rdx;
+# ret"; return buf(): code no LoadImage produced reads the time-stamp counter.
+RDTSC_IN_AN_ALLOCATION = bytes.fromhex(
+    "53 4154 4155 4883ec30 488b5a60"                         # save; rbx = ST->BootServices
+    "31c9 ba02000000 41b801000000 4c8d4c2428 ff5328"         # AllocatePages(0, 2, 1, &buf)
+    "4c8b642428"                                             # r12 = buf
+    "48b80f3148c1e2204809 49890424 6641c7442408d0c3"         # [buf] = the code above
+    "41ffd4"                                                 # rax = buf()
+    "4883c430 415d 415c 5b c3")
+
+
+def test_rdtsc_in_code_laid_out_at_run_time_reads_the_virtual_counter():
+    """As systemd-stub 256+ lays the kernel out itself: the RDTSC there is found when its
+    page is first fetched, and reads the same virtual counter in every run."""
+    values = [int(returned(RDTSC_IN_AN_ALLOCATION), 16) for _ in range(2)]
+    assert values[0] == values[1]
+    assert 1_000_000_000 <= values[0] < 1_000_000_000 + (64 << 20)   # 1 GHz from the blocks run
+
+
 # M = AllocatePages(4); A = AllocatePages(1); [A] = ret; A(); FreePages(A, 1);
 # GetMemoryMap(&size, M, &key, ...); ExitBootServices(ImageHandle, key); rsi = M; jmp A.
 # A ran code before ExitBootServices, but was freed: jumping there is the hand-over.
@@ -463,3 +482,25 @@ def test_other_exceptions_still_end_the_run():
     with pytest.raises(EmulationFault) as e:
         efi.emulate(pe_image(b"\x0f\x0b"), memory=256 << 20)        # ud2
     assert "Invalid instruction (UC_ERR_INSN_INVALID)" in str(e.value)
+
+
+# -- boot-protocol entries inside a loaded image ----------------------------------------
+
+def test_kernel_entries_of_a_bzimage_and_an_arm64_image():
+    from pykexec.efi.services import kernel_entries
+    bz = bytearray(0x1000)
+    bz[0x1F1], bz[0x202:0x206] = 3, b"HdrS"
+    assert list(kernel_entries("x86_64", bytes(bz), 0x100000)) == [0x100000 + 4 * 512 + 0x200]
+    bz[0x1F1] = 0                                                   # 0 means 4 (boot.rst)
+    assert list(kernel_entries("x86_64", bytes(bz), 0)) == [5 * 512 + 0x200]
+    image = bytearray(0x2000)
+    image[0x38:0x3C] = b"ARM\x64"
+    struct.pack_into("<I", image, 4, 0x14000000 | (0x1234 >> 2))   # code1: b +0x1234
+    entries = kernel_entries("arm64", bytes(image), 0x40000000)
+    assert sorted(entries) == [0x40000000, 0x40000000 + 4 + 0x1234]
+    assert "primary_entry" in entries[0x40000000 + 4 + 0x1234]
+    struct.pack_into("<I", image, 4, 0xD503201F)                    # code1 a nop: offset 0 only
+    assert list(kernel_entries("arm64", bytes(image), 0)) == [0]
+    struct.pack_into("<I", image, 4, 0x14000000 | 0x3FFFFFE)        # b -8: before the image
+    assert list(kernel_entries("arm64", bytes(image), 0)) == [0]
+    assert kernel_entries("arm64", bytes(bz), 0) == {} == kernel_entries("x86_64", bytes(image), 0)
