@@ -833,7 +833,7 @@ class Guest:
             self.layer.data("/vm/lib.sh", LIB_SH)
             scen = self.layer.write_file(self.dir / "scenario.cpio.gz", compress=True)
             parts = [base_layer(), pykexec_layer(), scen]
-            self._inner = atomic_write(self.dir / "initrd.img", lambda f: _concat(parts, f))
+            self._inner = atomic_write(self.dir / "initrd.img", lambda f: concat(parts, f))
         return self._inner
 
     def archive(self, path: str, files: dict, *, compress: Union[bool, str] = False) -> Path:
@@ -860,18 +860,59 @@ class Guest:
         if embed_initrd:
             self.embedded.file(GUEST_INITRD, inner)
         emb = self.embedded.write_file(self.dir / "embed.cpio", compress=False)
-        full = atomic_write(self.dir / "boot-initrd.img", lambda f: _concat([inner, emb], f))
+        full = atomic_write(self.dir / "boot-initrd.img", lambda f: concat([inner, emb], f))
         cmdline = " ".join(w for w in ["console=ttyS0", "panic=-1", "quiet" if quiet else "", append] if w)
         return run_qemu(kernel=boot_kernel, initrd=full, append=cmdline, memory=memory, timeout=timeout,
                         log_path=self.dir / "serial.log", scenario=self.scenario, extra_args=extra_args)
 
 
-def _concat(parts: Sequence[Path], out: BinaryIO) -> None:
+def concat(parts: Sequence[Path], out: BinaryIO) -> None:
+    """Archives one after the other into ``out`` (the kernel unpacks them in order)."""
     for p in parts:
         with open(p, "rb") as f:
             shutil.copyfileobj(f, out, 1 << 20)
         # keep each archive 4-byte aligned for the kernel's unpacker
         out.write(b"\0" * (-out.tell() % 4))
+
+
+def concat_file(path: Path, parts: Sequence[Path]) -> Path:
+    return atomic_write(path, lambda f: concat(parts, f))
+
+
+def busybox_initramfs(g: "Guest", stage: int, script: str, *, files: Optional[dict] = None,
+                      applets: Optional[Sequence[str]] = None) -> Path:
+    """A gzip'd newc initramfs of static busybox alone that runs ``script`` as ``stage``.
+
+    For images that carry their own initrd (a UKI's .initrd), where the base
+    layer's Python would make them large.  ``applets`` are linked in /bin;
+    without them every applet busybox lists, at its own path.  ``files`` maps
+    guest paths to contents.
+    """
+    c = Cpio()
+    for d in ("/bin", "/sbin", "/usr/bin", "/usr/sbin", "/lib", "/lib64"):
+        if os.path.islink(d):          # merged /usr: keep the links the guest expects
+            c.host_path(d)
+    busybox = host_tools()["busybox"]
+    c.host_path(busybox)
+    if applets is None:
+        listed = subprocess.run([busybox, "--list-full"], stdout=subprocess.PIPE, text=True,
+                                check=True).stdout.split()
+        links = ["/" + rel for rel in listed if "/" in rel and canon("/" + rel) != canon(busybox)]
+    else:
+        links = [f"/bin/{a}" for a in applets]
+    for link in links:
+        c.symlink(link, busybox)
+    for d, mode in (("/proc", 0o755), ("/sys", 0o755), ("/dev", 0o755), ("/tmp", 0o1777),
+                    ("/run", 0o755), ("/root", 0o700)):
+        c.dir(d, mode)
+    c.chardev("/dev/console", 5, 1)
+    c.data("/init", INIT, mode=0o755)
+    c.data("/vm/lib.sh", LIB_SH)
+    c.data("/vm/scenario/name", g.scenario + "\n")
+    c.data(f"/vm/scenario/stage{stage}", script, mode=0o755)
+    for path, data in (files or {}).items():
+        c.data(path, data)
+    return c.write_file(g.dir / f"stage{stage}-busybox.cpio.gz", compress=True)
 
 
 def prepare() -> dict:

@@ -85,3 +85,20 @@ mark still-alive
 mark("cmdline", open("/proc/cmdline").read().strip())
 """ + SCANNER))
     return g
+
+
+def expect_dump(serial: "h.Serial", capture_cmdline: str, who_adds: str) -> None:
+    """The crash happened, the capture kernel ran with ``capture_cmdline`` plus exactly
+    one ``elfcorehdr=`` (added by ``who_adds``), and /proc/vmcore holds the pattern."""
+    serial.expect_in_order("stage-begin 1", "holder-ready", "crashing", "stage-begin 2", "pattern",
+                           "stage-end 2 rc=0")
+    if serial.has("still-alive"):
+        serial.fail("the first kernel survived sysrq-c")
+    cmdline = serial.value("cmdline")
+    words = cmdline.split()
+    rest = [w for w in words if not w.startswith("elfcorehdr=")]
+    if rest != capture_cmdline.split() or len(words) != len(rest) + 1:
+        serial.fail(f"capture kernel cmdline {cmdline!r}: expected {capture_cmdline!r} plus one "
+                    f"elfcorehdr= ({who_adds} adds it)")
+    if serial.value("pattern") != "FOUND":
+        serial.fail(f"the pattern is not in /proc/vmcore: pages found {serial.value('pages-found')}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -55,40 +54,6 @@ def _emulator_files() -> list[Path]:
     return out
 
 
-def _stage2_userspace(g: h.Guest, stage2: str) -> Path:
-    """A gzip'd newc archive: static busybox with its applets, /init, /vm/lib.sh and
-    /vm/scenario/stage2 (what the second kernel's /init runs)."""
-    c = h.Cpio()
-    for d in ("/bin", "/sbin", "/usr/bin", "/usr/sbin", "/lib", "/lib64"):
-        if os.path.islink(d):          # merged /usr: keep the links the guest expects
-            c.host_path(d)
-    busybox = h.host_tools()["busybox"]
-    c.host_path(busybox)
-    applets = subprocess.run([busybox, "--list-full"], stdout=subprocess.PIPE, text=True,
-                             check=True).stdout
-    for rel in applets.split():
-        if "/" in rel and h.canon("/" + rel) != h.canon(busybox):
-            c.symlink("/" + rel, busybox)
-    for d, mode in (("/proc", 0o755), ("/sys", 0o755), ("/dev", 0o755), ("/tmp", 0o1777),
-                    ("/run", 0o755), ("/root", 0o700)):
-        c.dir(d, mode)
-    c.chardev("/dev/console", 5, 1)
-    c.data("/init", h.INIT, mode=0o755)
-    c.data("/vm/lib.sh", h.LIB_SH)
-    c.data("/vm/scenario/name", g.scenario + "\n")
-    c.data("/vm/scenario/stage2", stage2, mode=0o755)
-    return c.write_file(g.dir / "stage2-userspace.cpio.gz", compress=True)
-
-
-def _concat(out: Path, parts: list[Path]) -> Path:
-    """Archives one after the other, each 4-byte aligned (the kernel unpacks them in order)."""
-    with open(out, "wb") as f:
-        for p in parts:
-            f.write(p.read_bytes())
-            f.write(bytes(-f.tell() % 4))
-    return out
-
-
 def test_uki_via_emulator_boots(vm_material):
     material = h.material
     marker, tok = h.token(), h.token()
@@ -106,7 +71,8 @@ run exec pykexec exec
 mark exec-returned
 """))
     token = g.build_archive("token.cpio", {"/vm/token": tok + "\n"})
-    initrd = _concat(g.dir / "uki-initrd.img", [_stage2_userspace(g, h.STAGE2_REPORT), token])
+    initrd = h.concat_file(g.dir / "uki-initrd.img",
+                           [h.busybox_initramfs(g, 2, h.STAGE2_REPORT), token])
     try:
         uki = material.build_uki(g.dir / "test.efi", linux=g.kernel, stub=stub, cmdline=cmdline,
                                  initrd=initrd)

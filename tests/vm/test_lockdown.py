@@ -32,10 +32,8 @@ happened before any kexec system call and which came from the kernel.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pefile
 import pytest
@@ -139,28 +137,6 @@ def _unsigned_copy(signed, out):
     return out
 
 
-def _busybox_initrd(g: h.Guest, stage3: str, files: dict) -> Path:
-    """A small initramfs for stage 3: busybox, /init, /vm/lib.sh, the stage script and
-    ``files``, so that the UKI (and the stage-2 initrd that carries it) stays small."""
-    c = h.Cpio()
-    for d in ("/bin", "/sbin", "/lib", "/lib64"):  # merged /usr: the links, as the base layer has them
-        if os.path.islink(d):
-            c.host_path(d)
-    c.host_path(h.host_tools()["busybox"])
-    for applet in ("sh", "mount", "mkdir", "cat", "cut", "poweroff", "sleep", "sync", "awk", "grep"):
-        c.symlink(f"/bin/{applet}", "/bin/busybox")
-    for d, mode in (("/proc", 0o755), ("/sys", 0o755), ("/dev", 0o755), ("/tmp", 0o1777)):
-        c.dir(d, mode)
-    c.chardev("/dev/console", 5, 1)
-    c.data("/init", h.INIT, mode=0o755)
-    c.data("/vm/lib.sh", h.LIB_SH)
-    c.data("/vm/scenario/name", g.scenario + "\n")
-    c.data("/vm/scenario/stage3", stage3, mode=0o755)
-    for path, data in files.items():
-        c.data(path, data)
-    return c.write_file(g.dir / "stage3-initrd.cpio.gz", compress=True)
-
-
 def _cmdline_offset(uki, needle: bytes) -> int:
     """File offset of ``needle`` inside the UKI's .cmdline section."""
     pe = pefile.PE(str(uki), fast_load=True)
@@ -198,7 +174,9 @@ def run(vm_material):
     g.initrd()
 
     # the UKIs: .initrd = a busybox initramfs for stage 3 with a token only it has
-    uki_initrd = _busybox_initrd(g, h.sh_script(STAGE3), {"/vm/token3": tok3 + "\n"})
+    uki_initrd = h.busybox_initramfs(g, 3, h.sh_script(STAGE3), files={"/vm/token3": tok3 + "\n"},
+                                     applets=("sh", "mount", "mkdir", "cat", "cut", "poweroff",
+                                              "sleep", "sync", "awk", "grep"))
     token3 = g.build_archive("token3.cpio", {"/vm/token3": tok3 + "\n"})
     signer = _material("a throwaway signing key", make_identity, g.dir, UKI_SIGNER)
     try:

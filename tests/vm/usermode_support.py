@@ -120,7 +120,7 @@ def boot_stamped(g: h.Guest, append: str = "", *, memory: int = h.DEFAULT_MEMORY
     g.embedded.file(h.GUEST_VMLINUZ, g.kernel)
     g.embedded.file(h.GUEST_INITRD, inner)
     emb = g.embedded.write_file(g.dir / "embed.cpio", compress=False)
-    full = h.atomic_write(g.dir / "boot-initrd.img", lambda f: h._concat([inner, emb], f))
+    full = h.atomic_write(g.dir / "boot-initrd.img", lambda f: h.concat([inner, emb], f))
     cmdline = " ".join(w for w in ["console=ttyS0", "panic=-1", "quiet" if quiet else "", append] if w)
     tools = h.host_tools()
     timeout *= float(os.environ.get("PYKEXEC_VM_TIMEOUT_SCALE", "1"))

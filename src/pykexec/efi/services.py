@@ -203,8 +203,9 @@ class Firmware(Engine):
                                  "EFI image")
         pages = -(-info.size_of_image // c.PAGE)
         # Aligned to SectionAlignment but never to 2 MiB, as loaders that honour only
-        # SectionAlignment often place images: the arm64 stub then copies the kernel
-        # out of the image, and the hand-over is seen leaving the image.
+        # SectionAlignment often place images: the arm64 stub then mostly copies the
+        # kernel out of the image, and the hand-over is seen leaving the image (a stub
+        # that runs it in place is caught at kernel_entries instead).
         base = self.memory.allocate_pages(c.ALLOCATE_ANY_PAGES, c.LOADER_CODE, pages,
                                           align=info.section_alignment, avoid_align=TWO_MIB)
         mapped = layout(data, info, base)
