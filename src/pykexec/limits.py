@@ -60,8 +60,10 @@ class Limits:
 class TerminalProgress:
     """Progress of long steps on a terminal, throttled; silent when not on one."""
 
-    def __init__(self, stream=sys.stderr, interval: float = 0.2) -> None:
+    def __init__(self, stream=sys.stderr, interval: float = 0.2,
+                 unit: tuple[str, int] = ("MiB", 1 << 20)) -> None:
         self.stream, self.interval, self.last = stream, interval, 0.0
+        self.unit, self.scale = unit
 
     def __call__(self, what: str, done: int, total: int | None) -> None:
         now = time.monotonic()
@@ -69,12 +71,15 @@ class TerminalProgress:
         if now - self.last < self.interval and not finished:
             return
         self.last = now
-        of = f" of {total >> 20} MiB ({100 * done // max(total, 1)}%)" if total else ""
+        of = f" of {total // self.scale} {self.unit} ({100 * done // max(total, 1)}%)" \
+            if total and not finished else ""
         end = "\n" if finished else ""
-        self.stream.write(f"\r{what}: {done >> 20} MiB{of}\x1b[K{end}")
+        self.stream.write(f"\r{what}: {done // self.scale} {self.unit}{of}\x1b[K{end}")
         self.stream.flush()
 
 
-def terminal_progress(stream=sys.stderr) -> TerminalProgress | None:
-    """A progress reporter when ``stream`` is a terminal, else None."""
-    return TerminalProgress(stream) if stream.isatty() else None
+def terminal_progress(stream=sys.stderr, unit: tuple[str, int] = ("MiB", 1 << 20)
+                      ) -> TerminalProgress | None:
+    """A progress reporter (counting ``unit``: a name and its size) when ``stream`` is a
+    terminal, else None."""
+    return TerminalProgress(stream, unit=unit) if stream.isatty() else None

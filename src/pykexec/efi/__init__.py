@@ -72,14 +72,16 @@ def emulate(data: bytes, *, initrd: bytes | None = None, cmdline: str | None = N
             arch: str | None = None, memory: int = DEFAULT_MEMORY,
             max_instructions: int | None = None, max_seconds: float | None = None,
             trace: Callable[[str], None] | None = None, name: str = "image.efi",
-            stop_at: str = "kernel") -> Capture:
+            stop_at: str = "kernel",
+            progress: Callable[[str, int, int | None], None] | None = None) -> Capture:
     """Start ``data`` (a PE image) under emulated firmware and capture the hand-over.
 
     ``initrd`` is offered through LoadFile2 on the LINUX_EFI_INITRD_MEDIA device
     path; ``cmdline`` becomes the image's LoadOptions (UTF-16).  ``trace`` gets one
     line per service call.  ``stop_at="kernel-stub"`` captures earlier, where
     execution reaches the entry point of a nested kernel kexec_file_load takes
-    (:mod:`.kernels`), if it does.  The report's ``stopped_at`` says which capture
+    (:mod:`.kernels`), if it does.  ``progress(what, instructions, total)`` is told
+    how far a long run has got.  The report's ``stopped_at`` says which capture
     it is.  Raises :class:`~pykexec.errors.EmulationError` (and its subclasses)
     when the stub stops anywhere but at a kernel hand-over.
     """
@@ -93,7 +95,7 @@ def emulate(data: bytes, *, initrd: bytes | None = None, cmdline: str | None = N
     options = Options(memory=memory,
                       max_instructions=max_instructions or defaults.max_instructions,
                       max_seconds=max_seconds or defaults.max_seconds, trace=trace,
-                      stop_at=stop_at)
+                      stop_at=stop_at, progress=progress)
     t0 = time.monotonic()
     fw = Firmware(found, options, initrd=initrd)
     try:

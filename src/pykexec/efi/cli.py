@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UsageError
+from ..limits import terminal_progress
 
 
 def _size(text: str) -> int:
@@ -76,7 +77,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         raise UsageError(f"--memory {args.memory} is too small; give at least 16M")
     cap = emulate(data, initrd=initrd, cmdline=args.cmdline, arch=args.arch, memory=args.memory,
                   max_instructions=args.max_instructions, max_seconds=args.max_seconds,
-                  trace=trace, name=image.name, stop_at=args.stop_at)
+                  trace=trace, name=image.name, stop_at=args.stop_at,
+                  progress=None if trace else terminal_progress(unit=("M instructions", 10**6)))
     written = write_capture(cap, args.output) if args.output else {}
     if args.json:
         print(json.dumps({**cap.report, "written": {k: str(v) for k, v in written.items()}},

@@ -74,6 +74,9 @@ class Options:
     #: "kernel": the hand-over to the kernel proper; "kernel-stub": the entry of a
     #: nested kernel's own EFI stub (see :mod:`.kernels`), else the hand-over
     stop_at: str = "kernel"
+    #: ``progress("emulating", instructions, total)``: at each checkpoint (total None),
+    #: and once at the hand-over (total = instructions)
+    progress: Callable[[str, int, int | None], None] | None = None
 
 
 @dataclass
@@ -690,6 +693,8 @@ class Engine:
                                      pc=self.cpu.pc(), calls=tuple(self.history)) from failure
             if self.stop_reason == "handover":
                 self.instructions = self.count_instructions()
+                if self.options.progress and self.instructions is not None:
+                    self.options.progress("emulating", self.instructions, self.instructions)
                 return self.handover
             if self.stop_reason == "fault":
                 raise self._fault(self.fault, self._fault_pc)
@@ -725,6 +730,8 @@ class Engine:
                 n = self.count_instructions()
                 if n is not None and n >= self.options.max_instructions:
                     self._limit(f"instruction limit of {self.options.max_instructions} reached")
+                if self.options.progress and n is not None:
+                    self.options.progress("emulating", n, None)
                 checkpoint += CHECKPOINT_BLOCKS
                 self.counter.counters.stop_at = checkpoint
                 continue

@@ -31,4 +31,14 @@ def test_declared_size_gives_a_percentage():
     progress = TerminalProgress(out, interval=0)
     progress("decompressing zstd", 4 << 20, 8 << 20)
     progress("decompressing zstd", 8 << 20, 8 << 20)
-    assert "(50%)" in out.getvalue() and out.getvalue().endswith("(100%)\x1b[K\n")
+    assert "4 MiB of 8 MiB (50%)" in out.getvalue()
+    assert out.getvalue().endswith("\rdecompressing zstd: 8 MiB\x1b[K\n")     # done: one line
+
+
+def test_other_units():
+    out = io.StringIO()
+    progress = TerminalProgress(out, interval=0, unit=("M instructions", 10**6))
+    progress("emulating", 250_000_000, None)
+    progress("emulating", 839_385_157, 839_385_157)
+    assert out.getvalue() == ("\remulating: 250 M instructions\x1b[K"
+                              "\remulating: 839 M instructions\x1b[K\n")

@@ -211,6 +211,20 @@ def test_infinite_loop_stops_with_a_clear_error():
     assert err.instructions >= 1_000_000
 
 
+def test_progress_is_reported_at_checkpoints_and_at_the_end():
+    from pykexec.efi.machine import CHECKPOINT_BLOCKS
+    # mov ecx, 2^26; l: dec ecx; jnz l; mov eax, 7; ret: one block an iteration
+    loop = bytes.fromhex("b900000004 ffc9 75fc b807000000 c3")
+    calls = []
+    with pytest.raises(StubExited) as e:
+        efi.emulate(pe_image(loop), progress=lambda *a: calls.append(a))
+    assert "returned 0x7 " in str(e.value)
+    assert len(calls) == (1 << 26) // CHECKPOINT_BLOCKS
+    assert all(what == "emulating" and total is None for what, _, total in calls)
+    assert [n for _, n, _ in calls] == sorted(n for _, n, _ in calls)
+    assert calls[0][1] >= 2 * CHECKPOINT_BLOCKS      # two instructions a block
+
+
 def test_time_limit():
     with pytest.raises(EmulationLimit) as e:
         efi.emulate(pe_image(JMP_SELF), max_seconds=0.5)
