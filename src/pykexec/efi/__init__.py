@@ -83,21 +83,34 @@ def emulate(data: bytes, *, initrd: bytes | None = None, cmdline: str | None = N
     (:mod:`.kernels`), if it does.  ``progress(what, instructions, total)`` is told
     how far a long run has got.  The report's ``stopped_at`` says which capture
     it is.  Raises :class:`~pykexec.errors.EmulationError` (and its subclasses)
-    when the stub stops anywhere but at a kernel hand-over.
+    when the stub stops anywhere but at a kernel hand-over, or unicorn itself fails
+    (the emulation runs in a child process: :mod:`.isolation`).
     """
-    from .services import Firmware, top_file_path
+    from . import isolation
     if stop_at not in STOPS:
         raise UsageError(f"stop_at must be one of {', '.join(STOPS)}, not {stop_at!r}")
     found = detect_arch(data)
     if arch is not None and arch != found:
         raise UsageError(f"--arch {arch} given, but the image is a {found} PE image")
+    return isolation.call(_emulate, data, initrd=initrd, cmdline=cmdline, arch=found,
+                          memory=memory, max_instructions=max_instructions,
+                          max_seconds=max_seconds, trace=trace, name=name, stop_at=stop_at,
+                          progress=progress)
+
+
+def _emulate(data: bytes, *, initrd: bytes | None, cmdline: str | None, arch: str,
+             memory: int, max_instructions: int | None, max_seconds: float | None,
+             trace: Callable[[str], None] | None, name: str, stop_at: str,
+             progress: Callable[[str, int, int | None], None] | None) -> Capture:
+    """:func:`emulate`'s work, in whichever process runs it."""
+    from .services import Firmware, top_file_path
     defaults = Options()
     options = Options(memory=memory,
                       max_instructions=max_instructions or defaults.max_instructions,
                       max_seconds=max_seconds or defaults.max_seconds, trace=trace,
                       stop_at=stop_at, progress=progress)
     t0 = time.monotonic()
-    fw = Firmware(found, options, initrd=initrd)
+    fw = Firmware(arch, options, initrd=initrd)
     try:
         image = fw.load_image(data, parent=0, name=name, file_path_dp=top_file_path(name))
     except EfiStatusError as e:
@@ -107,10 +120,10 @@ def emulate(data: bytes, *, initrd: bytes | None = None, cmdline: str | None = N
     if handover["stopped_at"] == "kernel-stub":
         pieces = kernel_stub_capture(fw, handover)
     else:
-        pieces = (x86_capture if found == "x86_64" else arm64_capture)(fw, handover)
+        pieces = (x86_capture if arch == "x86_64" else arm64_capture)(fw, handover)
     seconds = time.monotonic() - t0
     report = _report(fw, image, handover, pieces, data, seconds)
-    return Capture(arch=found, entry=handover["pc"], kernel=pieces["kernel"],
+    return Capture(arch=arch, entry=handover["pc"], kernel=pieces["kernel"],
                    kernel_base=pieces["kernel_base"], initrd=pieces["initrd"],
                    cmdline=pieces["cmdline"], boot_params=pieces.get("boot_params"),
                    dtb=pieces.get("dtb"), loadable=pieces.get("loadable"), report=report)
