@@ -82,3 +82,28 @@ def test_unicorns_own_abort_on_guest_code_is_an_error_not_a_crash(capfd):
         efi.emulate(pe_image(struct.pack("<I", 0x4EF90A1E), machine=0xAA64), memory=64 << 20)
     out, err = capfd.readouterr()
     assert out == "" and "should not be reached" in err
+
+
+@pytest.mark.parametrize("machine", [0x8664, 0xAA64], ids=["x86_64", "arm64"])
+def test_random_programs_end_in_pykexec_errors(machine):
+    """Whatever an image's code does, emulate() returns or raises a PykexecError
+    (derandomized, as test_fuzz_parsers is, so the suite gives the same answer every time)."""
+    pytest.importorskip("unicorn")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from pykexec import efi
+    from pykexec.errors import PykexecError
+    from .conftest import pe_image
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.binary(min_size=4, max_size=512))
+    def run(code):
+        try:
+            efi.emulate(pe_image(code, machine=machine), memory=64 << 20,
+                        max_instructions=100_000, max_seconds=2)
+        except PykexecError:
+            pass
+
+    run()
