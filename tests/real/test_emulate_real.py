@@ -15,7 +15,8 @@ at the hand-over is judged against independent oracles.
    LoadImage + StartImage of the inner Image): the captured Image is the build's
    arch/arm64/boot/Image (but for the stub's own variables, which it stores before
    copying itself: checked by the build's symbols) and /chosen holds the command
-   line and the system table whose LINUX_EFI_INITRD_MEDIA table holds the initrd.
+   line and the system table whose LINUX_EFI_INITRD_MEDIA table holds the initrd;
+   every compression; and inside UKIs (systemd-stub 252 and 262) around it.
 4. sid's 7.x arm64 Image: the stub copies itself out of the loaded image; the
    capture is the Image up to its signature (but for the stub's variables).
    bookworm's 6.1 arm64 Image: its stub runs the kernel where it was loaded, and
@@ -282,6 +283,26 @@ def test_arm64_zboot_61_every_compression(compression):
     _stub_globals_only(cap.kernel, image.read_bytes(), cap.report["system_table"])
     assert cap.cmdline == "console=ttyAMA0 zboot-marker"
     assert cap.report["handover"] == "first instruction outside the loaded images"
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "sid"])
+def test_arm64_uki_around_a_zboot(suite, tmp_path):
+    """UKI -> zboot -> Image, unwrapped by the stubs themselves: systemd-stub starts the
+    zboot (252: LoadImage; 262: lays it out), which starts its Image, whose stub hands over."""
+    efi_path, image = _zboot_with_initrd()
+    initrd = tmp_path / "initrd.cpio"
+    initrd.write_bytes(INITRD)
+    uki = material.build_uki(tmp_path / f"{suite}.efi", linux=efi_path,
+                             stub=material.systemd_stub(suite, "aa64", "linux"),
+                             cmdline="console=ttyAMA0 uki-zboot-marker", initrd=initrd)
+    cap = efi.emulate(uki.read_bytes())
+    _stub_globals_only(cap.kernel, image.read_bytes(), cap.report["system_table"])
+    assert cap.cmdline == "console=ttyAMA0 uki-zboot-marker"
+    assert cap.initrd is not None and cap.initrd.startswith(INITRD)
+    early = efi.emulate(uki.read_bytes(), stop_at="kernel-stub")
+    assert early.report["stopped_at"] == "kernel-stub"
+    assert early.loadable == image.read_bytes()         # the zboot, unwrapped to its Image
+    assert early.cmdline == "console=ttyAMA0 uki-zboot-marker"
 
 
 def test_arm64_zboot_61_tinyconfig_build_without_initrd_support():
