@@ -75,10 +75,16 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     trace = (lambda line: print(f"trace: {line}", file=sys.stderr, flush=True)) if args.trace else None
     if args.memory < (16 << 20):
         raise UsageError(f"--memory {args.memory} is too small; give at least 16M")
-    cap = emulate(data, initrd=initrd, cmdline=args.cmdline, arch=args.arch, memory=args.memory,
-                  max_instructions=args.max_instructions, max_seconds=args.max_seconds,
-                  trace=trace, name=image.name, stop_at=args.stop_at,
-                  progress=None if trace else terminal_progress(unit=("M instructions", 10**6)))
+    progress = None if trace else terminal_progress(unit=("M instructions", 10**6))
+    try:
+        cap = emulate(data, initrd=initrd, cmdline=args.cmdline, arch=args.arch,
+                      memory=args.memory, max_instructions=args.max_instructions,
+                      max_seconds=args.max_seconds, trace=trace, name=image.name,
+                      stop_at=args.stop_at, progress=progress)
+    except BaseException:
+        if progress is not None and progress.last:
+            sys.stderr.write("\n")     # end the progress line before the error's
+        raise
     written = write_capture(cap, args.output) if args.output else {}
     if args.json:
         print(json.dumps({**cap.report, "written": {k: str(v) for k, v in written.items()}},
