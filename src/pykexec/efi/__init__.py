@@ -26,24 +26,31 @@ firmware offers, and ``docs/emulator.md`` for the limits.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import EmulationError, FormatError, UsageError
-from ..output import write_files
 from . import constants as c
-from .capture import Capture, arm64_capture, kernel_stub_capture, sha256, x86_capture
-from .machine import Options
-from .memory import EfiStatusError
+
+if TYPE_CHECKING:
+    from .capture import Capture
 
 __all__ = ["Capture", "Options", "emulate", "emulate_for_load", "write_capture", "detect_arch",
            "STOPS"]
 
-log = logging.getLogger(__name__)
+
+def __getattr__(name: str):
+    """Capture and Options on first use: ``pykexec --help`` imports this package for the
+    emulate verb's options, and should not pay for the engine and every format."""
+    if name == "Capture":
+        from .capture import Capture
+        return Capture
+    if name == "Options":
+        from .machine import Options
+        return Options
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DEFAULT_MEMORY = 2 << 30
 #: where a run may stop: the hand-over to the kernel proper, or the entry of a nested
@@ -54,6 +61,7 @@ ARCH_FOR_MACHINE = {v: k for k, v in c.MACHINE_FOR_ARCH.items()}
 
 def detect_arch(data: bytes) -> str:
     """x86_64 or arm64, from the PE header's Machine field."""
+    from .memory import EfiStatusError
     from .peload import read_pe
     try:
         info = read_pe(data)
@@ -103,6 +111,9 @@ def _emulate(data: bytes, *, initrd: bytes | None, cmdline: str | None, arch: st
              trace: Callable[[str], None] | None, name: str, stop_at: str,
              progress: Callable[[str, int, int | None], None] | None) -> Capture:
     """:func:`emulate`'s work, in whichever process runs it."""
+    from .capture import Capture, arm64_capture, kernel_stub_capture, x86_capture
+    from .machine import Options
+    from .memory import EfiStatusError
     from .services import Firmware, top_file_path
     defaults = Options()
     options = Options(memory=memory,
@@ -130,6 +141,9 @@ def _emulate(data: bytes, *, initrd: bytes | None, cmdline: str | None, arch: st
 
 
 def _report(fw, image, handover: dict, pieces: dict, data: bytes, seconds: float) -> dict:
+    import hashlib
+
+    from .capture import sha256
     k = fw.counter.counters if fw.counter else None
     kernel, initrd = pieces["kernel"], pieces["initrd"]
     return {
@@ -171,15 +185,19 @@ def emulate_for_load(data: bytes, *, initrd: bytes | None, cmdline: str | None,
     as the stub passed them; ``boot_params``/``dtb`` (hand-over captures only)
     are there for a kexec_load (user mode) path.
     """
+    import logging
     cap = emulate(data, initrd=initrd, cmdline=cmdline, arch=arch, stop_at="kernel-stub")
     r = cap.report
-    log.info("EFI emulator: stopped at %s: %s; %s instructions in %.2f s", r["stopped_at"],
+    logging.getLogger(__name__).info("EFI emulator: stopped at %s: %s; %s instructions in %.2f s", r["stopped_at"],
              r["handover"], r["instructions"], r["seconds"])
     return cap
 
 
 def write_capture(cap: Capture, outdir: str | Path) -> dict[str, Path]:
     """DIR/kernel, DIR/initrd, DIR/cmdline, DIR/boot_params (x86) or DIR/dtb (arm64), DIR/report.json."""
+    import json
+
+    from ..output import write_files
     written = write_files(outdir, {
         "kernel": cap.kernel, "initrd": cap.initrd,
         "cmdline": None if cap.cmdline is None else cap.cmdline.encode(),

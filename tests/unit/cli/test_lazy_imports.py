@@ -72,6 +72,21 @@ def test_inspect_parses_the_vmlinux_but_loads_nothing_else(bzimage_zstd):
     assert loaded(modules, set(HEAVY) - {"elftools", "hashlib"}) == []
 
 
+def test_the_emulate_verbs_options_load_no_engine():
+    """``pykexec --help`` builds every verb's options, the emulator's among them: that
+    imports pykexec.efi, but neither its engine nor the formats its capture uses."""
+    code = ("import json, sys; from pykexec.cli import build_parser; "
+            "help = build_parser().format_help(); "
+            "print(json.dumps({'help': help, 'modules': sorted(sys.modules)}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    report = json.loads(proc.stdout)
+    modules = set(report["modules"])
+    assert "emulate" in report["help"] and "pykexec.efi.cli" in modules
+    assert loaded(modules, ("unicorn", "ctypes", "pykexec.efi.machine", "pykexec.efi.cpu",
+                            "pykexec.efi.capture", "pykexec.efi.services")) == []
+
+
 def test_the_api_is_whole():
     """What the CLI imports piecemeal, :mod:`pykexec.api` and :mod:`pykexec` still offer."""
     import pykexec
