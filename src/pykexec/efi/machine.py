@@ -12,14 +12,14 @@
   :class:`GuestCall` and gets the callee's return value back when the callee
   returns to the return trap.  ``Exit()`` unwinds to the StartImage that
   started the image, restoring the registers saved there.
-* x86_64 pages as UEFI firmware does: identity-mapped tables (:mod:`.paging`)
-  in a range reserved at 1 MiB, where no page is executable until code is
-  fetched from it.  A fetch from a non-executable page is a page fault, seen by
-  an interrupt hook (which costs nothing per instruction): before
-  ExitBootServices the page is made executable and the fetch resumes.  This is
-  what keeps stores fast: unicorn sends every store to an executable page down
-  its slow self-modifying-code path, and with paging off every page is
-  executable.
+* The CPU pages as UEFI firmware does (x86_64 paging, the arm64 MMU):
+  identity-mapped tables (:mod:`.paging`) in a range reserved at 1 MiB, where
+  no page is executable until code is fetched from it.  A fetch from a
+  non-executable page is a page fault (arm64: a prefetch abort), seen by an
+  interrupt hook (which costs nothing per instruction): the page is made
+  executable and the fetch resumes.  This is what keeps stores fast: unicorn
+  sends every store to an executable page down its slow self-modifying-code
+  path, and with paging off every page is executable.
 * After ExitBootServices the first instruction outside every loaded image and
   the trap page is the hand-over.  On x86_64 the pages outside them are made
   non-executable again, so the first fetch there faults; on arm64 (and where the
@@ -43,7 +43,7 @@ from ..errors import EmulationError, EmulationFault, EmulationLimit, StubExited
 from . import constants as c
 from .cpu import ARCHES, BlockCounter, read_into
 from .memory import EfiStatusError, MemoryMap
-from .paging import IdentityMap
+from .paging import Arm64IdentityMap, IdentityMap
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ CHECKPOINT_BLOCKS = 1 << 25
 TLB_GROWTH_BLOCKS = tuple(1 << n for n in range(14, 25))
 NO_RETURN = object()
 UNTIL = 0xFFFF_FFFF_FFFF_F000
+MAPS = {"x86_64": IdentityMap, "arm64": Arm64IdentityMap}
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,7 @@ class Engine:
         self._block_hook: int | None = None
         self._exec_later: int | None = None
         self._fault_pc: int | None = None
-        if arch == "x86_64":
-            self._start_paging()
+        self._start_paging()
 
     # -- x86_64 paging ---------------------------------------------------------------
     def _start_paging(self) -> None:
@@ -197,15 +197,16 @@ class Engine:
         guest is too small to hold the tables.
         """
         ram = self.memory.ram_size
-        size = IdentityMap.size(ram)
-        if PAGE_TABLES_AT + size > ram or not IdentityMap.fits(ram):
+        tables = MAPS[self.arch]
+        size = tables.size(ram)
+        if PAGE_TABLES_AT + size > ram or not tables.fits(ram):
             return
-        if self.cpu.exception_slot() is None:
+        if not self.cpu.resumes_after_faults():
             log.warning("this unicorn cannot resume after a page fault; running with paging off")
             return
         self.memory.reserve(PAGE_TABLES_AT, size, c.BS_DATA)
-        self.paging = IdentityMap(PAGE_TABLES_AT, self.memory.ram_size, self.write,
-                                  phys_bits=self.cpu.phys_bits)
+        self.paging = tables(PAGE_TABLES_AT, self.memory.ram_size, self.write,
+                             phys_bits=self.cpu.phys_bits)
         self.paging.build()
         self.cpu.enable_paging(self.paging.root)
         self.uc.hook_add(self._u.UC_HOOK_INTR, self._on_exception)
@@ -249,7 +250,7 @@ class Engine:
             # size, address); never a hand-over
             if self.paging.covers(addr):
                 self.paging.allow_exec(addr)        # present and writable: a fetch
-            elif not self.paging.map_beyond(addr):
+            elif not self.paging.map_beyond(addr) and not self.cpu.disable_paging():
                 ram = self.memory.ram_size
                 self._stop_on_fault(f"access at {addr:#x}, outside guest RAM [0, {ram:#x})")
                 return
@@ -278,9 +279,11 @@ class Engine:
         """At ExitBootServices: only the images, the stubs' regions and the traps stay executable.
 
         Then the first fetch anywhere else faults, and is the hand-over.  False
-        where the tables cannot say that exactly (a 2 MiB region executable whole).
+        where the tables cannot say that exactly (a 2 MiB region executable whole),
+        and on arm64, whose stubs turn the MMU off (efi_enter_kernel, as booting.rst
+        requires) before they branch to the kernel: that branch never faults.
         """
-        if self.paging is None:
+        if self.paging is None or self.arch != "x86_64":
             return False
         exact = self.paging.deny_exec(self.in_images)
         self.cpu.load_page_tables(self.paging.root)     # flush the TLB
@@ -312,6 +315,12 @@ class Engine:
             self.stop_reason = self.stop_reason or "mapped"
             self.uc.emu_stop()
             return True
+        if self.paging is not None and self.cpu.disable_paging():
+            # arm64: a data access the tables do not map is reported at address 0;
+            # it re-runs with the MMU off, where unicorn names it exactly
+            self.paging = None
+            self.stop_reason = "unpaged"
+            return False
         kinds = {self._u.UC_MEM_READ_UNMAPPED: "read", self._u.UC_MEM_WRITE_UNMAPPED: "write",
                  self._u.UC_MEM_FETCH_UNMAPPED: "instruction fetch"}
         where = "the NULL page" if addr < c.PAGE else \
@@ -614,8 +623,9 @@ class Engine:
     def _watch_rdtsc_page(self, page: int) -> None:
         """First fetch from a page no LoadImage produced (systemd-stub 256+ lays the
         kernel's image out itself): its RDTSCs read the virtual counter too."""
-        if any(img.base <= page < img.base + img.size for img in self.images):
-            return      # watched when it was loaded
+        if not getattr(self.cpu, "RDTSC", ()) or \
+                any(img.base <= page < img.base + img.size for img in self.images):
+            return      # no such instruction here, or watched when it was loaded
         end = min(page + c.PAGE + 2, self.memory.ram_size)
         self.watch_rdtsc(page, self.read(page, end - page), [(0, c.PAGE)])
 
@@ -679,6 +689,8 @@ class Engine:
                     self._probe = self.uc.hook_add(
                         u.UC_HOOK_MEM_READ_UNMAPPED | u.UC_HOOK_MEM_WRITE_UNMAPPED
                         | u.UC_HOOK_MEM_FETCH_UNMAPPED, self._on_unmapped)
+                    continue
+                if self.failure is None and self.stop_reason == "unpaged":
                     continue
                 if self.failure is None:
                     raise self._fault(self.fault or str(e)) from e

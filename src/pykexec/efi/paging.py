@@ -109,13 +109,24 @@ class IdentityMap:
         """
         for pml4, executable in ((self.pml4, False), (self.translate_root, True)):
             pdpt, pds = pml4 + PAGE, pml4 + 2 * PAGE
-            self._write(pml4, struct.pack("<Q", pdpt | TABLE).ljust(PAGE, b"\0"))
-            self._write(pdpt, b"".join(struct.pack("<Q", (pds + i * PAGE) | TABLE)
-                                       for i in range(self.gib)).ljust(PAGE, b"\0"))
+            self._write(pml4, struct.pack("<Q", self._table(pdpt)).ljust(PAGE, b"\0"))
+            self._write(pdpt, b"".join(
+                struct.pack("<Q", self._table(pds + g * PAGE) if g < self.gib
+                            else self._beyond_ram(g)) for g in range(ENTRIES)))
             for g in range(self.gib):
                 first = g * (GIB // LARGE)
                 self._write(pds + g * PAGE, b"".join(
                     struct.pack("<Q", self._large(first + i, executable)) for i in range(ENTRIES)))
+
+    @staticmethod
+    def _table(addr: int) -> int:
+        """An entry that points at the table at ``addr``."""
+        return addr | TABLE
+
+    @staticmethod
+    def _beyond_ram(gib: int) -> int:
+        """The PDPT entry of a GiB beyond RAM: not present (see map_beyond)."""
+        return 0
 
     @staticmethod
     def _large(region: int, executable: bool = False) -> int:
@@ -169,7 +180,7 @@ class IdentityMap:
             else:
                 self.exec_pages.discard(page)
         self._write(table, b"".join(entries))
-        self._entry(self._pde(region), table | TABLE)
+        self._entry(self._pde(region), self._table(table))
         self.exec_regions.discard(region)
         return True
 
@@ -252,5 +263,48 @@ class IdentityMap:
             if table is None:
                 return None
             self._beyond[key] = table
-            self._entry(entry, table | TABLE)
+            self._entry(entry, self._table(table))
         return table
+
+
+class Arm64IdentityMap(IdentityMap):
+    """The same map in AArch64 descriptors (Arm ARM D8, VMSAv8-64, 4 KiB granule).
+
+    UEFI 2.10 section 2.3.6 (AArch64 platforms): the MMU is on, with memory
+    identity mapped.  With ``TCR_EL1.T0SZ`` 25 (a 512 GiB address space) the walk
+    starts at level 1, one entry a GiB, so the PDPT's place is the level 1 table
+    (``TTBR0_EL1``) and the PML4's page goes unused.  Level 2 blocks map 2 MiB,
+    level 3 pages 4 KiB; UXN and PXN make them execute-never.  Memory attribute
+    index 0 is ``MAIR_EL1``'s normal write-back memory, inner shareable, Access
+    Flag set, EL1 read/write.
+
+    Nothing beyond RAM is mapped, and :meth:`map_beyond` maps nothing: unicorn
+    reports a data access the tables do not map (or map with a 1 GiB block) as
+    an unmapped access at address 0, and a hooked abort carries no address (no
+    FAR_EL1).  The engine turns the MMU off instead, and the access fails again,
+    named exactly, as it did with the MMU off.
+    """
+
+    TABLE_OR_PAGE, BLOCK = 0b11, 0b01
+    ATTRS = (3 << 8) | (1 << 10)
+    XN = (1 << 54) | (1 << 53)
+
+    @property
+    def root(self) -> int:
+        """TTBR0_EL1: the level 1 table."""
+        return self.pdpt
+
+    @classmethod
+    def _table(cls, addr: int) -> int:
+        return addr | cls.TABLE_OR_PAGE
+
+    @classmethod
+    def _large(cls, region: int, executable: bool = False) -> int:
+        return region * LARGE | cls.ATTRS | cls.BLOCK | (0 if executable else cls.XN)
+
+    @classmethod
+    def _small(cls, page: int, executable: bool) -> int:
+        return page | cls.ATTRS | cls.TABLE_OR_PAGE | (0 if executable else cls.XN)
+
+    def map_beyond(self, addr: int) -> bool:
+        return False

@@ -355,9 +355,9 @@ def _run(code: bytes, memory: int = 256 << 20):
     return fw, image
 
 
-def returned(code: bytes) -> str:
+def returned(code: bytes, machine: int = 0x8664) -> str:
     with pytest.raises(StubExited) as e:
-        efi.emulate(pe_image(code), memory=256 << 20)
+        efi.emulate(pe_image(code, machine=machine), memory=256 << 20)
     return str(e.value).split("entry point returned ")[1].split()[0]
 
 
@@ -372,7 +372,56 @@ def test_x86_firmware_pages_as_uefi_does():
     fw = Firmware("x86_64", Options(memory=256 << 20))
     d = fw.memory.find(PAGE_TABLES_AT)
     assert (d.start, d.type) == (PAGE_TABLES_AT, c.BS_DATA)
-    assert fw.paging is not None and Firmware("arm64", Options(memory=256 << 20)).paging is None
+    assert fw.paging is not None
+
+
+def a64(*words: int) -> bytes:
+    return struct.pack(f"<{len(words)}I", *words)
+
+
+def test_arm64_firmware_runs_with_the_mmu_on():
+    """UEFI 2.10 2.3.6: the MMU on, identity mapped (TTBR0_EL1 -> our level 1 table)."""
+    from pykexec.efi.cpu import Arm64
+    ret = 0xD65F03C0
+    sctlr = int(returned(a64(0xD5381000, ret), 0xAA64), 16)             # mrs x0, sctlr_el1
+    assert sctlr & Arm64.SCTLR_MMU == Arm64.SCTLR_MMU                   # M, C, I
+    assert int(returned(a64(0xD5382000, ret), 0xAA64), 16) == PAGE_TABLES_AT + 0x1000
+    assert int(returned(a64(0xD5382040, ret), 0xAA64), 16) == Arm64.TCR
+
+
+# entry: mov x9, x30; bl +0x1000; bl +0x2000; add x0, x0, x1; mov x30, x9; ret
+# +0x1000: mov x0, #1; ret        +0x2000: mov x1, #2; ret
+THREE_ARM64_PAGES = (a64(0xAA1E03E9, 0x940003FF, 0x940007FE, 0x8B010000, 0xAA0903FE, 0xD65F03C0)
+                     .ljust(0x1000, b"\0") + a64(0xD2800020, 0xD65F03C0).ljust(0x1000, b"\0")
+                     + a64(0xD2800041, 0xD65F03C0))
+
+
+def test_arm64_pages_become_executable_as_code_is_fetched_from_them():
+    fw = Firmware("arm64", Options(memory=256 << 20, max_instructions=10_000_000))
+    image = fw.load_image(pe_image(THREE_ARM64_PAGES, machine=0xAA64), parent=0, name="t.efi",
+                          file_path_dp=None)
+    with pytest.raises(StubExited) as e:
+        fw.start(image)
+    assert "returned 0x3 " in str(e.value)          # three prefetch aborts, each resumed
+    text = image.base + TEXT_RVA
+    assert {text, text + 0x1000, text + 0x2000} <= fw.code_pages
+    assert all(fw.paging.executable(p) for p in fw.code_pages)
+    assert not fw.paging.executable(text + 0x3000)
+
+
+@pytest.mark.parametrize("code, what", [
+    (a64(0xD2C00081, 0xF9400020), "read of 8 bytes at 0x400000000, outside guest RAM"),
+    (a64(0xD2C00081, 0xF9000020), "write of 8 bytes at 0x400000000, outside guest RAM"),
+    (a64(0xD2C02001, 0xF9400020), "read of 8 bytes at 0x10000000000, outside guest RAM"),
+    (a64(0xD2C00081, 0xD61F0020), "instruction fetch of 4 bytes at 0x400000000, outside guest RAM"),
+    (a64(0xD2800001, 0xF9400020), "read of 8 bytes at 0x0, the NULL page"),
+    (a64(0xD2800001, 0xD61F0020), "instruction fetch of 4 bytes at 0x0, the NULL page"),
+], ids=["read", "write", "read-beyond-512GiB", "fetch", "null-read", "null-fetch"])
+def test_arm64_wild_accesses_fail_as_they_did_with_the_mmu_off(code, what):
+    """x1 = 16 GiB (1 TiB, 0); ldr x0, [x1] / str x0, [x1] / br x1."""
+    with pytest.raises(EmulationFault) as e:
+        efi.emulate(pe_image(code, machine=0xAA64), memory=256 << 20)
+    assert f"emulated code faulted: {what}" in str(e.value)
 
 
 def test_code_copied_into_allocations_runs_before_exit_boot_services():

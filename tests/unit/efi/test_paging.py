@@ -142,3 +142,40 @@ def test_tables_must_be_page_aligned():
     tables = IdentityMap(BASE, GIB, Memory().write)
     with pytest.raises(ValueError):
         tables.allow_exec(2 * GIB)
+
+
+# -- the AArch64 descriptors ------------------------------------------------------------
+
+def walk_arm64(mem: Memory, root: int, addr: int) -> tuple[int, bool] | None:
+    """(physical address, executable) by a VMSAv8-64 walk from level 1 (4 KiB granule,
+    39-bit addresses); None at an invalid descriptor."""
+    from pykexec.efi.paging import Arm64IdentityMap as M
+    table, xn = root, False
+    for level, shift in ((1, 30), (2, 21), (3, 12)):
+        entry = mem.u64(table + 8 * (addr >> shift & 511))
+        if not entry & 1:
+            return None
+        xn |= bool(entry & M.XN)
+        leaf = level == 3 or not entry & 2
+        if leaf:
+            assert entry & 3 == (3 if level == 3 else 1)
+            assert entry & M.ATTRS == M.ATTRS and not entry & 0xC0   # shareable, AF, EL1 RW
+            size = 1 << shift
+            return (entry & ADDR & ~(size - 1)) | (addr & (size - 1)), not xn
+        table = entry & ADDR
+    raise AssertionError("unreachable")
+
+
+def test_arm64_map_uses_level_1_as_its_root_and_blocks_and_pages_for_ram():
+    from pykexec.efi.paging import Arm64IdentityMap
+    mem = Memory()
+    tables = Arm64IdentityMap(BASE, 2 * GIB, mem.write)
+    tables.build()
+    assert tables.root == BASE + PAGE                  # TTBR0_EL1: the level 1 table
+    for addr in (0, 0x1234, LARGE - 8, 0x7FFF_F123, 2 * GIB - 1):
+        assert walk_arm64(mem, tables.root, addr) == (addr, False), hex(addr)
+    assert walk_arm64(mem, tables.root, 2 * GIB) is None
+    assert tables.allow_exec(LARGE + 0x5123)           # split into 4 KiB pages
+    assert walk_arm64(mem, tables.root, LARGE + 0x5000) == (LARGE + 0x5000, True)
+    assert walk_arm64(mem, tables.root, LARGE + 0x6000) == (LARGE + 0x6000, False)
+    assert tables.map_beyond(4 * GIB) is False        # the engine turns the MMU off instead
