@@ -375,10 +375,6 @@ class Arm64(Cpu):
     def page_table_root(self) -> int:
         return self.uc.reg_read(self.a.UC_ARM64_REG_TTBR0_EL1) & ((1 << 48) - 2)
 
-    def load_page_tables(self, root: int) -> None:
-        self.uc.reg_write(self.a.UC_ARM64_REG_TTBR0_EL1, root)
-        self.uc.ctl(_unicorn().UC_CTL_TLB_FLUSH, _unicorn().UC_CTL_IO_WRITE)
-
     def resumes_after_faults(self) -> bool:
         """Whether emulation goes on correctly after a hook resolved a fault: on AArch64
         unicorn keeps no record of a hooked exception (checked on three aborts in a row

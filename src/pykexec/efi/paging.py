@@ -1,4 +1,6 @@
-"""Identity-mapped x86-64 page tables for the emulated firmware, executable only where code runs.
+"""Identity-mapped page tables for the emulated firmware, executable only where code runs.
+
+x86-64 here; the same layout in AArch64 descriptors is :class:`Arm64IdentityMap`.
 
 UEFI 2.10 section 2.3.4 (x64 platforms): the image is started in long mode with
 "paging mode enabled and any memory space defined by the UEFI memory map identity
