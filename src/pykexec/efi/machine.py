@@ -250,7 +250,7 @@ class Engine:
             # size, address); never a hand-over
             if self.paging.covers(addr):
                 self.paging.allow_exec(addr)        # present and writable: a fetch
-            elif not self.paging.map_beyond(addr) and not self.cpu.disable_paging():
+            elif not self.paging.map_beyond(addr) and not self._unpage():
                 ram = self.memory.ram_size
                 self._stop_on_fault(f"access at {addr:#x}, outside guest RAM [0, {ram:#x})")
                 return
@@ -315,10 +315,8 @@ class Engine:
             self.stop_reason = self.stop_reason or "mapped"
             self.uc.emu_stop()
             return True
-        if self.paging is not None and self.cpu.disable_paging():
-            # arm64: a data access the tables do not map is reported at address 0;
-            # it re-runs with the MMU off, where unicorn names it exactly
-            self.paging = None
+        if self._unpage():
+            # arm64: a data access the tables do not map is reported at address 0
             self.stop_reason = "unpaged"
             return False
         kinds = {self._u.UC_MEM_READ_UNMAPPED: "read", self._u.UC_MEM_WRITE_UNMAPPED: "write",
@@ -327,6 +325,14 @@ class Engine:
             f"outside guest RAM [0, {self.memory.ram_size:#x})"
         self.fault = f"{kinds.get(access, 'access')} of {size} bytes at {addr:#x}, {where}"
         return False
+
+    def _unpage(self) -> bool:
+        """arm64: turn the MMU off, so that an access beyond RAM re-runs untranslated and
+        unicorn names it exactly (see paging.Arm64IdentityMap).  False on x86_64."""
+        if self.paging is None or not self.cpu.disable_paging():
+            return False
+        self.paging = None
+        return True
 
     def read(self, addr: int, size: int) -> bytes:
         if size == 0:
