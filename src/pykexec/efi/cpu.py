@@ -55,6 +55,11 @@ class Cpu:
     def make_deterministic(self) -> None:
         """Hide the CPU's sources of entropy, so the same image always runs the same way."""
 
+    def flush_tlb(self) -> None:
+        """Empty QEMU's software TLB (it is resized only then: see machine.TLB_GROWTH_BLOCKS)."""
+        u = _unicorn()
+        self.uc.ctl(u.UC_CTL_TLB_FLUSH, u.UC_CTL_IO_WRITE)
+
     def context(self):
         return self.uc.context_save()
 
@@ -365,7 +370,7 @@ class Arm64(Cpu):
         a, uc = self.a, self.uc
         sctlr = uc.reg_read(a.UC_ARM64_REG_CP_REG, self.SCTLR)
         uc.reg_write(a.UC_ARM64_REG_CP_REG, (*self.SCTLR, sctlr & ~1))
-        uc.ctl(_unicorn().UC_CTL_TLB_FLUSH, _unicorn().UC_CTL_IO_WRITE)
+        self.flush_tlb()
         return True
 
     def fault_address(self) -> int:

@@ -736,7 +736,7 @@ class Engine:
             if self.stop_reason is not None:
                 continue
             if growth and self.counter and self.counter.counters.blocks >= growth[0]:
-                self.uc.ctl(self._u.UC_CTL_TLB_FLUSH, self._u.UC_CTL_IO_WRITE)
+                self.cpu.flush_tlb()
                 while growth and growth[0] <= self.counter.counters.blocks:
                     growth.popleft()
                 self.counter.counters.stop_at = min(growth[0] if growth else checkpoint,
