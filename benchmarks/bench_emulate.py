@@ -16,7 +16,7 @@ warm-up); the median wall time (and CPU time, user+sys of the child) is
 reported with the ratio emulate/extract and the emulated instructions per
 second (instructions from the emulator's report, over its own emulation time).
 ``pykexec emulate`` is run as ``python -m pykexec emulate`` when the CLI has the
-verb, else through ``pykexec.efi.cli`` in a fresh interpreter (the same work).
+verb, else through ``pykexec.cli.emulate`` in a fresh interpreter (the same work).
 
 Targets: < 5 s for the 7.x kernel and ratio <= 10.  --json prints a JSON
 document on stdout (the table goes to stderr); --check exits 1 on a miss.
@@ -42,7 +42,7 @@ import material  # noqa: E402
 
 SECONDS_TARGET = 5.0
 RATIO_TARGET = 10.0
-RUNNER = ("import sys, argparse; from pykexec.efi import cli; p = argparse.ArgumentParser(); "
+RUNNER = ("import sys, argparse; from pykexec.cli import emulate as cli; p = argparse.ArgumentParser(); "
           "[p.add_argument(*f, **k) for f, k in cli.COMMANDS['emulate'][1]]; "
           "sys.exit(cli.HANDLERS['emulate'](p.parse_args(sys.argv[1:])))")
 
@@ -133,7 +133,7 @@ def main() -> int:
     if args.json:
         print(json.dumps({"cases": rows, "targets": {"seconds": SECONDS_TARGET,
                                                       "ratio": RATIO_TARGET},
-                          "missed": misses, "via": "cli" if via_cli else "pykexec.efi.cli"}))
+                          "missed": misses, "via": "cli" if via_cli else "pykexec.cli.emulate"}))
     return 1 if args.check and misses else 0
 
 

@@ -33,7 +33,10 @@ Nothing is committed to the repository: everything lives in the cache,
 Every key includes the Debian package version, so a new upload gives a new
 entry.  Versions are resolved from the apt lists already on disk; private
 lists are fetched when missing and refreshed when a download fails (the
-version is gone from the mirror) or when PYKEXEC_TEST_APT_REFRESH=1.
+version is gone from the mirror).  PYKEXEC_TEST_LATEST=1 refreshes every
+list, the system's too, once per process: every package then resolves to
+the archive's newest candidate, which is how the suite is run against newer
+builds on purpose.
 
 Packages are only ever downloaded (``apt-get download``) and unpacked
 (``dpkg-deb``); nothing from sid is installed and /etc/apt is never written.
@@ -63,6 +66,7 @@ __all__ = [
     "ZBOOT_COMPRESSIONS",
     "ZBOOT_HEADER_NAMES",
     "cache_root",
+    "package_of",
     "bookworm_cloud_bzimage",
     "bookworm_signed_bzimage",
     "sid_cloud_bzimage",
@@ -160,6 +164,13 @@ def _run(
 
 _held: dict = {}
 _refreshed: set = set()
+
+
+def _latest() -> bool:
+    """PYKEXEC_TEST_LATEST=1: refresh every apt list once per process, so that each
+    package resolves to the archive's newest candidate (cache entries are keyed by
+    version, so older builds in the cache are simply not used)."""
+    return os.environ.get("PYKEXEC_TEST_LATEST") == "1"
 
 
 @contextlib.contextmanager
@@ -398,13 +409,15 @@ class _Apt:
             (d / "updated").unlink(missing_ok=True)
 
     def ensure_lists(self, refresh: bool = False) -> None:
+        latest = _latest() and self.name not in _refreshed
         if not self.private:
+            if latest:
+                self._update_system_lists()
             return
         with _lock(f"apt-{self.name}"):
             self._setup()
             stamp = self.dir / "updated"
-            if os.environ.get("PYKEXEC_TEST_APT_REFRESH") == "1" and self.name not in _refreshed:
-                refresh = True
+            refresh = refresh or latest
             if refresh:
                 _refreshed.add(self.name)
             if stamp.exists() and not refresh:
@@ -413,6 +426,14 @@ class _Apt:
             _run(["apt-get", *self.opts(), "-q", "update"], what=f"apt-get update for {self.name}",
                  timeout=900)
             stamp.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+
+    def _update_system_lists(self) -> None:
+        """``apt-get update`` of the system's own lists (PYKEXEC_TEST_LATEST=1 only)."""
+        _refreshed.add(self.name)
+        _log("apt-get update (the system's lists: PYKEXEC_TEST_LATEST=1)")
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        _run([*sudo, "apt-get", "-q", "update"], what="apt-get update of the system's lists",
+             timeout=900)
 
     # Resolving versions costs an apt-cache run (~0.3-1.5 s) each; a warm run
     # of fetch-material makes dozens.  Answers are memoised on disk, keyed by
@@ -638,6 +659,20 @@ def _package(
                 shutil.rmtree(stage, ignore_errors=True)
             return final
     raise _fail(f"could not download {pkg}")  # pragma: no cover
+
+
+def package_of(path: PathLike) -> tuple:
+    """(package, version, architecture) of the cached .deb a file was extracted from.
+
+    Tests that pin numbers taken from one build's log recognise that build
+    by this, never by a header field another build may share.
+    """
+    for d in Path(path).resolve().parents:
+        stamp = d / ".package"
+        if stamp.is_file():
+            name, version, arch = stamp.read_text().split()
+            return name, version, arch
+    raise _fail(f"{path} does not come from a cached package")
 
 
 def _one(tree: Path, pattern: str, what: str) -> Path:

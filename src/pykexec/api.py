@@ -7,37 +7,39 @@
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 from . import formats
-from .errors import LoadRefused, NotLoadable, PlacementError, UnknownFormat, UsageError
+from .backends import LoadReport
+from .errors import LoadRefused, NotLoadable, PlacementError, SyscallError, UnknownFormat, UsageError
 from .formats import pe
-from .formats.arm64_image import Arm64Image
-from .formats.bzimage import BzImage
 from .images import extract, inspect, prepare_file, read_image  # noqa: F401  (part of this API)
 from .limits import Limits
+from .machine.model import Machine, runs_on
+from .plan.loadplan import FileLoad, LoadPlan
 from .prepare import Prepared, join_initrds, prepare
+from .receivers import MODES, RECEIVERS, TABLE, Entry, backend_for, find, served
 
-if TYPE_CHECKING:  # the loader, syscalls, machine model, planner and trust store load only when used
-    from . import loader
-    from .backends.linux import Status, Syscalls
-    from .machine.model import Machine
-    from .plan.loadplan import LoadPlan
+if TYPE_CHECKING:  # the syscalls load only when used
+    from .backends.linux.syscalls import Status, Syscalls
+
+log = logging.getLogger(__name__)
 
 # Part of this API, but from the syscall backend: imported on first access, so that
-# inspect and extract do not load ctypes and the loader.
+# inspect and extract do not load ctypes.
 BACKEND_NAMES = ("LinuxSyscalls", "Status", "Syscalls", "read_lockdown", "read_status")
 
 
 def __getattr__(name: str):
     if name in BACKEND_NAMES:
-        from .backends import linux
-        return getattr(linux, name)
+        from .backends.linux import syscalls
+        return getattr(syscalls, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 PROC_CMDLINE = Path("/proc/cmdline")
@@ -99,7 +101,13 @@ def reuse_cmdline(proc_cmdline: Path = PROC_CMDLINE) -> str:
 def compose_cmdline(image_cmdline: str | None, *, command_line: str | None = None,
                     append: str | None = None, reuse: bool = False,
                     proc_cmdline: Path = PROC_CMDLINE) -> str | None:
-    """--command-line replaces, --reuse-cmdline takes the running one, --append adds."""
+    """--command-line replaces, --reuse-cmdline takes the running one, --append adds.
+
+    --command-line excludes both others: it says what the whole line is.
+    """
+    if command_line is not None and (append is not None or reuse):
+        raise UsageError("give --command-line alone: it replaces the whole command line, so "
+                         "--append and --reuse-cmdline cannot apply")
     if command_line is not None:
         base = command_line
     elif reuse:
@@ -147,64 +155,145 @@ class LoadSummary:
 
 def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None = None,
          sysfs: Path = Path("/sys"), limits: Limits | None = None, machine: Machine | None = None,
-         efivars: Path | None = None,
-         ) -> tuple[LoadSummary, loader.LoadReport | None, LoadPlan | None]:
-    """Prepare, plan and load an image; with ``dry_run``, stop before the system call.
+         advice: Machine | None = None, efivars: Path | None = None, table: Sequence[Entry] = TABLE,
+         ) -> tuple[LoadSummary, LoadReport | None, LoadPlan | None]:
+    """Load an image; with ``dry_run``, stop before the system call.
 
-    The plan is the planner's prediction for this machine (``machine``, or a
-    snapshot of this host).  When the memory map is the kernel's own
-    (/proc/iomem) and the planner knows the image, a plan the kernel would
-    refuse stops the load before any system call.
+    The steps: open the files once → check the signature policy → prepare
+    (unwrap, or emulate the EFI stub) → choose the receivers (``opts.mode``,
+    under Xen the hypervisor) → make each receiver's hand-off once (a
+    :class:`FileLoad` with the planner's prediction, or a user-mode build) →
+    validate it as the receiver will → execute it with the receiver's
+    backend, falling back as kexec-tools' ``-a`` does.
+
+    ``machine`` is this host (default: a snapshot of it).  ``advice`` is a
+    description of a machine to predict for: its plan is shown and its
+    refusals are warnings, but the load itself is this host's.  The plan
+    returned is the hand-off's: exactly what the backend was (or, in a dry
+    run, would have been) given.
     """
-    from . import loader
-    from .backends.linux import LinuxSyscalls, read_lockdown
+    from .backends.linux.policy import LoadLock, refuse_user_mode_under_lockdown
+    from .backends.linux.syscalls import LinuxSyscalls, read_lockdown
     from .machine import snapshot
-    from .trust.esl import EFIVARS
-    from .trust.policy import check_load
     lockdown = read_lockdown(sysfs)
     if opts.mode == "user":
-        loader.refuse_user_mode_under_lockdown(lockdown)
-    image = open_file(opts.image)
-    initrds: list[OpenedFile] = []
-    addons: list[OpenedFile] = []
-    try:  # appended one by one, so that a failure (or a signal) half-way closes what is open
-        for p in opts.initrds:
-            initrds.append(open_file(p, mapped=True))
-        machine = machine or snapshot(sys=str(sysfs))
-        refuse_oversized(initrds, machine)
-        if formats.uki.probe(image.data):
-            for p in addon_dir(opts.image) if opts.addons is None else opts.addons:
-                addons.append(open_file(p))
-        policy = check_load(
-            image.data, image_name=str(opts.image),
-            files=[(str(f.path), os.fstat(f.fd)) for f in (image, *initrds, *addons)],
-            addons=[(str(f.path), f.data) for f in addons], initrds=[str(f.path) for f in initrds],
-            require=opts.require_signature, trust_files=opts.trust, lockdown=lockdown,
-            efivars=efivars or EFIVARS, cmdline_override=(opts.command_line is not None
-                                               or opts.append is not None or opts.reuse_cmdline))
-        prepared = _prepare_or_emulate(image.data, opts, tuple(f.data for f in addons),
-                                       limits or Limits.from_env(), machine)
-        req = _request(opts, image, initrds, prepared, machine)
-        summary = LoadSummary(
-            layers=tuple(x.format for x in prepared.layers), kernel_format=prepared.kernel_layer.format,
-            kernel_size=len(prepared.kernel),
-            kernel_source="original file" if req.kernel_fd is not None else "memfd (prepared)",
-            initrd_size=len(req.initrd) if req.initrd is not None else
-            sum(f.size for f in initrds), cmdline=req.cmdline, crash=opts.crash,
-            signature=policy.summary)
-        trusted_map = machine.memory_source == "iomem"
-        predicted = (req.user_load().plan if opts.mode == "user" and req.user_load
-                     else _plan(req, machine, [f.data for f in initrds], strict=trusted_map))
+        refuse_user_mode_under_lockdown(lockdown)
+    with _Files(opts) as files:
+        host = machine or snapshot(sys=str(sysfs))
+        refuse_oversized(files.initrds, host)
+        policy = _check_policy(opts, files, lockdown, efivars)
+        prepared = _prepare_or_emulate(files.image.data, opts, tuple(f.data for f in files.addons),
+                                       limits or Limits.from_env(), host)
+        _refuse_foreign(prepared, host)
+        req = _request(opts, files, prepared, host)
+        names = receivers_for(opts.mode, host)
+        handoffs = _Handoffs(req, table, advice)
+        first = handoffs.get(names[0])
+        summary = _summary(req, files, policy.summary)
         if dry_run:
-            return summary, None, predicted
-        if predicted is not None and trusted_map:
-            refuse_if_violated(predicted)
-        with loader.LoadLock():
-            report = loader.load(req, syscalls or LinuxSyscalls(), lockdown=lockdown)
-        return summary, report, predicted
-    finally:
-        for f in (image, *initrds, *addons):
-            f.close()
+            return summary, None, _plan_of(first)
+        sys_ = syscalls or LinuxSyscalls()
+        with LoadLock():
+            report = _execute(names, handoffs, sys_, lockdown=lockdown, prepared=prepared)
+        return summary, report, _plan_of(handoffs.last)
+
+
+def _plan_of(handoff: Any) -> LoadPlan | None:
+    """The plan a hand-off carries (a receiver with no backend yet hands over its plan alone)."""
+    return handoff if isinstance(handoff, LoadPlan) else handoff.plan
+
+
+def receivers_for(mode: str, machine: Machine) -> tuple[str, ...]:
+    """The receivers ``mode`` tries, in order; under Xen, ``auto`` means the hypervisor."""
+    if mode not in MODES:
+        raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "auto" and machine.under_xen:
+        return ("xen",)
+    return MODES[mode]
+
+
+class _Files:
+    """The image, initrds and add-ons, each opened once; closed however the load ends."""
+
+    def __init__(self, opts: LoadOptions) -> None:
+        self.opts = opts
+        self.image: OpenedFile | None = None
+        self.initrds: list[OpenedFile] = []
+        self.addons: list[OpenedFile] = []
+
+    def __enter__(self) -> "_Files":
+        try:  # appended one by one, so that a failure (or a signal) half-way closes what is open
+            self.image = open_file(self.opts.image)
+            for p in self.opts.initrds:
+                self.initrds.append(open_file(p, mapped=True))
+            if formats.uki.probe(self.image.data):
+                wanted = addon_dir(self.opts.image) if self.opts.addons is None else self.opts.addons
+                for p in wanted:
+                    self.addons.append(open_file(p))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for f in (self.image, *self.initrds, *self.addons):
+            if f is not None:
+                f.close()
+
+
+def _check_policy(opts: LoadOptions, files: _Files, lockdown: str | None, efivars: Path | None):
+    """The signature policy (``trust.policy``): refuses before anything is prepared."""
+    from .trust.esl import EFIVARS
+    from .trust.policy import check_load
+    image, initrds, addons = files.image, files.initrds, files.addons
+    return check_load(
+        image.data, image_name=str(opts.image),
+        files=[(str(f.path), os.fstat(f.fd)) for f in (image, *initrds, *addons)],
+        addons=[(str(f.path), f.data) for f in addons], initrds=[str(f.path) for f in initrds],
+        require=opts.require_signature, trust_files=opts.trust, lockdown=lockdown,
+        efivars=efivars or EFIVARS, cmdline_override=(opts.command_line is not None
+                                                      or opts.append is not None or opts.reuse_cmdline))
+
+
+def _refuse_foreign(prepared: Prepared, machine: Machine) -> None:
+    """An image for another architecture cannot boot here, whatever the receiver."""
+    layer = prepared.kernel_layer
+    if not runs_on(layer.arch, machine.arch):
+        raise LoadRefused(f"the image is a {layer.arch} {layer.format}, but this machine is "
+                          f"{machine.arch}: it cannot boot here")
+
+
+def _summary(req: Request, files: _Files, signature: str | None) -> LoadSummary:
+    prepared = req.prepared
+    return LoadSummary(
+        layers=tuple(x.format for x in prepared.layers), kernel_format=prepared.kernel_layer.format,
+        kernel_size=len(prepared.kernel),
+        kernel_source="original file" if req.kernel_fd is not None else "memfd (prepared)",
+        initrd_size=len(req.initrd) if req.initrd is not None else sum(f.size for f in files.initrds),
+        cmdline=req.cmdline, crash=req.crash, signature=signature)
+
+
+def _execute(names: tuple[str, ...], handoffs: "_Handoffs", sys_: Syscalls, *,
+             lockdown: str | None, prepared: Prepared) -> LoadReport:
+    """Hand each receiver its hand-off in turn until one takes it (kexec-tools' fallback rules)."""
+    from .backends.linux.policy import explain, falls_back
+    report = LoadReport()
+    for i, name in enumerate(names):
+        handoff = handoffs.get(name)
+        backend = backend_for(name, sys_)
+        try:
+            report.flags = backend.execute(handoff)
+        except SyscallError as e:
+            if i + 1 == len(names) or not falls_back(e, lockdown=lockdown):
+                raise explain(e, lockdown=lockdown, prepared=prepared) from None
+            log.info("%s failed with %s; falling back to %s", backend.call, e.errno_name, names[i + 1])
+            report.attempts.append(f"{backend.call}: {e.errno_name}")
+            handoffs.after_failure(e)
+            continue
+        report.syscall = backend.call
+        report.attempts.append(f"{backend.call}: ok")
+        return report
+    raise AssertionError("unreachable: the last receiver raises")  # pragma: no cover
 
 
 def refuse_oversized(files: list[OpenedFile], machine: Machine) -> None:
@@ -250,86 +339,156 @@ def prepare_via_emulator(data: bytes, *, arch: str | None, limits: Limits = Limi
                    cmdline=cap.cmdline, kernel_is_input=False)
 
 
-def _plan(req: loader.LoadRequest, machine: Machine, initrds: list[bytes], *,
-          strict: bool) -> LoadPlan | None:
-    """The planner's prediction, or None when it has no planner for this image or machine.
-
-    ``strict``: the memory map is the kernel's own, so a load the planner
-    cannot place is refused; otherwise the prediction is only advice.
-    """
-    from .plan import plan as plan_load
-    layer = req.prepared.kernel_layer
-    if not isinstance(layer, (BzImage, Arm64Image)) or machine.arch not in (None, layer.arch):
-        return None
-    initrd = req.initrd if req.initrd is not None else (initrds[0] if initrds else None)
-    target = "linux-user" if req.mode == "user" else "linux-file"
-    try:
-        return plan_load(req.prepared, machine=machine, target=target, crash=req.crash,
-                         initrd=initrd, cmdline=req.cmdline or "")
-    except PlacementError as e:
-        if strict:
-            raise LoadRefused(f"the load cannot fit: {e}") from e
-        import logging
-        logging.getLogger(__name__).info("no placement prediction: %s", e)
-        return None
-
-
 def refuse_if_violated(predicted: LoadPlan) -> None:
     """Stop before the system call when the receiver's rules would refuse the plan."""
-    violations = predicted.validate()
-    if violations:
-        first = violations[0]
-        where = "" if first.segment is None else f" (segment {first.segment}, {first.role})"
-        raise LoadRefused(f"{predicted.target} would refuse this load with {first.errno}{where}: "
-                          f"{first.message}")
+    if predicted.validate():
+        raise LoadRefused(_violation_sentence(predicted))
 
 
-def _request(opts: LoadOptions, image: OpenedFile, initrds: list[OpenedFile],
-             prepared: Prepared, machine: Machine) -> loader.LoadRequest:
-    from . import loader
+def _violation_sentence(predicted: LoadPlan) -> str:
+    first = predicted.validate()[0]
+    where = "" if first.segment is None else f" (segment {first.segment}, {first.role})"
+    return (f"{predicted.target} would refuse this load with {first.errno}{where}: "
+            f"{first.message}")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What every receiver's hand-off is made from: the prepared image and the files, read once.
+
+    ``initrd`` is the joined initrd when pykexec made one (UKI sections,
+    several files); otherwise the user's one initrd is passed as
+    ``initrd_fd`` and read only by a receiver that needs its bytes.
+    """
+
+    opts: LoadOptions
+    prepared: Prepared
+    machine: Machine
+    kernel_fd: int | None
+    initrd: bytes | None
+    initrd_fd: int | None
+    initrd_data: Any
+    cmdline: str | None
+
+    @property
+    def crash(self) -> bool:
+        return self.opts.crash
+
+    @property
+    def layer(self) -> Any:
+        return self.prepared.kernel_layer
+
+
+def _request(opts: LoadOptions, files: _Files, prepared: Prepared, machine: Machine) -> Request:
+    initrds = files.initrds
     if not prepared.initrds and len(initrds) == 1:
         initrd, initrd_fd = None, initrds[0].fd
     else:
         initrd, initrd_fd = join_initrds((*prepared.initrds, *(f.data for f in initrds))), None
     cmdline = compose_cmdline(prepared.cmdline, command_line=opts.command_line,
                               append=opts.append, reuse=opts.reuse_cmdline)
-    initrd_data = initrd if initrd_fd is None else initrds[0].data
-    return loader.LoadRequest(
-        prepared=prepared, kernel_fd=image.fd if prepared.kernel_is_input else None,
-        initrd=initrd, initrd_fd=initrd_fd, cmdline=cmdline, crash=opts.crash,
-        mode=opts.mode, debug=opts.debug,
-        user_load=_user_builder(opts, prepared, machine, initrd_data, cmdline))
+    return Request(opts=opts, prepared=prepared, machine=machine,
+                   kernel_fd=files.image.fd if prepared.kernel_is_input else None,
+                   initrd=initrd, initrd_fd=initrd_fd,
+                   initrd_data=initrd if initrd_fd is None else initrds[0].data, cmdline=cmdline)
 
 
-def _user_builder(opts: LoadOptions, prepared: Prepared, machine: Machine,
-                  initrd: bytes | None, cmdline: str | None):
-    """A deferred kexec_load build, or None where pykexec has no user-mode loader."""
-    if machine.arch not in (None, "x86_64"):
-        return None
+class _Handoffs:
+    """Each receiver's hand-off, made once and only when that receiver is tried."""
 
-    def build():
+    def __init__(self, req: Request, table: Sequence[Entry], advice: Machine | None) -> None:
+        self.req, self.table, self.advice = req, table, advice
+        self.made: dict[str, Any] = {}
+        self.last: Any = None
+        self.first_error: SyscallError | None = None
+
+    def get(self, name: str) -> Any:
+        if name not in self.made:
+            self.made[name] = self._make(name)
+        self.last = self.made[name]
+        return self.last
+
+    def after_failure(self, err: SyscallError) -> None:
+        self.first_error = err
+
+    def _make(self, name: str) -> Any:
+        receiver = RECEIVERS[name]
+        if receiver.backend is None:
+            return self._predict(name, strict=True)
+        return self._build(name) if receiver.builds else self._file_load()
+
+    def _file_load(self) -> FileLoad:
+        req = self.req
+        return FileLoad(kernel=req.prepared.kernel, kernel_fd=req.kernel_fd, initrd=req.initrd,
+                        initrd_fd=req.initrd_fd, initrd_size=0 if req.initrd_data is None
+                        else len(req.initrd_data), cmdline=req.cmdline, crash=req.crash,
+                        debug=req.opts.debug, plan=self._predict("linux-file"))
+
+    def _predict(self, target: str, *, strict: bool = False) -> LoadPlan | None:
+        """The planner's prediction, or None when it has no planner for this image or machine.
+
+        On this host's own memory map (/proc/iomem), or with ``strict``, a
+        load the planner cannot place is refused; on anything else the
+        prediction is only advice.
+        """
+        from .plan import plan as plan_load
+        req = self.req
+        machine = self.advice or req.machine
+        if find(machine.arch or req.layer.arch, req.layer.format, target, self.table) is None:
+            if strict:
+                raise LoadRefused(f"pykexec has no {target} planner for a {req.layer.format} on "
+                                  f"{machine.arch} (it has: {served(self.table)})")
+            return None
+        strict = strict or (self.advice is None and machine.memory_source == "iomem")
+        try:
+            predicted = plan_load(req.prepared, machine=machine, target=target, crash=req.crash,
+                                  initrd=req.initrd_data, cmdline=req.cmdline or "", table=self.table)
+        except PlacementError as e:
+            if strict:
+                raise LoadRefused(f"the load cannot fit: {e}") from e
+            log.info("no placement prediction: %s", e)
+            return None
+        if strict:
+            refuse_if_violated(predicted)
+        elif self.advice is not None and predicted.validate():
+            log.warning("on the machine described, %s", _violation_sentence(predicted))
+        return predicted
+
+    def _build(self, target: str) -> Any:
+        """The user-mode load, built once: its plan is the hand-off."""
+        from .backends.linux.policy import advise
         from .boot import load_module
-        from .boot.usermode import build_user_load
-        return build_user_load(prepared, initrd=initrd, cmdline=cmdline, crash=opts.crash,
-                               machine=machine, modules=tuple(load_module(m) for m in opts.modules),
-                               checks=opts.checks, image_name=Path(opts.image).name)
-    return build
+        req = self.req
+        entry = find(req.machine.arch or req.layer.arch, req.layer.format, target, self.table)
+        if entry is None or entry.builder is None:
+            first = self.first_error
+            prefix = "" if first is None else f"kexec_file_load failed ({advise(first)}); "
+            raise LoadRefused(f"{prefix}pykexec has no kexec_load ({target}) loader for a {req.layer.format} on "
+                              f"{req.machine.arch} (it has: {served(self.table)})")
+        built = entry.build(req.prepared, initrd=req.initrd_data, cmdline=req.cmdline, crash=req.crash,
+                            machine=req.machine,
+                            modules=tuple(load_module(m) for m in req.opts.modules),
+                            checks=req.opts.checks, image_name=Path(req.opts.image).name)
+        if self.advice is not None:
+            self._predict(target)
+        return built
 
 
 def status(sysfs: Path = Path("/sys")) -> Status:
     """What is loaded now, from /sys/kernel."""
-    from .backends.linux import read_status
+    from .backends.linux.syscalls import read_status
     return read_status(sysfs)
 
 
 def unload(*, crash: bool = False, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> str:
-    from . import loader
-    from .backends.linux import LinuxSyscalls, read_lockdown
-    with loader.LoadLock():
-        return loader.unload(syscalls or LinuxSyscalls(), crash=crash, lockdown=read_lockdown(sysfs))
+    from .backends.linux import control
+    from .backends.linux.policy import LoadLock
+    from .backends.linux.syscalls import LinuxSyscalls, read_lockdown
+    with LoadLock():
+        return control.unload(syscalls or LinuxSyscalls(), crash=crash, lockdown=read_lockdown(sysfs))
 
 
 def execute(*, sync: bool = True, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> None:
-    from . import loader
-    from .backends.linux import LinuxSyscalls, read_status
-    loader.execute(syscalls or LinuxSyscalls(), loaded=read_status(sysfs).loaded, sync=sync)
+    from .backends.linux import control
+    from .backends.linux.syscalls import LinuxSyscalls, read_status
+    control.execute(syscalls or LinuxSyscalls(), loaded=read_status(sysfs).loaded, sync=sync)

@@ -42,7 +42,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from pykexec import efi
-from pykexec.efi import cli as efi_cli
+from pykexec.cli import emulate as efi_cli
 from pykexec.formats import pe
 from pykexec.limits import Limits
 from pykexec.prepare import prepare

@@ -13,7 +13,11 @@ The plain bzImage load is tests/vm/test_bzimage.py[user]; here:
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
+
+from tests.builders import corrupted_user_load
 
 from . import harness as h
 from . import kdump_pattern as kp
@@ -28,9 +32,11 @@ pytestmark = pytest.mark.vm
 CORRUPT_STAGE1 = '''
 import subprocess
 from pykexec.api import prepare_file
-from pykexec.backends.linux import LinuxSyscalls
+from pykexec.backends.linux.syscalls import LinuxSyscalls
+from pykexec.backends.linux.user import UserBackend
 from pykexec.boot.usermode import build_user_load
 from pykexec.machine import snapshot
+{corrupted}
 
 ROLE, OFFSET, CMDLINE = {role!r}, {offset!r}, {cmdline!r}
 subprocess.run("cat /vm/initrd.img /vm/token.cpio > /tmp/stage2.img", shell=True, check=True)
@@ -38,7 +44,7 @@ with open("/tmp/stage2.img", "rb") as f:
     initrd = f.read()
 good = build_user_load(prepare_file("/vm/vmlinuz"), initrd=initrd, cmdline=CMDLINE, crash=False,
                        machine=snapshot(), on_failure="reset")
-bad = good.corrupted(ROLE, OFFSET)
+bad = corrupted_user_load(good, ROLE, OFFSET)
 seg, orig = bad.segment(ROLE), good.segment(ROLE)
 at = OFFSET % len(seg.buf)
 same_elsewhere = seg.buf[:at] == orig.buf[:at] and seg.buf[at + 1:] == orig.buf[at + 1:]
@@ -47,7 +53,7 @@ checked = [s.role for s in bad.plan.segments if s.role != "purgatory"]
 mark("corrupt", ROLE, "region=%02x" % checked.index(ROLE), "mem=%016x" % seg.mem,
      "bytes=%d" % len(seg.buf), "changed=%s" % changed)
 mark("segments", *[f"{{s.role}}@{{s.mem:#x}}" for s in bad.plan.segments])
-LinuxSyscalls().kexec_load(*bad)
+UserBackend(LinuxSyscalls()).execute(bad)
 mark("loaded", open("/sys/kernel/kexec_loaded").read().strip())
 run("exec", "pykexec", "exec")
 mark("exec-returned")
@@ -61,7 +67,8 @@ def test_purgatory_refuses_corrupted_segment(vm_material, role, offset):
     cmdline = f"console=ttyS0 stage=2 marker={marker}"
     g = h.Guest(f"usermode-corrupt-{role}")
     h.add_token_archive(g, tok)
-    g.stage(1, h.py_script(CORRUPT_STAGE1.format(role=role, offset=offset, cmdline=cmdline)))
+    g.stage(1, h.py_script(CORRUPT_STAGE1.format(role=role, offset=offset, cmdline=cmdline,
+                                                    corrupted=inspect.getsource(corrupted_user_load))))
     g.stage(2, h.STAGE2_REPORT)
     serial = g.boot(timeout=240)
 
@@ -69,7 +76,7 @@ def test_purgatory_refuses_corrupted_segment(vm_material, role, offset):
     if serial.value("loaded") != "1":
         serial.fail("/sys/kernel/kexec_loaded is not 1 after kexec_load of the corrupted load")
     if words[-1] == "changed=[]":
-        serial.fail(f"UserLoad.corrupted({role!r}) changed no byte: {words}")
+        serial.fail(f"corrupted_user_load(..., {role!r}) changed no byte: {words}")
     region, mem = words[1].split("=")[1], words[2].split("=")[1]
     # the reset ends QEMU; nothing of the next kernel may run
     if any(serial.has(n) for n in ("cmdline", "token")) or f"marker={marker}" in serial.text \

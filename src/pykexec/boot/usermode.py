@@ -1,4 +1,4 @@
-"""A complete kexec_load for a prepared image: every segment's bytes, the entry and the flags.
+"""A complete kexec_load for a prepared image: every segment's bytes and the entry.
 
 With kexec_load the kernel copies segments and jumps; user space builds every
 byte.  :func:`build_user_load` does that for x86_64:
@@ -32,9 +32,8 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
-from ..backends.linux import KEXEC_ON_CRASH, UserSegment
 from ..errors import FormatError, NotLoadable, PlacementError, UsageError, UserLoadRefused
 from ..formats.bzimage import BzImage
 from ..formats.elf import Elf
@@ -63,47 +62,43 @@ PROTOCOLS = ("linux", "multiboot2", "multiboot")
 
 @dataclass(frozen=True)
 class UserLoad:
-    """What kexec_load takes, with the plan it came from.
+    """A kexec_load built in user space: its plan, whose segments carry every byte.
 
-    Unpacks as ``entry, segments, flags = build_user_load(...)``.
+    This is the whole hand-off to the kexec_load backend (and what a dry run
+    shows); ``protocol`` is how the image is entered ("linux", "multiboot2",
+    "multiboot").
     """
 
-    entry: int
-    segments: tuple[UserSegment, ...]
-    flags: int
     plan: LoadPlan
     protocol: str
-    notes: tuple[str, ...] = ()
 
-    def __iter__(self) -> Iterator:
-        return iter((self.entry, list(self.segments), self.flags))
+    @property
+    def entry(self) -> int:
+        return self.plan.entry
+
+    @property
+    def crash(self) -> bool:
+        return self.plan.crash
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        return self.plan.segments
 
     @property
     def cmdline(self) -> str | None:
         return self.plan.cmdline
 
-    def segment(self, role: str) -> UserSegment:
-        """The kexec_load segment planned as ``role`` ("kernel", "initrd", "boot-params", ...)."""
-        for seg, planned in zip(self.segments, self.plan.segments):
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.plan.notes
+
+    def segment(self, role: str) -> Segment:
+        """The segment planned as ``role`` ("kernel", "initrd", "boot-params", ...)."""
+        for planned in self.plan.segments:
             if planned.role == role:
-                return seg
+                return planned
         raise KeyError(f"no {role} segment; the segments are "
                        f"{', '.join(s.role for s in self.plan.segments)}")
-
-    def corrupted(self, role: str, offset: int = 0) -> "UserLoad":
-        """The same load with one byte of segment ``role`` flipped after the purgatory's digests
-        were taken: what the purgatory must refuse (a test of the check, for the VM scenarios)."""
-        index = next((i for i, s in enumerate(self.plan.segments) if s.role == role), None)
-        if index is None or role == "purgatory":
-            raise KeyError(f"no {role} segment to corrupt")
-        seg = self.segments[index]
-        buf = bytearray(seg.buf)
-        if not buf:
-            raise ValueError(f"the {role} segment has no bytes to corrupt")
-        buf[offset % len(buf)] ^= 0xFF
-        segments = list(self.segments)
-        segments[index] = UserSegment(bytes(buf), seg.mem, seg.memsz)
-        return dataclasses.replace(self, segments=tuple(segments))
 
 
 def build_user_load(prepared, *, initrd: bytes | None, cmdline: str | None, crash: bool, machine: Machine,
@@ -573,6 +568,4 @@ def _finish(ctx: _Context, placer: Placer, fills: dict[str, bytes], regs: dict[s
     if violations:
         raise UserLoadRefused("the kernel would refuse this kexec_load: "
                           + "; ".join(str(v) for v in violations), violations)
-    user = tuple(UserSegment(bytes(s.buffer[:s.bufsz]), s.mem, s.memsz) for s in segments)
-    return UserLoad(entry=pur.mem, segments=user, flags=KEXEC_ON_CRASH if ctx.crash else 0, plan=plan,
-                    protocol=protocol, notes=tuple(ctx.notes))
+    return UserLoad(plan=plan, protocol=protocol)

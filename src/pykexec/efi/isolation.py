@@ -27,7 +27,7 @@ import traceback
 from typing import Any, Callable
 
 from ..errors import EmulationError
-from ..interrupt import SIGNALS, Interrupted
+from ..backends.linux.signals import SIGNALS, Interrupted
 
 HISTORY = 12
 

@@ -31,15 +31,35 @@ from dataclasses import dataclass
 
 from .ranges import PAGE_SIZE, Range, TypedRange, merge, subtract
 
-ARCH_KEEP_MEMBLOCK = frozenset({"arm64", "arm", "loongarch", "powerpc", "mips", "riscv"})
-ARCH_ALIASES = {"aarch64": "arm64", "amd64": "x86_64", "i386": "x86", "i686": "x86",
-                "riscv64": "riscv", "loongarch64": "loongarch", "ppc64le": "powerpc"}
+#: What every architecture is called here, whatever names it: ``uname -m``, Debian's
+#: architecture, the kernel's ARCH, an ELF e_machine or PE machine name, an image header.
+#: Endianness is not part of the name (ppc64 and ppc64le are one family).
+ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64",
+                "amd64": "x86_64", "x86-64": "x86_64", "x64": "x86_64",
+                "i386": "x86", "i486": "x86", "i586": "x86", "i686": "x86",
+                "armhf": "arm", "armel": "arm", "armv7l": "arm", "armv6l": "arm", "armv8l": "arm",
+                "riscv": "riscv64", "loongarch": "loongarch64",
+                "powerpc": "ppc64", "powerpc64": "ppc64", "ppc64le": "ppc64", "ppc64el": "ppc64",
+                "s390": "s390x"}
+#: CONFIG_ARCH_KEEP_MEMBLOCK, by the names above
+ARCH_KEEP_MEMBLOCK = frozenset({"arm64", "arm", "loongarch64", "ppc64", "mips", "riscv64"})
+#: a machine of the key's architecture also boots images of these (x86_64: the 32-bit entry)
+ARCH_RUNS = {"x86_64": frozenset({"x86_64", "x86"})}
 
 
 def normalize_arch(name: str | None) -> str | None:
+    """The one name of an architecture (see :data:`ARCH_ALIASES`); None stays None."""
     if name is None:
         return None
-    return ARCH_ALIASES.get(name, name)
+    return ARCH_ALIASES.get(name.lower(), name.lower())
+
+
+def runs_on(image_arch: str | None, machine_arch: str | None) -> bool:
+    """Whether an image for ``image_arch`` can boot on a ``machine_arch`` machine (unknown: yes)."""
+    image, machine = normalize_arch(image_arch), normalize_arch(machine_arch)
+    if image is None or machine is None:
+        return True
+    return image in ARCH_RUNS.get(machine, frozenset({machine}))
 
 
 @dataclass(frozen=True)

@@ -38,12 +38,6 @@ class PurgatorySize:
 LINUX_X86_64_PURGATORY = PurgatorySize(bufsz=0x4000, memsz=0x5000, align=0x1000, entry_offset=0x120,
                                        measured_from="Debian 6.1.0-56 (6.1.192-2) kexec_purgatory")
 
-# pykexec's own user-space purgatory (kexec_load) is not built yet: until it
-# is, plans assume it is the size of the kernel's.  One constant to calibrate.
-USER_PURGATORY = PurgatorySize(bufsz=16728, memsz=0x9000, align=0x1000, entry_offset=0,
-                               measured_from="pykexec's own purgatory (boot/purgatory/purgatory.bin)")
-
-
 def require_memory(machine: Machine) -> None:
     if not machine.memory and machine.memblock_free is None:
         raise PlacementError("the machine description has no memory ranges; nothing can be placed",

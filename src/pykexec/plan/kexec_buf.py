@@ -88,6 +88,14 @@ class Segment:
         return self.mem + self.memsz
 
     @property
+    def buf(self) -> bytes:
+        """The bytes that are copied (``bufsz`` of ``buffer``); empty when unknown."""
+        data = self.buffer or b""
+        if isinstance(data, bytes) and len(data) == self.bufsz:
+            return data
+        return bytes(memoryview(data)[:self.bufsz])
+
+    @property
     def sha256(self) -> str | None:
         """SHA-256 of the bytes that will land: the buffer, zero-filled to memsz (as the purgatory checks)."""
         if self.buffer is None:

@@ -15,9 +15,6 @@ from ..machine.model import Machine
 from ..machine.ranges import human_size
 from .kexec_buf import Segment
 
-TARGETS = ("linux-file", "linux-user", "xen", "xen-efi")
-
-
 @dataclass(frozen=True)
 class Violation:
     """One rule the receiver would enforce, broken: the errno it would return and why."""
@@ -99,3 +96,30 @@ class LoadPlan:
         for note in self.notes:
             lines.append(f"  note: {note}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class FileLoad:
+    """The ``kexec_file_load`` hand-off: the files the kernel reads, and the planner's prediction.
+
+    ``kernel_fd``/``initrd_fd`` are the user's own files where the kernel can
+    take them as they are (so IMA appraisal sees the real file); otherwise
+    ``kernel``/``initrd`` are what pykexec prepared, for a memfd.  ``plan``
+    is where the planner predicts the kernel will put each segment (None
+    where no planner knows this image on this machine).
+    """
+
+    kernel: Any = field(repr=False)
+    kernel_fd: int | None
+    initrd: Any = field(repr=False)
+    initrd_fd: int | None
+    initrd_size: int
+    cmdline: str | None
+    crash: bool = False
+    debug: bool = False
+    plan: LoadPlan | None = None
+
+    @property
+    def kernel_source(self) -> str:
+        return "original file" if self.kernel_fd is not None else "memfd (prepared)"
+

@@ -41,7 +41,7 @@ from ..errors import PlacementError
 from ..formats.bzimage import BzImage
 from ..machine.model import Machine
 from ..machine.ranges import MiB, PAGE_SIZE, U64_MAX, align_up, human_size
-from .common import (LINUX_X86_64_PURGATORY, USER_PURGATORY, PurgatorySize, crash_walk, normal_walks,
+from .common import (LINUX_X86_64_PURGATORY, PurgatorySize, crash_walk, normal_walks,
                      place, require_memory)
 from .kexec_buf import KexecBuf, Placer, Segment
 from .linux import KernelBehaviour, elfcorehdr_ranges, elfcorehdr_size
@@ -256,7 +256,7 @@ def build_user_segments(layer: BzImage, data: bytes, *, machine: Machine, crash:
 
 
 def plan_user(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, initrd: bytes | None,
-              cmdline: str | None, purgatory: PurgatorySize = USER_PURGATORY) -> LoadPlan:
+              cmdline: str | None, purgatory: PurgatorySize) -> LoadPlan:
     """What a kexec_load loader (kexec-tools' bzImage64 loader, or pykexec's) would load."""
     probe_user(layer, data)
     _check_alignment(layer)

@@ -26,7 +26,7 @@ from ..errors import PlacementError, UsageError
 from ..formats.bzimage import BzImage
 from ..machine.model import Machine
 from ..machine.ranges import MiB, PAGE_SIZE, align_down, align_up
-from .common import USER_PURGATORY, PurgatorySize, crash_walk, normal_walks, place
+from .common import PurgatorySize, crash_walk, normal_walks, place
 from .kexec_buf import KexecBuf, Placer, Segment
 from .loadplan import LoadPlan
 from .validate import XEN_KERNEL_ALIGN_MAX, XEN_KERNEL_ALIGN_MIN, XEN_KERNEL_ALIGN_UNIT
@@ -53,7 +53,7 @@ def null_segments_below_1mib(segments: list[Segment]) -> list[Segment]:
 
 
 def plan_xen(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, initrd: bytes | None,
-             cmdline: str | None, purgatory: PurgatorySize = USER_PURGATORY) -> LoadPlan:
+             cmdline: str | None, purgatory: PurgatorySize) -> LoadPlan:
     probe_user(layer, data)
     placer = Placer(page_size=PAGE_SIZE, exact_top_down=True, max_segments=None)
     walks = [crash_walk(machine, xen=True)] if crash else normal_walks(machine, file_mode=False, rev_walk=True)

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pykexec import api, interrupt, loader
+from pykexec import api
+from pykexec.backends.linux import control, policy
+from pykexec.backends.linux import signals as interrupt
 from pykexec.errors import SyscallError
 from pykexec.machine.model import Machine
 
@@ -156,7 +158,7 @@ def test_unload_reports_it_unloaded(handlers, capsys):
         def kexec_file_load(self, *args):
             os.kill(os.getpid(), signal.SIGTERM)
             super().kexec_file_load(*args)
-    assert loader.unload(Fake(), crash=True, lockdown=None) == "kexec_file_load"
+    assert control.unload(Fake(), crash=True, lockdown=None) == "kexec_file_load"
     assert handlers.finish(0) == 143
     assert "the crash kernel is unloaded" in capsys.readouterr().err
 
@@ -182,13 +184,13 @@ def test_ignored_signals_stay_ignored(handlers):
 
 def test_interrupted_while_waiting_for_the_lock_closes_its_fd(tmp_path, handlers):
     paths = (tmp_path / "lock",)
-    with loader.LoadLock(paths=paths):
+    with policy.LoadLock(paths=paths):
         before = set(os.listdir("/proc/self/fd"))
         old = signal.signal(signal.SIGALRM, lambda n, f: os.kill(os.getpid(), signal.SIGTERM))
         signal.setitimer(signal.ITIMER_REAL, 0.3)
         try:
             with pytest.raises(interrupt.Interrupted):
-                with loader.LoadLock(timeout=5, paths=paths):
+                with policy.LoadLock(timeout=5, paths=paths):
                     pass
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)

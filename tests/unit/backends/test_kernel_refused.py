@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pykexec import api, loader
+from pykexec import api
+from pykexec.backends.linux import control, policy
 from pykexec.errors import KernelRefused, SyscallError
 from pykexec.machine.model import Machine
 
@@ -37,7 +38,7 @@ def eperm(call: str = "kexec_file_load") -> SyscallError:
 
 
 def test_eperm_under_lockdown_is_a_signature_refusal_with_what_to_do(tmp_path):
-    e = loader.explain(eperm(), lockdown="integrity", proc=fake_proc(tmp_path))
+    e = policy.explain(eperm(), lockdown="integrity", proc=fake_proc(tmp_path))
     assert isinstance(e, KernelRefused) and e.exit_code == 2 and e.errno_value == errno.EPERM
     text = str(e)
     assert text.startswith("the running kernel refused this kernel: kernel lockdown is 'integrity'")
@@ -47,30 +48,30 @@ def test_eperm_under_lockdown_is_a_signature_refusal_with_what_to_do(tmp_path):
 
 
 def test_eperm_without_cap_sys_boot_says_run_as_root(tmp_path):
-    e = loader.explain(eperm(), lockdown="integrity", proc=fake_proc(tmp_path, caps=CAPS_NONE))
+    e = policy.explain(eperm(), lockdown="integrity", proc=fake_proc(tmp_path, caps=CAPS_NONE))
     assert isinstance(e, KernelRefused) and "CAP_SYS_BOOT: run pykexec as root" in str(e)
 
 
 @pytest.mark.parametrize("kw, words", [({"disabled": "1"}, "kexec_load_disabled is 1"),
                                        ({"limit": "0"}, "kexec_load_limit_reboot is 0")])
 def test_eperm_from_the_sysctls(tmp_path, kw, words):
-    e = loader.explain(eperm(), lockdown="none", proc=fake_proc(tmp_path, **kw))
+    e = policy.explain(eperm(), lockdown="none", proc=fake_proc(tmp_path, **kw))
     assert isinstance(e, KernelRefused) and words in str(e)
 
 
 def test_eperm_without_lockdown_or_known_cause_keeps_the_generic_advice(tmp_path):
-    e = loader.explain(eperm(), lockdown="none", proc=fake_proc(tmp_path))
-    assert type(e) is SyscallError and e.exit_code == 1 and e.advice == loader.ADVICE[errno.EPERM]
+    e = policy.explain(eperm(), lockdown="none", proc=fake_proc(tmp_path))
+    assert type(e) is SyscallError and e.exit_code == 1 and e.advice == policy.ADVICE[errno.EPERM]
 
 
 def test_kexec_load_eperm_under_lockdown_names_the_call(tmp_path):
-    e = loader.explain(eperm("kexec_load"), lockdown="confidentiality", proc=fake_proc(tmp_path))
+    e = policy.explain(eperm("kexec_load"), lockdown="confidentiality", proc=fake_proc(tmp_path))
     assert "the kernel refuses kexec_load" in str(e) and "--mode file" in str(e)
 
 
-@pytest.mark.parametrize("err", sorted(loader.SIGNATURE_ERRNOS))
+@pytest.mark.parametrize("err", sorted(policy.SIGNATURE_ERRNOS))
 def test_signature_errnos_are_refusals(tmp_path, err):
-    e = loader.explain(SyscallError("kexec_file_load", err, os.strerror(err)), lockdown=None,
+    e = policy.explain(SyscallError("kexec_file_load", err, os.strerror(err)), lockdown=None,
                        proc=fake_proc(tmp_path))
     assert isinstance(e, KernelRefused) and e.exit_code == 2
     assert f"(kexec_file_load: {errno.errorcode[err]})" in str(e)
@@ -80,7 +81,7 @@ def test_uki_refusal_names_the_inner_kernel(tmp_path):
     from types import SimpleNamespace
     prepared = SimpleNamespace(layers=(SimpleNamespace(format="uki"),
                                        SimpleNamespace(format="bzimage")))
-    e = loader.explain(eperm(), lockdown="integrity", prepared=prepared, proc=fake_proc(tmp_path))
+    e = policy.explain(eperm(), lockdown="integrity", prepared=prepared, proc=fake_proc(tmp_path))
     assert "refused the kernel inside this UKI (its .linux section)" in str(e)
     assert "build the UKI around a kernel signed" in str(e)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pykexec import api, kexec_compat
+from pykexec import api
+from pykexec.cli import kexec as kexec_compat
 from pykexec.errors import UsageError
 
 

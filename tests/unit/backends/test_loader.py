@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pykexec import api, loader
-from pykexec.backends.linux import (KEXEC_FILE_DEBUG, KEXEC_FILE_NO_INITRAMFS,
+from pykexec import api
+from pykexec.backends.linux import control, policy
+from pykexec.backends.linux.syscalls import (KEXEC_FILE_DEBUG, KEXEC_FILE_NO_INITRAMFS,
                                     KEXEC_FILE_ON_CRASH, KEXEC_FILE_UNLOAD)
-from pykexec.errors import LoadRefused, SignatureRejected, SyscallError
+from pykexec.errors import LoadRefused, SignatureRejected, SyscallError, UsageError
 
 from pykexec.machine import description
 from pykexec.machine.model import Machine
@@ -94,7 +95,7 @@ def test_signature_errors_never_fall_back(tmp_path, sysfs, err):
     assert info.value.errno_value == err and info.value.advice
 
 
-@pytest.mark.parametrize("err", sorted(loader.FALLBACK_ERRNOS))
+@pytest.mark.parametrize("err", sorted(policy.FALLBACK_ERRNOS))
 def test_fallback_errnos_try_user_mode(tmp_path, sysfs, err):
     fake = FakeSyscalls(fail={"kexec_file_load": err})
     with pytest.raises(LoadRefused, match="kexec_load"):
@@ -149,7 +150,6 @@ def test_several_initrds_are_joined_in_a_memfd(tmp_path, sysfs):
     ({}, "uki cmdline"),
     ({"append": "x=1"}, "uki cmdline x=1"),
     ({"command_line": "a b"}, "a b"),
-    ({"command_line": "a", "append": "b"}, "a b"),
     ({"reuse": True}, "root=/dev/vda quiet"),
     ({"reuse": True, "append": "m=1"}, "root=/dev/vda quiet m=1"),
 ])
@@ -158,37 +158,45 @@ def test_compose_cmdline(tmp_path, kwargs, expected):
     assert api.compose_cmdline("uki cmdline", proc_cmdline=proc, **kwargs) == expected
 
 
+@pytest.mark.parametrize("kwargs", [{"command_line": "a", "append": "b"},
+                                    {"command_line": "a", "reuse": True}])
+def test_command_line_excludes_append_and_reuse(tmp_path, kwargs):
+    proc = write(tmp_path, "cmdline", b"root=/dev/vda\n")
+    with pytest.raises(UsageError, match="--command-line alone"):
+        api.compose_cmdline("uki cmdline", proc_cmdline=proc, **kwargs)
+
+
 def test_unload_uses_file_unload_flag():
     fake = FakeSyscalls()
-    assert loader.unload(fake, crash=True, lockdown=None) == "kexec_file_load"
+    assert control.unload(fake, crash=True, lockdown=None) == "kexec_file_load"
     assert fake.calls[0][4] == KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH
 
 
 def test_unload_falls_back_to_kexec_load_without_lockdown():
     fake = FakeSyscalls(fail={"kexec_file_load": errno.ENOSYS})
-    assert loader.unload(fake, crash=False, lockdown="none") == "kexec_load"
+    assert control.unload(fake, crash=False, lockdown="none") == "kexec_load"
     assert fake.calls[1] == ("kexec_load", 0, [], 0)
 
 
 def test_exec_syncs_then_reboots_and_refuses_when_nothing_loaded():
     fake = FakeSyscalls()
-    loader.execute(fake, loaded=True)
+    control.execute(fake, loaded=True)
     assert fake.synced and fake.calls == [("reboot",)]
     with pytest.raises(LoadRefused, match="no kernel is loaded"):
-        loader.execute(FakeSyscalls(), loaded=False)
+        control.execute(FakeSyscalls(), loaded=False)
 
 
-@pytest.mark.parametrize("err", sorted(loader.ADVICE))
+@pytest.mark.parametrize("err", sorted(policy.ADVICE))
 def test_every_errno_gets_a_sentence(err):
-    advised = loader.advise(SyscallError("kexec_file_load", err, "x"))
+    advised = policy.advise(SyscallError("kexec_file_load", err, "x"))
     assert advised.advice and errno.errorcode[err] in str(advised)
 
 
 def test_lock_serialises(tmp_path):
     paths = (tmp_path / "lock",)
-    with loader.LoadLock(paths=paths):
+    with policy.LoadLock(paths=paths):
         with pytest.raises(Exception, match="load lock"):
-            with loader.LoadLock(timeout=0.2, paths=paths):
+            with policy.LoadLock(timeout=0.2, paths=paths):
                 pass
 
 

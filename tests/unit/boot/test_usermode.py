@@ -7,7 +7,6 @@ import struct
 
 import pytest
 
-from pykexec.backends.linux import KEXEC_ON_CRASH
 from pykexec.boot import elfcore, purgatory, usermode
 from pykexec.boot.bootparam import BOOT_PARAMS, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED
 from pykexec.boot.firmware import Firmware, read_firmware
@@ -66,8 +65,7 @@ def check_digests(load):
 def test_bzimage_load():
     image = builders.bzimage()
     load = build(image)
-    entry, segments, flags = load
-    assert flags == 0 and entry == load.segment("purgatory").mem
+    assert not load.crash and load.entry == load.segment("purgatory").mem
     assert validate_linux(load.plan) == ()
     roles = [s.role for s in load.plan.segments]
     assert roles == ["purgatory", "boot-params", "kernel", "setup-data-rng", "initrd"]
@@ -101,11 +99,11 @@ def test_no_checks_and_verbose_and_reset():
 
 def test_corrupted_copy_keeps_the_digests():
     load = build(builders.bzimage())
-    bad = load.corrupted("initrd", 10)
+    bad = builders.corrupted_user_load(load, "initrd", 10)
     assert bad.segment("initrd").buf[10] == load.segment("initrd").buf[10] ^ 0xFF
     assert bad.segment("purgatory") == load.segment("purgatory")
     with pytest.raises(KeyError):
-        load.corrupted("purgatory")
+        builders.corrupted_user_load(load, "purgatory")
 
 
 def test_without_initrd():
@@ -157,10 +155,9 @@ def test_more_than_128_ranges_use_setup_e820_ext():
 def test_crash_load():
     machine = qemu_crash()
     load = build(builders.bzimage(), machine=machine, crash=True, crash_sources=elfcore.synthetic_sources(2))
-    entry, segments, flags = load
-    assert flags == KEXEC_ON_CRASH
+    assert load.crash
     assert validate_linux(load.plan) == ()
-    assert all(s.mem in machine.crashk_res and s.mem + s.memsz <= machine.crashk_res.end for s in segments)
+    assert all(s.mem in machine.crashk_res and s.mem + s.memsz <= machine.crashk_res.end for s in load.segments)
     roles = [s.role for s in load.plan.segments]
     assert roles[:2] == ["backup", "elfcorehdr"]
     backup, elf = load.segment("backup"), load.segment("elfcorehdr")

@@ -19,8 +19,10 @@ from tests import builders as b
 
 # Never needed to extract or inspect a bzImage whose payload is zstd.
 HEAVY = ("pefile", "elftools", "unicorn", "cryptography", "lz4", "lzo", "ctypes", "logging",
-         "hashlib", "pykexec.api", "pykexec.loader", "pykexec.backends", "pykexec.kexec_compat",
-         "pykexec.plan", "pykexec.machine", "pykexec.trust", "pykexec.efi", "pykexec.boot")
+         "hashlib", "pykexec.api", "pykexec.backends.linux.syscalls", "pykexec.backends.linux.policy",
+         "pykexec.backends.linux.file", "pykexec.backends.linux.user", "pykexec.cli.kexec",
+         "pykexec.receivers", "pykexec.plan", "pykexec.machine", "pykexec.trust", "pykexec.efi",
+         "pykexec.boot")
 
 CHILD = """
 import json, sys
@@ -82,7 +84,7 @@ def test_the_emulate_verbs_options_load_no_engine():
                           timeout=120, check=True)
     report = json.loads(proc.stdout)
     modules = set(report["modules"])
-    assert "emulate" in report["help"] and "pykexec.efi.cli" in modules
+    assert "emulate" in report["help"] and "pykexec.cli.emulate" in modules
     assert loaded(modules, ("unicorn", "ctypes", "pykexec.efi.machine", "pykexec.efi.cpu",
                             "pykexec.efi.capture", "pykexec.efi.services")) == []
 
@@ -91,7 +93,7 @@ def test_the_api_is_whole():
     """What the CLI imports piecemeal, :mod:`pykexec.api` and :mod:`pykexec` still offer."""
     import pykexec
     from pykexec import api, images
-    from pykexec.backends import linux
+    from pykexec.backends.linux import syscalls as linux
     for name in ("read_image", "inspect", "prepare_file", "extract"):
         assert getattr(api, name) is getattr(images, name)
     for name in ("inspect", "prepare_file", "extract"):

@@ -10,7 +10,7 @@ import pytest
 
 from pykexec.efi import isolation
 from pykexec.errors import EmulationError, EmulationLimit
-from pykexec.interrupt import Interrupted
+from pykexec.backends.linux.signals import Interrupted
 
 
 def _work(value, *, trace, progress, fail=None):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pykexec import cli
-from pykexec.plan import cli as plan_cli
+from pykexec.cli import plan as plan_cli
 from tests import builders
 
 from .conftest import DATA

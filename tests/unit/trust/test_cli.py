@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pykexec import cli
-from pykexec.trust import cli as trust_cli
+from pykexec.cli import verify as trust_cli
 from tests.unit.trust.conftest import flip_in_section
 
 

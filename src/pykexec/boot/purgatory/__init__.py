@@ -190,6 +190,11 @@ def load() -> Image:
     return parse(data)
 
 
+def size() -> PurgatorySize:
+    """What the planners must find room for: the committed image's own size and entry."""
+    return load().size()
+
+
 def regions_for(segments: Iterable, *, skip: Sequence[int] = ()) -> tuple[Region, ...]:
     """One region per segment with bytes (``buffer``/``buf``, ``mem``, ``memsz``), in order."""
     out = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from ..errors import SyscallError
+from ...errors import SyscallError
 
 KEXEC_FILE_UNLOAD = 0x01
 KEXEC_FILE_ON_CRASH = 0x02

@@ -1,6 +1,6 @@
-"""Loading for real on Linux: choose the system call, pass the bytes, report clearly.
+"""Linux's kexec policy as pykexec applies it: which call, when to fall back, what an errno means.
 
-Policy, after kexec-tools' ``-a`` (kexec/kexec.c, do_kexec_file_load):
+After kexec-tools' ``-a`` (kexec/kexec.c, do_kexec_file_load):
 
 * try ``kexec_file_load`` first;
 * fall back to ``kexec_load`` only on ENOSYS, ENOEXEC, EINVAL or ENOTSUP;
@@ -10,14 +10,7 @@ Policy, after kexec-tools' ``-a`` (kexec/kexec.c, do_kexec_file_load):
 When the kernel refuses a load for a reason the user must act on (under
 lockdown, EPERM means the kernel's signature did not verify against its
 keyrings), the error is a :class:`KernelRefused` that says so and what to do,
-not a bare errno.  Each kernel call runs with SIGINT, SIGTERM and SIGHUP held
-(:func:`pykexec.interrupt.kernel_call`): the call is atomic in the kernel, and
-a signal that arrives during it is acted on afterwards, saying what was done.
-
-A bzImage or plain Image goes to the kernel as the file descriptor it was
-read from, so IMA appraisal sees the real file; anything pykexec prepared
-(an unwrapped UKI, a decompressed zboot, joined initrds) goes through a
-memfd.  Nothing is unloaded first: a failed load leaves the loaded kernel.
+not a bare errno.  :class:`LoadLock` serialises loads across processes.
 """
 
 from __future__ import annotations
@@ -27,18 +20,13 @@ import fcntl
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from .backends.linux import (KEXEC_FILE_DEBUG, KEXEC_FILE_NO_INITRAMFS, KEXEC_FILE_ON_CRASH,
-                             KEXEC_FILE_UNLOAD, KEXEC_ON_CRASH, Syscalls, memfd)
-from .errors import KernelRefused, LoadRefused, PykexecError, SyscallError
-from .interrupt import kernel_call
-from .prepare import Prepared
+from ...errors import KernelRefused, LoadRefused, PykexecError, SyscallError
 
 if TYPE_CHECKING:
-    from .boot.usermode import UserLoad
+    from ...prepare import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -78,34 +66,6 @@ CAP_SYS_BOOT = 22
 SIGNATURE_ERRNOS = {errno.EKEYREJECTED, errno.ENOKEY, errno.EBADMSG}
 KEYRINGS = ("the kernel's keyrings: builtin, secondary, and platform (the UEFI db and MOK "
             "certificates)")
-
-
-@dataclass(frozen=True)
-class LoadRequest:
-    """Everything one load needs, already read into memory once.
-
-    ``user_load`` builds the kexec_load segments (None where pykexec has no
-    user-mode loader for this image or machine); it runs only when needed.
-    """
-
-    prepared: Prepared
-    kernel_fd: int | None
-    initrd: bytes | None
-    initrd_fd: int | None
-    cmdline: str | None
-    crash: bool = False
-    mode: str = "auto"
-    debug: bool = False
-    user_load: Callable[[], "UserLoad"] | None = None
-
-
-@dataclass
-class LoadReport:
-    """What was done, for the CLI's text and JSON output."""
-
-    syscall: str = ""
-    flags: int = 0
-    attempts: list[str] = field(default_factory=list)
 
 
 def advise(err: SyscallError) -> SyscallError:
@@ -178,28 +138,9 @@ def _read(path: Path) -> str:
         return ""
 
 
-def load(req: LoadRequest, sys: Syscalls, *, lockdown: str | None,
-         proc: Path = PROC) -> LoadReport:
-    """Load with the policy above; raise the first error that ends the attempt."""
-    report = LoadReport()
-    if req.mode == "user":
-        refuse_user_mode_under_lockdown(lockdown)
-    if req.mode in ("auto", "file"):
-        try:
-            return _file_load(req, sys, report)
-        except SyscallError as e:
-            if (req.mode == "file" or e.errno_value not in FALLBACK_ERRNOS
-                    or lockdown not in (None, "none")):
-                raise explain(e, lockdown=lockdown, prepared=req.prepared, proc=proc) from None
-            log.info("kexec_file_load failed with %s; falling back to kexec_load", e.errno_name)
-            report.attempts.append(f"kexec_file_load: {e.errno_name}")
-            first_error = e
-    else:
-        first_error = None
-    if req.user_load is None:
-        raise LoadRefused(_user_mode_unavailable(req, first_error))
-    return _user_load(req.user_load(), sys, report, lockdown=lockdown, proc=proc,
-                      crash=req.crash)
+def falls_back(err: SyscallError, *, lockdown: str | None) -> bool:
+    """Whether ``auto`` may try kexec_load after kexec_file_load failed with ``err``."""
+    return err.errno_value in FALLBACK_ERRNOS and lockdown in (None, "none")
 
 
 def refuse_user_mode_under_lockdown(lockdown: str | None) -> None:
@@ -209,90 +150,11 @@ def refuse_user_mode_under_lockdown(lockdown: str | None) -> None:
                           "so --mode user cannot work; use --mode file with a signed kernel")
 
 
-def _user_mode_unavailable(req: LoadRequest, first: SyscallError | None) -> str:
-    fmt = req.prepared.kernel_layer.format
-    prefix = "" if first is None else f"kexec_file_load failed ({advise(first)}); "
-    return (f"{prefix}pykexec's kexec_load (user mode) loader boots x86_64 bzImages, vmlinux "
-            f"ELFs and Multiboot images, not a {fmt} on this machine")
-
-
-def _loaded(crash: bool) -> str:
+def loaded_sentence(crash: bool) -> str:
+    """What a signal during a successful load call leaves behind."""
     kind = "crash kernel" if crash else "new kernel"
     undo = "pykexec unload --crash" if crash else "pykexec unload"
     return f"the kernel call had completed: the {kind} is loaded (`{undo}` removes it)"
-
-
-def _user_load(built: "UserLoad", sys: Syscalls, report: LoadReport, *,
-               lockdown: str | None = None, proc: Path = PROC, crash: bool = False) -> LoadReport:
-    """kexec_load with segments, purgatory and entry built in user space."""
-    segments = list(built.segments)
-    try:
-        with kernel_call(_loaded(crash)):
-            sys.kexec_load(built.entry, segments, built.flags)
-    except SyscallError as e:
-        raise explain(e, lockdown=lockdown, proc=proc) from None
-    report.syscall, report.flags = "kexec_load", built.flags
-    report.attempts.append("kexec_load: ok")
-    return report
-
-
-def _file_load(req: LoadRequest, sys: Syscalls, report: LoadReport) -> LoadReport:
-    flags = (KEXEC_FILE_ON_CRASH if req.crash else 0) | (KEXEC_FILE_DEBUG if req.debug else 0)
-    if req.initrd is None and req.initrd_fd is None:
-        flags |= KEXEC_FILE_NO_INITRAMFS
-    opened: list[int] = []
-    try:
-        kernel_fd = req.kernel_fd
-        if kernel_fd is None:
-            kernel_fd = memfd("pykexec-kernel", req.prepared.kernel)
-            opened.append(kernel_fd)
-        else:
-            os.lseek(kernel_fd, 0, os.SEEK_SET)
-        initrd_fd = req.initrd_fd if req.initrd_fd is not None else -1
-        if req.initrd_fd is None and req.initrd is not None:
-            initrd_fd = memfd("pykexec-initrd", req.initrd)
-            opened.append(initrd_fd)
-        elif initrd_fd >= 0:
-            os.lseek(initrd_fd, 0, os.SEEK_SET)
-        with kernel_call(_loaded(req.crash)):
-            sys.kexec_file_load(kernel_fd, initrd_fd, req.cmdline, flags)
-    finally:
-        for fd in opened:
-            os.close(fd)
-    report.syscall, report.flags = "kexec_file_load", flags
-    report.attempts.append("kexec_file_load: ok")
-    return report
-
-
-def unload(sys: Syscalls, *, crash: bool, lockdown: str | None, proc: Path = PROC) -> str:
-    """Unload with kexec_file_load's UNLOAD flag (allowed under lockdown), else kexec_load."""
-    flags = KEXEC_FILE_UNLOAD | (KEXEC_FILE_ON_CRASH if crash else 0)
-    done = f"the kernel call had completed: the {'crash ' if crash else ''}kernel is unloaded"
-    try:
-        with kernel_call(done):
-            sys.kexec_file_load(-1, -1, None, flags)
-        return "kexec_file_load"
-    except SyscallError as e:
-        if e.errno_value not in (errno.ENOSYS, errno.EINVAL) or lockdown not in (None, "none"):
-            raise explain(e, lockdown=lockdown, proc=proc) from None
-    try:
-        with kernel_call(done):
-            sys.kexec_load(0, [], KEXEC_ON_CRASH if crash else 0)
-    except SyscallError as e:
-        raise explain(e, lockdown=lockdown, proc=proc) from None
-    return "kexec_load"
-
-
-def execute(sys: Syscalls, *, loaded: bool | None, sync: bool = True) -> None:
-    """Sync file systems, then reboot into the loaded kernel (kexec -e)."""
-    if loaded is False:
-        raise LoadRefused("no kernel is loaded; load one first with `pykexec load`")
-    if sync:
-        sys.sync()
-    try:
-        sys.reboot_kexec()
-    except SyscallError as e:
-        raise advise(e) from None
 
 
 class LoadLock:

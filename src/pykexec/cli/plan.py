@@ -1,4 +1,4 @@
-"""The ``machine`` and ``plan`` verbs, for pykexec.cli to merge into its tables.
+"""The ``machine`` and ``plan`` verbs, for :mod:`pykexec.cli` to merge into its tables.
 
 ``COMMANDS`` has cli.py's shape (name -> (help, [(flags, kwargs), ...])) and
 ``HANDLERS`` maps each name to ``function(args) -> int``.  Errors are raised
@@ -15,8 +15,8 @@ from .. import api
 from ..errors import UsageError
 from ..machine import description, format_machine, snapshot, to_json
 from ..machine.model import Machine
-from . import plan
-from .loadplan import TARGETS
+from ..plan import plan
+from ..receivers import TARGETS
 
 MACHINE_OPTION = (("--machine",), {"metavar": "FILE",
                                    "help": "a machine description (JSON from 'pykexec machine --json', or a "
@@ -30,8 +30,8 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
     "plan": ("plan where a load would go and check it as the receiver would", [
         (("image",), {"help": "boot image file"}),
         (("--initrd",), {"metavar": "FILE", "help": "initrd to load (default: the one the image carries)"}),
-        (("--append", "--command-line"), {"dest": "cmdline", "metavar": "S",
-                                          "help": "the new kernel's command line"}),
+        (("--append",), {"metavar": "S", "help": "add to the image's own command line (a UKI's .cmdline)"}),
+        (("--command-line",), {"metavar": "S", "help": "replace the command line"}),
         (("--crash",), {"action": "store_true", "help": "plan a crash (kdump) load"}),
         (("--target",), {"choices": TARGETS, "help": "receiver: kexec_file_load (linux-file), kexec_load "
                          "(linux-user), Xen (xen), Xen CRASH_EFI (xen-efi); default from image and machine"}),
@@ -68,8 +68,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.initrd:
         with open(args.initrd, "rb") as f:
             initrd = f.read()
+    cmdline = api.compose_cmdline(prepared.cmdline, command_line=args.command_line, append=args.append)
     result = plan(prepared, machine=machine, target=args.target, crash=args.crash, initrd=initrd,
-                  cmdline=args.cmdline)
+                  cmdline=cmdline)
     violations = result.validate()
     if args.json:
         print(json.dumps(result.to_json(violations=violations), indent=2))

@@ -12,12 +12,12 @@ import importlib
 import sys
 from typing import TYPE_CHECKING, Callable
 
-from . import __version__
-from .errors import PykexecError, UsageError
-from .limits import byte_count
+from .. import __version__
+from ..errors import PykexecError, UsageError
+from ..limits import byte_count
 
 if TYPE_CHECKING:
-    from .limits import Limits
+    from ..limits import Limits
 
 # Each verb imports what it uses when it runs: ``extract`` and ``inspect`` need
 # the format parsers only, not the loader, the syscall backend or the planner.
@@ -64,8 +64,8 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
 
 # Verbs whose modules pull in heavy dependencies (the planner, cryptography,
 # unicorn): imported only when that verb runs, or for the full --help.
-EXTERNAL = {"machine": "pykexec.plan.cli", "plan": "pykexec.plan.cli",
-            "verify": "pykexec.trust.cli", "emulate": "pykexec.efi.cli"}
+EXTERNAL = {"machine": "pykexec.cli.plan", "plan": "pykexec.cli.plan",
+            "verify": "pykexec.cli.verify", "emulate": "pykexec.cli.emulate"}
 
 
 # Verbs whose code logs nothing: they neither import nor configure logging
@@ -74,8 +74,8 @@ UNLOGGED = frozenset({"inspect", "extract"})
 
 
 def _load_options() -> list[tuple[tuple[str, ...], dict]]:
-    from .plan import cli as plan_cli
-    from .trust import cli as trust_cli
+    from . import plan as plan_cli
+    from . import verify as trust_cli
     return [
         (("image",), {"help": "kernel image: bzImage, Image, zboot, UKI, ..."}),
         (("--initrd",), {"action": "append", "default": [], "metavar": "FILE",
@@ -142,7 +142,7 @@ def build_parser(wanted: str | None = None) -> Parser:
 def _limits(args: argparse.Namespace) -> Limits:
     from dataclasses import replace
 
-    from .limits import Limits, terminal_progress
+    from ..limits import Limits, terminal_progress
     limits = Limits.from_env(progress=terminal_progress())
     return limits if args.max_output is None else replace(limits, max_output=args.max_output)
 
@@ -150,7 +150,7 @@ def _limits(args: argparse.Namespace) -> Limits:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from . import images
+    from .. import images
     report = images.inspect(args.image, limits=_limits(args))
     if args.json:
         print(json.dumps(report, indent=2))
@@ -176,7 +176,7 @@ def _show(value) -> str:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from . import images
+    from .. import images
     written = images.extract(args.image, args.output, profile=args.profile, limits=_limits(args))
     if args.json:
         import json
@@ -191,9 +191,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from . import api
-    if args.append is not None and args.command_line is not None:
-        raise UsageError("give --append or --command-line, not both")
+    from .. import api
     if args.dtb is not None:
         raise UsageError("--dtb: passing a device tree is not supported yet (x86 SETUP_DTB, "
                          "arm64 kexec_load)")
@@ -204,10 +202,11 @@ def cmd_load(args: argparse.Namespace) -> int:
         mode=args.mode, debug=args.debug_syscall, require_signature=args.require_signature,
         trust=tuple(args.trust), modules=tuple(args.module), checks=not args.no_checks,
         via_emulator=args.via_emulator)
-    from .plan.cli import load_machine
-    machine = load_machine(args)
+    from .plan import load_machine
+    described = load_machine(args)  # the machine to plan for in a dry run; advice for a real load
     summary, report, predicted = api.load(opts, dry_run=args.dry_run, limits=_limits(args),
-                                          machine=machine)
+                                          machine=described if args.dry_run else None,
+                                          advice=None if args.dry_run else described)
     result = {**dataclasses.asdict(summary), "loaded": report is not None,
               "syscall": report.syscall if report else None,
               "attempts": report.attempts if report else [],
@@ -229,13 +228,13 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from . import api
+    from .. import api
     api.execute(sync=not args.no_sync)
     return 0
 
 
 def cmd_unload(args: argparse.Namespace) -> int:
-    from . import api
+    from .. import api
     call = api.unload(crash=args.crash)
     print(f"unloaded {'crash ' if args.crash else ''}kernel with {call}")
     return 0
@@ -245,7 +244,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from . import api
+    from .. import api
     st = api.status()
     if args.json:
         print(json.dumps(dataclasses.asdict(st)))
@@ -276,12 +275,12 @@ def _configure_logging(debug: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
-    from . import interrupt
+    from ..backends.linux import signals as interrupt
     stop = interrupt.install()  # SIGTERM and SIGHUP unwind like Ctrl-C (exit 128 + signal number)
     try:
         if argv[:1] == ["kexec"]:
-            from . import kexec_compat
-            return stop.finish(kexec_compat.main(argv[1:]))
+            from . import kexec
+            return stop.finish(kexec.main(argv[1:]))
         wanted = next((a for a in argv if not a.startswith("-")), None)
         known = wanted in COMMANDS or wanted in EXTERNAL
         args = build_parser(wanted if known else None).parse_args(argv)

@@ -68,7 +68,7 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    from . import emulate, write_capture
+    from ..efi import emulate, write_capture
     image = Path(args.image)
     data = image.read_bytes()
     initrd = Path(args.initrd).read_bytes() if args.initrd else None

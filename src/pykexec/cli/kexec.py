@@ -21,8 +21,8 @@ import argparse
 import logging
 import sys
 
-from . import __version__, api
-from .errors import UsageError
+from .. import __version__, api
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 IGNORED = ("--mem-min", "--mem-max", "--type", "--serial", "--serial-baud",

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import SignatureRejected
-from .esl import EFIVARS
+from ..trust.esl import EFIVARS
 
 if TYPE_CHECKING:  # cryptography loads only when `verify` runs
-    from .store import TrustStore
-    from .verify import CertInfo, Verdict
+    from ..trust.store import TrustStore
+    from ..trust.verify import CertInfo, Verdict
 
 TRUST_HELP = ("trust this certificate: PEM, DER or an EFI signature list (X.509 and SHA-256 "
               "entries); repeat for several")
@@ -62,14 +62,14 @@ def load_policy_args(args: argparse.Namespace) -> dict:
 
 def store_from_args(args: argparse.Namespace) -> TrustStore:
     efivars = None if args.no_machine_keys else Path(args.efivars)
-    from .store import TrustStore
+    from ..trust.store import TrustStore
     return TrustStore.load(tuple(args.trust), revoke=tuple(args.revoke), efivars=efivars)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     trust = store_from_args(args)
     data = Path(args.image).read_bytes()
-    from .verify import verify_image
+    from ..trust.verify import verify_image
     verdict = verify_image(data, trust, what=args.image)
     if args.json:
         print(json.dumps({**verdict.to_json(), "trust": trust.describe()}, indent=2))

@@ -1,0 +1,171 @@
+"""Which code serves a load: one table of (architecture, kernel layer, receiver) entries.
+
+A receiver is what takes the load: Linux's ``kexec_file_load``
+(``linux-file``), Linux's ``kexec_load`` with pykexec's own boot data and
+purgatory (``linux-user``), or Xen's kexec hypercall (``xen``, and
+``xen-efi`` for its CRASH_EFI load type).  Each :class:`Entry` names, for
+one machine architecture and the kernel layers it boots there:
+
+* the **planner**, which predicts where the receiver puts each segment;
+* the **builder**, which makes every byte of a user-mode load (and whose
+  plan is then the load itself);
+* the **purgatory**, whose size and entry the planner must find room for;
+* **accepts**, the receiver's own probe (``bzImage64_probe``), which picks
+  the default receiver for an image.
+
+Functions are named as ``"module:function"`` strings and imported on first
+use, so that reading the table costs nothing: inspect and extract never load
+a planner.  A new architecture or receiver is a module plus one entry here;
+:func:`pykexec.plan.plan` and :func:`pykexec.api.load` read only this table.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from .errors import LoadRefused, PlacementError
+from .machine.model import normalize_arch
+
+if TYPE_CHECKING:
+    from .backends import Backend
+
+#: the receivers, in the order a plan lists them
+TARGETS = ("linux-file", "linux-user", "xen", "xen-efi")
+#: ``load --mode``: the receivers tried, in order (auto falls back as kexec-tools' -a does)
+MODES = {"file": ("linux-file",), "user": ("linux-user",), "auto": ("linux-file", "linux-user")}
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """A receiver: whether user space builds every byte for it, and the backend that executes its hand-off."""
+
+    name: str
+    builds: bool
+    backend: str | None = None
+    why_not: str = ""
+
+
+RECEIVERS = {
+    "linux-file": Receiver("linux-file", builds=False, backend="pykexec.backends.linux.file:FileBackend"),
+    "linux-user": Receiver("linux-user", builds=True, backend="pykexec.backends.linux.user:UserBackend"),
+    "xen": Receiver("xen", builds=True, why_not="the Xen kexec hypercall backend is not built yet; "
+                    "pykexec only plans Xen loads (`pykexec plan --target xen`)"),
+    "xen-efi": Receiver("xen-efi", builds=True, why_not="the Xen kexec hypercall backend is not built "
+                        "yet; pykexec only plans Xen loads (`pykexec plan --target xen-efi`)"),
+}
+
+
+def backend_for(name: str, syscalls: Any) -> "Backend":
+    """The backend that executes ``name``'s hand-off on ``syscalls``."""
+    receiver = RECEIVERS[name]
+    if receiver.backend is None:
+        raise LoadRefused(f"cannot load through {name}: {receiver.why_not}")
+    return _resolve(receiver.backend)(syscalls)
+
+
+def _resolve(ref: str) -> Callable[..., Any]:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One (architecture, kernel layers, receiver) and the code that serves it."""
+
+    arch: str
+    layers: frozenset[str]
+    target: str
+    planner: str | None = None
+    builder: str | None = None
+    purgatory: str | None = None
+    accepts: str | None = None
+
+    def serves(self, arch: str | None, layer_format: str, target: str | None = None) -> bool:
+        return (normalize_arch(arch) == self.arch and layer_format in self.layers
+                and target in (None, self.target))
+
+    def purgatory_size(self):
+        """The :class:`~pykexec.plan.common.PurgatorySize` the purgatory reports itself
+        (a kernel's purgatory: as measured), or None where the receiver runs none."""
+        if self.purgatory is None:
+            return None
+        size = _resolve(self.purgatory)
+        return size() if callable(size) else size
+
+    def refusal(self, layer: Any, machine: Any) -> str | None:
+        """Why this receiver's own probe refuses ``layer`` (None: it takes it)."""
+        if self.accepts is None:
+            return None
+        try:
+            _resolve(self.accepts)(layer, layer.data, machine)
+        except PlacementError as e:
+            return str(e)
+        return None
+
+    def plan(self, layer: Any, data: Any, *, machine: Any, crash: bool, initrd: Any, cmdline: str | None,
+             purgatory: Any = None):
+        """The planner's :class:`~pykexec.plan.LoadPlan` (``purgatory`` overrides the purgatory's size)."""
+        if self.planner is None:
+            raise PlacementError(f"no {self.target} planner for {layer.format} images on {self.arch}; "
+                                 "only a load builds this one", errno="ENOEXEC")
+        extra = {}
+        if self.purgatory is not None:  # else the receiver has no purgatory to size
+            extra["purgatory"] = purgatory or self.purgatory_size()
+        return _resolve(self.planner)(layer, data, machine=machine, crash=crash, initrd=initrd,
+                                      cmdline=cmdline, **extra)
+
+    def build(self, prepared: Any, **kw: Any):
+        """The user-mode builder's load: every segment's bytes, with the plan they fill."""
+        if self.builder is None:
+            raise PlacementError(f"no {self.target} builder for {self.arch}", errno="ENOEXEC")
+        return _resolve(self.builder)(prepared, **kw)
+
+
+_X86_PURGATORY = "pykexec.boot.purgatory:size"
+_X86_USER = "pykexec.boot.usermode:build_user_load"
+
+TABLE: tuple[Entry, ...] = (
+    Entry("x86_64", frozenset({"bzimage"}), "linux-file", planner="pykexec.plan.x86:plan_file",
+          purgatory="pykexec.plan.common:LINUX_X86_64_PURGATORY", accepts="pykexec.plan.x86:probe_file"),
+    Entry("x86_64", frozenset({"bzimage"}), "linux-user", planner="pykexec.plan.x86:plan_user",
+          builder=_X86_USER, purgatory=_X86_PURGATORY),
+    Entry("x86_64", frozenset({"elf", "multiboot2", "multiboot"}), "linux-user", builder=_X86_USER,
+          purgatory=_X86_PURGATORY),
+    Entry("x86_64", frozenset({"bzimage"}), "xen", planner="pykexec.plan.xen:plan_xen",
+          purgatory=_X86_PURGATORY),
+    Entry("x86_64", frozenset({"bzimage"}), "xen-efi", planner="pykexec.plan.xen:plan_xen_efi"),
+    Entry("arm64", frozenset({"arm64-image"}), "linux-file", planner="pykexec.plan.arm64:plan_file"),
+)
+
+
+def find(arch: str | None, layer_format: str, target: str, table: Sequence[Entry] = TABLE) -> Entry | None:
+    """The entry serving ``layer_format`` on an ``arch`` machine through ``target``, if any."""
+    return next((e for e in table if e.serves(arch, layer_format, target)), None)
+
+
+def default_target(layer: Any, machine: Any, table: Sequence[Entry] = TABLE) -> str:
+    """The receiver a load goes to by default.
+
+    Under Xen the hypervisor owns kexec (kexec-tools turns kexec_file off
+    there).  Otherwise the first entry, in table order, whose receiver's own
+    probe takes the image; ``linux-user`` when none does.
+    """
+    if machine.under_xen:
+        return "xen"
+    arch = machine.arch or layer.arch
+    for entry in table:
+        if entry.serves(arch, layer.format) and not entry.target.startswith("xen") \
+                and entry.refusal(layer, machine) is None:
+            return entry.target
+    return "linux-user"
+
+
+def served(table: Sequence[Entry] = TABLE) -> str:
+    """What the table serves, for messages: "x86_64 bzimage (linux-file, ...); ..."."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for e in table:
+        for layer in sorted(e.layers):
+            groups.setdefault((e.arch, layer), []).append(e.target)
+    return "; ".join(f"{arch} {layer} ({', '.join(t)})" for (arch, layer), t in groups.items())
