@@ -173,10 +173,11 @@ void pg_main(void)
 {
 	struct pg_params *p = &pg_params;
 	u32 nr = p->nr_regions, i, bad = 0;
-	u64 bytes = 0, t0 = counter();
+	u64 bytes = 0, t0 = 0;
 	u8 digest[32] __attribute__((aligned(8)));
 
 	if (p->flags & PG_VERBOSE) {
+		t0 = counter();		/* the generic timer is read only when asked to report */
 		puts("pykexec purgatory: ");
 		if (p->flags & PG_SKIP_CHECKS)
 			puts("checks skipped\n");
