@@ -402,6 +402,7 @@ def test_no_unaligned_access_to_memory(image, no_sha2):
     """With the MMU off every access is Device memory, where an unaligned one faults.  Unicorn
     does not fault, so every RAM access is checked here, on segments at odd addresses."""
     from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+    from unicorn.arm64_const import UC_ARM64_REG_PC
 
     rng = random.Random(7)
     kernel, odd = rng.randbytes(3000), rng.randbytes(1001)
@@ -415,7 +416,7 @@ def test_no_unaligned_access_to_memory(image, no_sha2):
     def check(uc, access, addr, size, value, user):
         if addr % size == 0:
             return
-        insn = struct.unpack("<I", uc.mem_read(uc.reg_read(arm64_pc()), 4))[0]
+        insn = struct.unpack("<I", uc.mem_read(uc.reg_read(UC_ARM64_REG_PC), 4))[0]
         # LD1 {Vt.16B-...} (multiple structures, post-index): byte elements, which need no
         # alignment even in Device memory; unicorn reports them as 8-byte reads
         if insn & 0xBFE00000 == 0x0CC00000 and (insn >> 10) & 3 == 0:
@@ -429,8 +430,3 @@ def test_no_unaligned_access_to_memory(image, no_sha2):
     assert unaligned == []
     assert bool(simd) == (not no_sha2)      # the SHA-2 path did read the odd segment with LD1
 
-
-def arm64_pc() -> int:
-    from unicorn import arm64_const
-
-    return arm64_const.UC_ARM64_REG_PC
