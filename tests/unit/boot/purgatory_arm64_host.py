@@ -95,6 +95,26 @@ class Emulated:
         if not self.own[0] <= addr < self.own[1]:
             self.stray.append((addr, size))
 
+    def hide_sha2(self) -> int:
+        """Make every ``mrs xN, id_aa64isar0_el1`` of the image read SHA2 = 0 (bits [15:12]), as on
+        a CPU without the SHA-2 instructions; returns how many such reads the image has."""
+        import struct
+
+        from unicorn import UC_HOOK_CODE
+        from unicorn import arm64_const as a
+
+        image = bytes(self.uc.mem_read(self.base, self.header["image_size"]))
+        words = struct.unpack(f"<{len(image) // 4}I", image)
+        sites = [(self.base + 4 * i, w & 0x1F) for i, w in enumerate(words) if w & ~0x1F == 0xD5380600]
+
+        def clear(uc, addr, size, rt):
+            reg = getattr(a, f"UC_ARM64_REG_X{rt}")
+            uc.reg_write(reg, uc.reg_read(reg) & ~0xF000)
+
+        for addr, rt in sites:          # just after the mrs: its result is in Xrt
+            self.uc.hook_add(UC_HOOK_CODE, clear, rt, addr + 4, addr + 4)
+        return len(sites)
+
     def write(self, addr: int, data: bytes) -> None:
         self.uc.mem_write(addr, data)
 

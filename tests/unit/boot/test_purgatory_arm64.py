@@ -377,6 +377,35 @@ def test_fp_simd_is_allowed_when_the_sha2_code_runs(image):
     assert out.regs["cpacr"] == 0                  # and as it was when the kernel is entered
 
 
+def test_a_cpu_without_sha2_instructions_gets_the_portable_code(image):
+    """ID_AA64ISAR0_EL1.SHA2 = 0: the SHA-2 block function must never run (it would be an
+    undefined instruction), and the digests still match."""
+    from unicorn import UC_HOOK_CODE
+
+    rng = random.Random(8)
+    kernel, dtb = rng.randbytes(9000), rng.randbytes(700)
+    regions = (Region.of(KERNEL, kernel, 0x3000), Region.of(DTB, dtb, 0x1000))
+    params = Params(entry=ENTRY, x0=DTB, regions=regions, verbose=True, uart=PL011)
+    emu = Emulated(image.patched(params), uart=PL011)
+    emu.write(KERNEL, kernel)
+    emu.write(DTB, dtb)
+    assert emu.hide_sha2() >= 1
+    entered = []
+    at = emu.base + ce_blocks_offset(image)
+    emu.uc.hook_add(UC_HOOK_CODE, lambda uc, addr, size, user: entered.append(addr), None, at, at)
+    out = emu.run(ENTRY)
+    assert out.stopped_at == ENTRY and "sha256 portable" in out.serial
+    assert entered == []
+    _boot_state_ok(out, DTB)
+    # and a corrupted segment is still caught on that CPU
+    emu = Emulated(image.patched(params), uart=PL011)
+    emu.write(KERNEL, kernel)
+    emu.write(DTB, dtb[:-1] + b"?")
+    emu.hide_sha2()
+    out = emu.run(ENTRY)
+    assert out.refused and f"found    {hashlib.sha256(dtb[:-1] + b'?').hexdigest()}" in out.serial
+
+
 def test_silent_unless_verbose_or_refusing(image):
     params = Params(entry=ENTRY, x0=DTB, regions=(Region.of(KERNEL, b"k", 0x1000),), uart=PL011)
     _, out = _emulate(image, params, {KERNEL: b"k"})
