@@ -259,7 +259,7 @@ def _refuse_foreign(prepared: Prepared, machine: Machine) -> None:
     """An image for another architecture cannot boot here, whatever the receiver."""
     layer = prepared.kernel_layer
     if not runs_on(layer.arch, machine.arch):
-        raise LoadRefused(f"the image is a {layer.arch} {layer.format}, but this machine is "
+        raise LoadRefused(f"the image ({layer.format}) is for {layer.arch}, but this machine is "
                           f"{machine.arch}: it cannot boot here")
 
 
