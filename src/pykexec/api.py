@@ -434,7 +434,7 @@ class _Handoffs:
         from .plan import plan as plan_load
         req = self.req
         machine = self.advice or req.machine
-        if find(machine.arch or req.layer.arch, req.layer.format, target, self.table) is None:
+        if find(machine.arch, req.layer, target, self.table) is None:
             if strict:
                 raise LoadRefused(f"pykexec has no {target} planner for a {req.layer.format} on "
                                   f"{machine.arch} (it has: {served(self.table)})")
@@ -459,7 +459,7 @@ class _Handoffs:
         from .backends.linux.policy import advise
         from .boot import load_module
         req = self.req
-        entry = find(req.machine.arch or req.layer.arch, req.layer.format, target, self.table)
+        entry = find(req.machine.arch, req.layer, target, self.table)
         if entry is None or entry.builder is None:
             first = self.first_error
             prefix = "" if first is None else f"kexec_file_load failed ({advise(first)}); "

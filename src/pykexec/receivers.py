@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .errors import LoadRefused, PlacementError
-from .machine.model import normalize_arch
+from .machine.model import normalize_arch, runs_on
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -82,9 +82,12 @@ class Entry:
     purgatory: str | None = None
     accepts: str | None = None
 
-    def serves(self, arch: str | None, layer_format: str, target: str | None = None) -> bool:
-        return (normalize_arch(arch) == self.arch and layer_format in self.layers
-                and target in (None, self.target))
+    def serves(self, machine_arch: str | None, layer: Any, target: str | None = None) -> bool:
+        """Whether this entry loads ``layer`` on a ``machine_arch`` machine (unknown: one the
+        image runs on) through ``target`` (None: any)."""
+        arch = normalize_arch(machine_arch)
+        fits = arch == self.arch if arch is not None else runs_on(layer.arch, self.arch)
+        return fits and layer.format in self.layers and target in (None, self.target)
 
     def purgatory_size(self):
         """The :class:`~pykexec.plan.common.PurgatorySize` the purgatory reports itself
@@ -140,9 +143,9 @@ TABLE: tuple[Entry, ...] = (
 )
 
 
-def find(arch: str | None, layer_format: str, target: str, table: Sequence[Entry] = TABLE) -> Entry | None:
-    """The entry serving ``layer_format`` on an ``arch`` machine through ``target``, if any."""
-    return next((e for e in table if e.serves(arch, layer_format, target)), None)
+def find(machine_arch: str | None, layer: Any, target: str, table: Sequence[Entry] = TABLE) -> Entry | None:
+    """The entry serving the kernel ``layer`` on a ``machine_arch`` machine through ``target``, if any."""
+    return next((e for e in table if e.serves(machine_arch, layer, target)), None)
 
 
 def default_target(layer: Any, machine: Any, table: Sequence[Entry] = TABLE) -> str:
@@ -154,9 +157,8 @@ def default_target(layer: Any, machine: Any, table: Sequence[Entry] = TABLE) -> 
     """
     if machine.under_xen:
         return "xen"
-    arch = machine.arch or layer.arch
     for entry in table:
-        if entry.serves(arch, layer.format) and not entry.target.startswith("xen") \
+        if entry.serves(machine.arch, layer) and not entry.target.startswith("xen") \
                 and entry.refusal(layer, machine) is None:
             return entry.target
     return "linux-user"

@@ -131,7 +131,10 @@ def test_default_target_follows_the_table():
     assert default_target(debian61_bzimage(version=0x20B), pc_1g) == "linux-user"
     riscv = prepare(builders.riscv_image()).kernel_layer
     assert default_target(riscv, riscv_machine()) == "linux-user"
-    assert find("aarch64", "arm64-image", "linux-file") is find("arm64", "arm64-image", "linux-file")
+    arm64 = prepare(builders.arm64_image()).kernel_layer
+    assert find("aarch64", arm64, "linux-file") is find("arm64", arm64, "linux-file") is not None
+    assert find(None, arm64, "linux-file") is find("arm64", arm64, "linux-file")
+    assert find("x86_64", arm64, "linux-file") is None
 
 
 @pytest.mark.parametrize("name, canonical", [
@@ -154,3 +157,21 @@ def test_a_foreign_image_is_refused_by_a_dry_run(tmp_path, sysfs):
         api.load(api.LoadOptions(image=image, require_signature=False), dry_run=True,
                  syscalls=FakeSyscalls(), sysfs=sysfs, machine=Machine(arch="x86_64"),
                  efivars=sysfs / "none")
+
+
+def test_plan_and_a_user_mode_dry_run_agree_on_a_multiboot2_image(tmp_path, sysfs):
+    """Only a build places a Multiboot image: plan shows that build, as load --dry-run does."""
+    from pykexec.machine import description
+    from tests.unit.backends.test_loader import QEMU_GUEST
+    image = tmp_path / "xen.elf"
+    image.write_bytes(builders.multiboot2_image())
+    machine = description.load(QEMU_GUEST)
+    planned = plan(prepare(image.read_bytes()), machine=machine, target="linux-user",
+                   cmdline="console=com1", image_name="xen.elf")
+    _, _, shown = api.load(api.LoadOptions(image=image, mode="user", command_line="console=com1",
+                                           require_signature=False), dry_run=True,
+                           syscalls=FakeSyscalls(), sysfs=sysfs, machine=machine,
+                           efivars=sysfs / "none")
+    assert [s.role for s in planned.segments] == [s.role for s in shown.segments]
+    assert [(s.mem, s.memsz) for s in planned.segments] == [(s.mem, s.memsz) for s in shown.segments]
+    assert planned.cmdline == shown.cmdline == "xen.elf console=com1"

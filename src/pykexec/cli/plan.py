@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Callable
 
 from .. import api
@@ -70,7 +71,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             initrd = f.read()
     cmdline = api.compose_cmdline(prepared.cmdline, command_line=args.command_line, append=args.append)
     result = plan(prepared, machine=machine, target=args.target, crash=args.crash, initrd=initrd,
-                  cmdline=cmdline)
+                  cmdline=cmdline, image_name=Path(args.image).name)
     violations = result.validate()
     if args.json:
         print(json.dumps(result.to_json(violations=violations), indent=2))

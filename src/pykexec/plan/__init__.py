@@ -48,12 +48,15 @@ def _kernel(image: Any) -> tuple[Any, bytes, bytes | None, str | None]:
 
 def plan(image: Any, *, machine: Machine, target: str | None = None, crash: bool = False,
          initrd: bytes | None = None, cmdline: str | None = None,
-         purgatory: PurgatorySize | None = None, table: Sequence[Entry] = TABLE) -> LoadPlan:
+         purgatory: PurgatorySize | None = None, table: Sequence[Entry] = TABLE,
+         image_name: str = "kernel") -> LoadPlan:
     """Plan loading ``image`` (a :class:`~pykexec.prepare.Prepared` or a BzImage/Arm64Image layer).
 
     ``initrd``/``cmdline`` default to what the image carries (a UKI's
     .initrd/.cmdline).  ``purgatory`` overrides the size of the purgatory the
-    receiver loads; ``table`` is the receivers table to plan from.
+    receiver loads; ``table`` is the receivers table to plan from.  Where
+    only a user-mode build can place the image (ELF, Multiboot), the plan is
+    that build's, with ``image_name`` as the file name a Multiboot loader reports.
     """
     layer, data, carried_initrd, carried_cmdline = _kernel(image)
     initrd = carried_initrd if initrd is None else initrd
@@ -64,11 +67,14 @@ def plan(image: Any, *, machine: Machine, target: str | None = None, crash: bool
     if not runs_on(layer.arch, machine.arch):
         raise PlacementError(f"the image is for {layer.arch} but the machine is {machine.arch}",
                              errno="ENOEXEC")
-    arch = machine.arch or layer.arch
-    entry = find(arch, layer.format, target, table)
+    entry = find(machine.arch, layer, target, table)
     if entry is None:
+        arch = machine.arch or layer.arch
         raise PlacementError(f"no {target} planner for {layer.format} images on {arch} "
                              f"(planners: {served(table)})", errno="ENOEXEC")
     initrd = bytes(initrd) if initrd is not None else None
+    if entry.planner is None:  # only a build places this image (ELF, Multiboot): plan what a load builds
+        return entry.build(image, initrd=initrd, cmdline=cmdline, crash=crash, machine=machine,
+                           image_name=image_name).plan
     return entry.plan(layer, data, machine=machine, crash=crash, initrd=initrd, cmdline=cmdline,
                       purgatory=purgatory)
