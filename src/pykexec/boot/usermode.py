@@ -37,6 +37,7 @@ from typing import Callable, Iterator, Sequence
 from ..backends.linux import KEXEC_ON_CRASH, UserSegment
 from ..errors import FormatError, NotLoadable, PlacementError, UsageError, UserLoadRefused
 from ..formats.bzimage import BzImage
+from ..formats.bzimage import XLF_EFI_KEXEC
 from ..formats.elf import Elf
 from ..formats.multiboot import Multiboot
 from ..formats.multiboot2 import Multiboot2
@@ -48,7 +49,6 @@ from ..plan.kexec_buf import KexecBuf, Placer, Segment
 from ..plan.loadplan import LoadPlan
 from . import e820 as e820_mod
 from . import elfcore, multiboot_info, purgatory, zeropage
-from .bootparam import XLF_EFI_KEXEC
 from .firmware import Firmware, read_firmware
 from .multiboot_info import Module, MultibootImage, PlacedModule
 

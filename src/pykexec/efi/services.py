@@ -21,6 +21,7 @@ import zlib
 from dataclasses import dataclass
 
 from ..errors import EmulationError, StubExited
+from ..formats import bzimage
 from . import constants as c
 from . import kernels
 from .handles import HandleDatabase, device_path_bytes, file_path, parse_device_path, path_text, \
@@ -1081,9 +1082,9 @@ def kernel_entries(arch: str, data: bytes, base: int) -> dict[int, str]:
       runs the kernel where it was loaded (6.1 on a 64 KiB-aligned image
       without a KASLR seed).  The Image's file offsets are its RVAs.
     """
-    if arch == "x86_64" and data[0x202:0x206] == b"HdrS":
-        setup_sects = data[0x1F1] or 4
-        return {base + (setup_sects + 1) * 512 + 0x200:
+    if arch == "x86_64" and bzimage.has_setup_header(data):
+        kernel = bzimage.setup_size(bzimage.SETUP_HEADER.get(data, "setup_sects"))
+        return {base + kernel + bzimage.STARTUP_64_OFFSET:
                 "the kernel entry point of the loaded bzImage (startup_64)"}
     if arch != "arm64" or len(data) < 0x40 or data[0x38:0x3C] != b"ARM\x64":
         return {}

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..formats.bzimage import HDRS_MAGIC, SETUP_HEADER, STARTUP_64_OFFSET, setup_size
 from ..machine.ranges import U64_MAX, human_size
 from .kexec_buf import KEXEC_SEGMENT_MAX
 from .linux import destination_limit
@@ -167,15 +168,14 @@ def _xen_efi_kernel(plan: "LoadPlan") -> list[Violation]:
     seg = plan.segments[0]
     data = seg.buffer
     offset = seg.offset
-    if data is None or len(data) < 0x238:
+    if data is None or len(data) < SETUP_HEADER.offset("cmdline_size"):   # through xloadflags
         return [Violation("efi-kernel", "EINVAL", "segment 0 does not hold a bzImage header", 0, seg.role)]
-    magic = int.from_bytes(data[0x202:0x206], "little")
-    version = int.from_bytes(data[0x206:0x208], "little")
-    alignment = int.from_bytes(data[0x230:0x234], "little")
-    setup_sects = data[0x1F1] or 4
-    kern16 = (setup_sects + 1) * 512
+    magic = SETUP_HEADER.get(data, "header")
+    version = SETUP_HEADER.get(data, "version")
+    alignment = SETUP_HEADER.get(data, "kernel_alignment")
+    kern16 = setup_size(SETUP_HEADER.get(data, "setup_sects"))
     out = []
-    if magic != 0x53726448 or version < 0x0202:
+    if magic != HDRS_MAGIC or version < 0x0202:
         out.append(Violation("efi-kernel-header", "EINVAL",
                              f"segment 0 has magic {magic:#x} and protocol {version >> 8}.{version & 0xff:02d}; "
                              "Xen needs 'HdrS' and 2.02 or later", 0, seg.role))
@@ -190,9 +190,9 @@ def _xen_efi_kernel(plan: "LoadPlan") -> list[Violation]:
         out.append(Violation("efi-kernel-alignment", "EINVAL",
                              f"the protected-mode kernel would start at {dest + kern16:#x}, not aligned to "
                              f"kernel_alignment {alignment:#x}", 0, seg.role))
-    elif plan.entry != dest + kern16 + 0x200:
+    elif plan.entry != dest + kern16 + STARTUP_64_OFFSET:
         out.append(Violation("efi-entry", "EINVAL",
                              f"entry {plan.entry:#x} is not where Xen will enter "
-                             f"({dest + kern16 + 0x200:#x} = dest + (setup_sects + 1) * 512 + 0x200)",
+                             f"({dest + kern16 + STARTUP_64_OFFSET:#x} = dest + (setup_sects + 1) * 512 + 0x200)",
                              0, seg.role))
     return out

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..boot.bootparam import EFI_SETUP_DATA, RNG_SEED_LENGTH, SETUP_DATA_HEADER, SIZEOF_BOOT_PARAMS
 from ..errors import PlacementError
-from ..formats.bzimage import BzImage
+from ..formats.bzimage import LOADED_HIGH, XLF_5LEVEL, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64, BzImage
 from ..machine.model import Machine
 from ..machine.ranges import MiB, PAGE_SIZE, U64_MAX, align_up, human_size
 from .common import (LINUX_X86_64_PURGATORY, USER_PURGATORY, PurgatorySize, crash_walk, normal_walks,
@@ -52,18 +53,14 @@ MIN_BOOTPARAM_ADDR = 0x3000
 MIN_KERNEL_LOAD_ADDR = 0x100000
 MIN_INITRD_LOAD_ADDR = 0x1000000
 MAX_ELFCOREHDR_STR_LEN = 30  # "elfcorehdr=0x<64bit-value> "
-SIZEOF_BOOT_PARAMS = 4096
-SIZEOF_SETUP_DATA = 16      # u64 next, u32 type, u32 len (arch/x86/include/uapi/asm/setup_data.h)
-SIZEOF_EFI_SETUP_DATA = 96  # fw_vendor, __unused, tables, smbios, reserved[8] (asm/efi.h)
+SIZEOF_SETUP_DATA = SETUP_DATA_HEADER.size
+SIZEOF_EFI_SETUP_DATA = EFI_SETUP_DATA.size
 SIZEOF_IMA_SETUP_DATA = 16  # addr, size
 SIZEOF_KHO_DATA = 32        # fdt_addr, fdt_size, scratch_addr, scratch_size
 SIZEOF_KHO_SCRATCH = 16     # struct kho_scratch: addr, size
-RNG_SEED_LENGTH = 32        # SETUP_RNG_SEED payload
 DEFAULT_EFI_MEMDESC_SIZE = 48  # sizeof(efi_memory_desc_t) 40, as firmware reports it (OVMF: 48)
 BACKUP_SRC_END = 640 * 1024
 KEXEC_TOOLS_MIN_ELFCOREHDR = 16 * 1024
-XLF_KERNEL_64, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_5LEVEL = 0x1, 0x2, 0x20
-LOADED_HIGH = 0x1
 
 
 @dataclass(frozen=True)
@@ -202,8 +199,9 @@ def plan_file(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, ini
 
 def probe_user(layer: BzImage, data: bytes) -> None:
     """kexec-tools bzImage64_probe: protocol 2.12+, LOADED_HIGH, XLF_KERNEL_64 and ABOVE_4G."""
+    need = XLF_KERNEL_64 | XLF_CAN_BE_LOADED_ABOVE_4G
     if len(data) < 1024 or layer.protocol < 0x020C or not layer.loadflags & LOADED_HIGH \
-            or layer.xloadflags & 3 != 3:
+            or layer.xloadflags & need != need:
         raise PlacementError(f"not a relocatable bzImage64 (protocol {layer.version}, loadflags "
                              f"{layer.loadflags:#x}, xloadflags {layer.xloadflags:#x}); the bzImage64 "
                              "loader needs 2.12+, LOADED_HIGH and XLF_KERNEL_64|XLF_CAN_BE_LOADED_ABOVE_4G",
