@@ -55,7 +55,6 @@ from .multiboot_info import Module, MultibootImage, PlacedModule
 log = logging.getLogger(__name__)
 
 LINUX_ENTRY64_OFFSET = 0x200          # boot.rst: "the 64-bit entry point is at the kernel's load address + 0x200"
-KEXEC_TOOLS_MIN_ELFCOREHDR = 16 * 1024
 X86_PHYSICAL_ALIGN = 0x200000        # CONFIG_PHYSICAL_ALIGN, what __startup_64 requires of a moved vmlinux
 FOUR_GIB = 1 << 32
 PROTOCOLS = ("linux", "multiboot2", "multiboot")
@@ -440,7 +439,7 @@ def _crash_segments(ctx: _Context, placer: Placer, walks: list, cmdline: str) ->
     ranges = elfcore.crash_ranges(machine)
     header = elfcore.build(ranges, sources=sources,
                            backup=elfcore.Backup(source, backup.mem) if backup is not None else None)
-    memsz = max(KEXEC_TOOLS_MIN_ELFCOREHDR, align_up(len(header), ctx.page))
+    memsz = elfcore.user_memsz(len(header), ctx.page)
     elf = place(placer, KexecBuf("elfcorehdr", len(header), memsz, top_down=False, buffer=header), walks)
     keep_out = [elf.range] + ([backup.range] if backup is not None else [])
     e820 = e820_mod.crash_map(machine, keep_out=keep_out, backup=source)

@@ -45,7 +45,7 @@ from ..machine.ranges import MiB, PAGE_SIZE, U64_MAX, align_up, human_size
 from .common import (LINUX_X86_64_PURGATORY, USER_PURGATORY, PurgatorySize, crash_walk, normal_walks,
                      place, require_memory)
 from .kexec_buf import KexecBuf, Placer, Segment
-from .linux import KernelBehaviour, elfcorehdr_ranges, elfcorehdr_size
+from .linux import KernelBehaviour, elfcorehdr_ranges, elfcorehdr_size, user_elfcorehdr_size
 from .loadplan import LoadPlan
 
 MIN_PURGATORY_ADDR = 0x3000
@@ -60,7 +60,6 @@ SIZEOF_KHO_DATA = 32        # fdt_addr, fdt_size, scratch_addr, scratch_size
 SIZEOF_KHO_SCRATCH = 16     # struct kho_scratch: addr, size
 DEFAULT_EFI_MEMDESC_SIZE = 48  # sizeof(efi_memory_desc_t) 40, as firmware reports it (OVMF: 48)
 BACKUP_SRC_END = 640 * 1024
-KEXEC_TOOLS_MIN_ELFCOREHDR = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -220,9 +219,7 @@ def build_user_segments(layer: BzImage, data: bytes, *, machine: Machine, crash:
         if backup is not None:
             size = align_up(min(backup.end, BACKUP_SRC_END) - backup.start, PAGE_SIZE)
             place(placer, KexecBuf("backup", size, size, top_down=False, buffer=bytes(size)), walks)
-        nr = elfcorehdr_ranges(machine, exclude_low_1m=False)
-        bufsz = 64 + 56 * ((machine.possible_cpus or 1) + 1 + nr + 1)
-        memsz = max(align_up(bufsz, PAGE_SIZE), KEXEC_TOOLS_MIN_ELFCOREHDR)
+        bufsz, memsz = user_elfcorehdr_size(machine)
         elf = place(placer, KexecBuf("elfcorehdr", bufsz, memsz, buf_align=PAGE_SIZE, top_down=False), walks)
         final = f"{final} elfcorehdr={elf.mem >> 10}K".lstrip()
     cmdline_len = len(final.encode()) + 1

@@ -33,7 +33,7 @@ from .loadplan import LoadPlan
 from .validate import XEN_KERNEL_ALIGN_MAX, XEN_KERNEL_ALIGN_MIN, XEN_KERNEL_ALIGN_UNIT
 from .x86 import (DEFAULT_EFI_MEMDESC_SIZE, MAX_ELFCOREHDR_STR_LEN, SIZEOF_EFI_SETUP_DATA, SIZEOF_SETUP_DATA,
                   build_user_segments, probe_user)
-from .linux import elfcorehdr_ranges
+from .linux import user_elfcorehdr_size
 
 IDENTMAP_1MIB = 1 << 20
 
@@ -108,9 +108,8 @@ def plan_xen_efi(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, 
     params = place(placer, KexecBuf("boot-params", setup_size, setup_size, buf_align=16, top_down=False), [walk])
     if initrd is not None:
         place(placer, KexecBuf("initrd", len(initrd), len(initrd), top_down=False, buffer=initrd), [walk])
-    nr = elfcorehdr_ranges(machine, exclude_low_1m=False)
-    bufsz = 64 + 56 * ((machine.possible_cpus or 1) + 1 + nr + 1)
-    elf = place(placer, KexecBuf("elfcorehdr", bufsz, align_up(bufsz, PAGE_SIZE), top_down=False), [walk])
+    bufsz, memsz = user_elfcorehdr_size(machine)
+    elf = place(placer, KexecBuf("elfcorehdr", bufsz, memsz, top_down=False), [walk])
     final = f"{cmdline or ''} elfcorehdr={elf.mem >> 10}K".lstrip()
     if len(final.encode()) + 1 > layer.cmdline_size:
         raise PlacementError(f"the command line with elfcorehdr= is {len(final.encode()) + 1} bytes; this "
