@@ -44,7 +44,7 @@ from ..formats.multiboot2 import Multiboot2
 from ..machine.model import Machine
 from ..machine.ranges import MiB, Range, align_down, align_up
 from ..plan import x86 as plan_x86
-from ..plan.common import crash_walk, normal_walks, place, require_memory
+from ..plan.common import crash_backup, crash_walk, normal_walks, place, require_memory
 from ..plan.kexec_buf import KexecBuf, Placer, Segment
 from ..plan.loadplan import LoadPlan
 from . import e820 as e820_mod
@@ -430,12 +430,11 @@ def _crash_segments(ctx: _Context, placer: Placer, walks: list, cmdline: str) ->
         ctx.notes.append(f"crash: {path}: {why}")
     if not sources.cpu_notes:
         ctx.notes.append("crash: no CPU crash notes found; the dump will have no register state")
-    source = e820_mod.backup_source(machine)
-    backup = None
-    if source is not None:
-        size = align_up(source.size, ctx.page)
-        # No bytes: the kernel zero-fills it, the purgatory checks it is still zero, then copies.
-        backup = place(placer, KexecBuf("backup", 0, size, top_down=False, buffer=b""), walks)
+    source, backup = None, None
+    planned = crash_backup(machine)
+    if planned is not None:
+        source, kbuf = planned
+        backup = place(placer, kbuf, walks)
     ranges = elfcore.crash_ranges(machine)
     header = elfcore.build(ranges, sources=sources,
                            backup=elfcore.Backup(source, backup.mem) if backup is not None else None)

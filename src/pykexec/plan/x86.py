@@ -37,13 +37,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..boot.e820 import backup_source
 from ..boot.bootparam import EFI_SETUP_DATA, RNG_SEED_LENGTH, SETUP_DATA_HEADER, SIZEOF_BOOT_PARAMS
 from ..errors import PlacementError
 from ..formats.bzimage import LOADED_HIGH, XLF_5LEVEL, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64, BzImage
 from ..machine.model import Machine
 from ..machine.ranges import MiB, PAGE_SIZE, U64_MAX, align_up, human_size
-from .common import (LINUX_X86_64_PURGATORY, USER_PURGATORY, PurgatorySize, crash_walk, normal_walks,
-                     place, require_memory)
+from .common import (LINUX_X86_64_PURGATORY, USER_PURGATORY, PurgatorySize, crash_backup, crash_walk,
+                     normal_walks, place, require_memory)
 from .kexec_buf import KexecBuf, Placer, Segment
 from .linux import KernelBehaviour, elfcorehdr_ranges, elfcorehdr_size, user_elfcorehdr_size
 from .loadplan import LoadPlan
@@ -59,7 +60,6 @@ SIZEOF_IMA_SETUP_DATA = 16  # addr, size
 SIZEOF_KHO_DATA = 32        # fdt_addr, fdt_size, scratch_addr, scratch_size
 SIZEOF_KHO_SCRATCH = 16     # struct kho_scratch: addr, size
 DEFAULT_EFI_MEMDESC_SIZE = 48  # sizeof(efi_memory_desc_t) 40, as firmware reports it (OVMF: 48)
-BACKUP_SRC_END = 640 * 1024
 
 
 @dataclass(frozen=True)
@@ -166,10 +166,10 @@ def plan_file(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, ini
     if crash:
         require_memory(machine)
         if beh.crash_backup_region:
-            backup = next((r for r in machine.walkable_ram() if r.start < BACKUP_SRC_END), None)
+            # crash.c before 5.5: determine_backup_region, then an unsigned long crash_zero_bytes as the buffer
+            backup = backup_source(machine)
             if backup is not None:
-                size = min(backup.end, BACKUP_SRC_END) - backup.start
-                place(placer, KexecBuf("backup", 8, size, top_down=False, buffer=bytes(8)), walks)
+                place(placer, KexecBuf("backup", 8, backup.size, top_down=False, buffer=bytes(8)), walks)
         nr = elfcorehdr_ranges(machine, exclude_low_1m=not beh.crash_backup_region)
         bufsz, memsz = elfcorehdr_size(machine, nr, beh)
         elf = place(placer, KexecBuf("elfcorehdr", bufsz, memsz, buf_align=4096, top_down=False), walks)
@@ -215,10 +215,9 @@ def build_user_segments(layer: BzImage, data: bytes, *, machine: Machine, crash:
     final = cmdline or ""
     if crash:
         require_memory(machine)
-        backup = next((r for r in machine.walkable_ram() if r.start < BACKUP_SRC_END), None)
+        backup = crash_backup(machine)
         if backup is not None:
-            size = align_up(min(backup.end, BACKUP_SRC_END) - backup.start, PAGE_SIZE)
-            place(placer, KexecBuf("backup", size, size, top_down=False, buffer=bytes(size)), walks)
+            place(placer, backup[1], walks)
         bufsz, memsz = user_elfcorehdr_size(machine)
         elf = place(placer, KexecBuf("elfcorehdr", bufsz, memsz, buf_align=PAGE_SIZE, top_down=False), walks)
         final = f"{final} elfcorehdr={elf.mem >> 10}K".lstrip()

@@ -16,6 +16,7 @@ from pykexec.boot.zeropage import read_zero_page
 from pykexec.errors import LoadRefused, NotLoadable, PlacementError, UsageError, UserLoadRefused
 from pykexec.formats.bzimage import SETUP_HEADER
 from pykexec.machine import Range
+from pykexec.plan import plan
 from pykexec.plan.validate import validate_linux
 from pykexec.prepare import prepare
 from tests import builders
@@ -152,6 +153,20 @@ def test_more_than_128_ranges_use_setup_e820_ext():
     assert page["setup_data"] == ext.mem and kind == SETUP_E820_EXT
     assert length == 20 * (page_total(machine) - 128) and nxt == load.segment("setup-data-rng").mem
     assert validate_linux(load.plan) == ()
+
+
+def test_crash_backup_is_sized_as_kexec_tools_sizes_it_in_plan_and_build():
+    """crashdump-x86.c load_crashdump_segments: a zeroed buffer of _ALIGN(backup_src_size, 1024)
+    bytes, as bufsz and memsz, and add_buffer rounds memsz up to a page.  The RAM below 640 KiB
+    is [0x1000, 0x9fc00): 0x9ec00 bytes in 0x9f000.  The planner and the builder agree."""
+    machine = qemu_crash()
+    image = prepare(builders.bzimage())
+    built = build(builders.bzimage(), machine=machine, crash=True, crash_sources=elfcore.synthetic_sources(2))
+    planned = plan(image, machine=machine, target="linux-user", crash=True, initrd=INITRD, cmdline=CMDLINE)
+    for segments in (built.plan.segments, planned.segments):
+        backup = next(s for s in segments if s.role == "backup")
+        assert (backup.bufsz, backup.memsz) == (0x9EC00, 0x9F000)
+        assert backup.buffer == bytes(0x9EC00)
 
 
 def test_crash_load():
