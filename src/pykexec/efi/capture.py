@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from ..boot import e820
 from ..boot.bootparam import BOOT_PARAMS, E820_MAX_ENTRIES_ZEROPAGE, SIZEOF_BOOT_PARAMS, e820_entries
 from ..formats.bzimage import DEFAULTS, SETUP_HEADER, has_setup_header
+from ..formats import arm64_image, pe
 from ..formats.layer import Layer, raw
 from . import constants as c
 from . import fdt
@@ -172,12 +173,12 @@ def arm64_capture(fw, handover: dict) -> dict:
         "kernel": kernel, "kernel_base": start, "initrd": initrd, "cmdline": cmdline,
         # systemd-stub 256+ lays the kernel out itself without its PE headers; the arm64
         # stub then copies a headerless Image, which kexec_file_load cannot take
-        "dtb": dtb, "loadable": kernel if kernel[0x38:0x3C] == b"ARM\x64" else None,
+        "dtb": dtb, "loadable": kernel if arm64_image.probe(kernel) else None,
         "report": {"initrd_source": source,
                    "dtb": {"addr": fdt_addr, "size": len(dtb) if dtb else 0,
                            "chosen": {k: v for k, v in (chosen or {}).items()
                                       if isinstance(v, (int, str))}},
-                   "image_header": region[0x38:0x3C] == b"ARM\x64",
+                   "image_header": arm64_image.probe(region),
                    "kernel_region": {"size": len(region),
                                      "type": c.memory_type_name(mtype) if mtype is not None else None}},
     }
@@ -218,17 +219,12 @@ def _initrd_table(fw) -> bytes | None:
 
 def image_length(region: bytes) -> int:
     """An arm64 Image's file length: where its PE sections' raw data ends, else image_size."""
-    if len(region) < 0x40 or region[0x38:0x3C] != b"ARM\x64":
+    if not arm64_image.probe(region):
         return len(region)
-    image_size = struct.unpack_from("<Q", region, 0x10)[0] or len(region)
-    if region[:2] == b"MZ":
-        pe = struct.unpack_from("<I", region, 0x3C)[0]
-        if region[pe:pe + 4] == b"PE\0\0":
-            nsec = struct.unpack_from("<H", region, pe + 6)[0]
-            opt = struct.unpack_from("<H", region, pe + 20)[0]
-            table = pe + 24 + opt
-            ends = [sum(struct.unpack_from("<II", region, table + 40 * i + 16)[::-1])
-                    for i in range(nsec)]
-            if ends and 0 < max(ends) <= len(region):
-                return max(ends)
+    image_size = arm64_image.HEADER.get(region, "image_size") or len(region)
+    sections = pe.section_headers(region)
+    if sections:
+        end = max(h["PointerToRawData"] + h["SizeOfRawData"] for h in sections)
+        if 0 < end <= len(region):
+            return end
     return min(image_size, len(region))

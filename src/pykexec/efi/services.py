@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass
 
 from ..errors import EmulationError, StubExited
-from ..formats import bzimage
+from ..formats import arm64_image, bzimage
 from . import constants as c
 from . import kernels
 from .handles import HandleDatabase, device_path_bytes, file_path, parse_device_path, path_text, \
@@ -1086,10 +1086,10 @@ def kernel_entries(arch: str, data: bytes, base: int) -> dict[int, str]:
         kernel = bzimage.setup_size(bzimage.SETUP_HEADER.get(data, "setup_sects"))
         return {base + kernel + bzimage.STARTUP_64_OFFSET:
                 "the kernel entry point of the loaded bzImage (startup_64)"}
-    if arch != "arm64" or len(data) < 0x40 or data[0x38:0x3C] != b"ARM\x64":
+    if arch != "arm64" or not arm64_image.probe(data):
         return {}
     entries = {base: "the arm64 Image's first instruction, where it was loaded"}
-    code1 = struct.unpack_from("<I", data, 4)[0]
+    code1 = arm64_image.HEADER.get(data, "code1")
     if code1 >> 26 == 0b000101:                     # B <imm26>
         imm = code1 & 0x3FF_FFFF
         target = 4 + 4 * (imm - (1 << 26) if imm & (1 << 25) else imm)
