@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 from ..boot import e820
 from ..boot.bootparam import BOOT_PARAMS, E820_MAX_ENTRIES_ZEROPAGE, SIZEOF_BOOT_PARAMS, e820_entries
-from ..formats.bzimage import DEFAULTS, SETUP_HEADER, has_setup_header
 from ..formats import arm64_image, pe
+from ..formats.bzimage import DEFAULTS, SETUP_HEADER, has_setup_header
 from ..formats.layer import Layer, raw
+from ..machine import fdt
 from . import constants as c
-from . import fdt
 
 E820_TYPES = {e820.E820_RAM: "RAM", e820.E820_RESERVED: "reserved", e820.E820_ACPI: "ACPI",
               e820.E820_NVS: "NVS", e820.E820_UNUSABLE: "unusable", e820.E820_PMEM: "PMEM",
@@ -151,8 +151,8 @@ def arm64_capture(fw, handover: dict) -> dict:
     fdt_addr = handover["registers"]["x0"]
     head = fw.read(fdt_addr, 8) if fdt_addr else b""
     dtb = chosen = None
-    if len(head) == 8 and struct.unpack(">I", head[:4])[0] == fdt.FDT_MAGIC:
-        total = struct.unpack(">I", head[4:8])[0]
+    total = fdt.totalsize(head)
+    if total is not None:
         dtb = fw.read(fdt_addr, total)
         chosen = fdt.chosen(dtb)
     cmdline = initrd = None
