@@ -89,21 +89,6 @@ class UserLoad:
         raise KeyError(f"no {role} segment; the segments are "
                        f"{', '.join(s.role for s in self.plan.segments)}")
 
-    def corrupted(self, role: str, offset: int = 0) -> "UserLoad":
-        """The same load with one byte of segment ``role`` flipped after the purgatory's digests
-        were taken: what the purgatory must refuse (a test of the check, for the VM scenarios)."""
-        index = next((i for i, s in enumerate(self.plan.segments) if s.role == role), None)
-        if index is None or role == "purgatory":
-            raise KeyError(f"no {role} segment to corrupt")
-        seg = self.segments[index]
-        buf = bytearray(seg.buf)
-        if not buf:
-            raise ValueError(f"the {role} segment has no bytes to corrupt")
-        buf[offset % len(buf)] ^= 0xFF
-        segments = list(self.segments)
-        segments[index] = UserSegment(bytes(buf), seg.mem, seg.memsz)
-        return dataclasses.replace(self, segments=tuple(segments))
-
 
 def build_user_load(prepared, *, initrd: bytes | None, cmdline: str | None, crash: bool, machine: Machine,
                     modules: Sequence[Module] = (), checks: bool = True, protocol: str | None = None,

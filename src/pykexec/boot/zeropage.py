@@ -37,7 +37,7 @@ from ..formats.bzimage import (BOOT_FLAG, HDRS_MAGIC, LOADED_HIGH, SETUP_HEADER,
                                XLF_KERNEL_64, has_setup_header, header_end)
 from .bootparam import (BOOT_PARAMS, E820_MAX_ENTRIES_ZEROPAGE, EFI_SETUP_DATA, HDR_LIMIT, HDR_OFFSET,
                         RNG_SEED_LENGTH, SETUP_DATA_HEADER, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED,
-                        SIZEOF_BOOT_PARAMS, TYPE_OF_LOADER_KEXEC, e820_entries, put)
+                        SIZEOF_BOOT_PARAMS, TYPE_OF_LOADER_KEXEC, put)
 from .e820 import E820_RAM, E820Entry
 from .firmware import EfiState, Firmware
 
@@ -209,15 +209,3 @@ class BootParams:
                 mem_k = (e.end >> 10) - (MiB >> 10)
                 put(buf, "ext_mem_k", min(mem_k, 0xFC00))
                 put(buf, "alt_mem_k", min(mem_k, 0xFFFFFFFF))
-
-
-def read_zero_page(data: bytes) -> dict[str, object]:
-    """The fields of a zero page pykexec writes, for tests and ``plan --json``."""
-    out: dict[str, object] = {name: BOOT_PARAMS.get(data, name) for name in (
-        "acpi_rsdp_addr", "ext_ramdisk_image", "ext_ramdisk_size", "ext_cmd_line_ptr", "efi_systab",
-        "efi_memmap", "efi_memmap_hi", "efi_memmap_size", "efi_memdesc_size", "e820_entries", "sentinel")}
-    for name in ("type_of_loader", "loadflags", "cmd_line_ptr", "ramdisk_image", "ramdisk_size", "setup_data",
-                 "version", "hardware_subarch"):
-        out[name] = SETUP_HEADER.get(data, name)
-    out["e820"] = [E820Entry(*entry) for entry in e820_entries(data, int(out["e820_entries"]))]
-    return out

@@ -185,12 +185,6 @@ class Firmware(Engine):
         self.put32(self.st + 16, 0)
         self.put32(self.st + 16, zlib.crc32(self.read(self.st, c.ST_SIZE)))
 
-    def add_config_table(self, guid: bytes, data: bytes, mem_type: int = c.BS_DATA) -> int:
-        addr = self.alloc(mem_type, len(data))
-        self.write(addr, data)
-        self._set_config_table(guid, addr)
-        return addr
-
     # -- images ------------------------------------------------------------------------
     def load_image(self, data: bytes, *, parent: int, name: str, file_path_dp: bytes | None,
                    device_handle: int = 0, full_path: bytes | None = None) -> Image:

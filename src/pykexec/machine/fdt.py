@@ -211,9 +211,6 @@ class FdtEditor:
     def set_string(self, path: str, name: str, value: str) -> None:
         self.set(path, name, value.encode() + b"\0")
 
-    def set_u32(self, path: str, name: str, value: int) -> None:
-        self.set(path, name, struct.pack(">I", value))
-
     def set_u64(self, path: str, name: str, value: int) -> None:
         self.set(path, name, struct.pack(">Q", value))
 

@@ -12,7 +12,6 @@ from pykexec.boot import elfcore, purgatory, usermode
 from pykexec.boot.bootparam import BOOT_PARAMS, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED
 from pykexec.boot.firmware import Firmware, read_firmware
 from pykexec.boot.multiboot_info import Module, parse_multiboot2_info
-from pykexec.boot.zeropage import read_zero_page
 from pykexec.errors import LoadRefused, NotLoadable, PlacementError, UsageError, UserLoadRefused
 from pykexec.formats.bzimage import SETUP_HEADER
 from pykexec.machine import Range
@@ -20,6 +19,7 @@ from pykexec.plan import plan
 from pykexec.plan.validate import validate_linux
 from pykexec.prepare import prepare
 from tests import builders
+from tests.usermode_helpers import corrupted, read_zero_page
 
 from .conftest import fixed_random, many_ranges, qemu_crash, qemu_pc
 from .test_firmware import efi_tree
@@ -102,11 +102,11 @@ def test_no_checks_and_verbose_and_reset():
 
 def test_corrupted_copy_keeps_the_digests():
     load = build(builders.bzimage())
-    bad = load.corrupted("initrd", 10)
+    bad = corrupted(load, "initrd", 10)
     assert bad.segment("initrd").buf[10] == load.segment("initrd").buf[10] ^ 0xFF
     assert bad.segment("purgatory") == load.segment("purgatory")
     with pytest.raises(KeyError):
-        load.corrupted("purgatory")
+        corrupted(load, "purgatory")
 
 
 def test_without_initrd():

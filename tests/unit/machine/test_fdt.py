@@ -143,16 +143,16 @@ def test_edits_read_back_through_pylibfdt(tree):
 
 def test_setting_twice_keeps_the_last_value():
     ed = fdt.FdtEditor(arm64_virt())
-    ed.set_u32("/chosen", "linux,initrd-end", 1)
-    ed.set_u32("/chosen", "linux,initrd-end", 2)
+    ed.set_u64("/chosen", "linux,initrd-end", 1)
+    ed.set_u64("/chosen", "linux,initrd-end", 2)
     assert fdt.chosen(ed.blob())["linux,initrd-end"] == 2
 
 
 def test_nodes_are_made_with_their_parents():
     ed = fdt.FdtEditor(dtb({"/": {}}))
-    ed.set_u32("/a/b/c", "x", 7)
+    ed.set_u64("/a/b/c", "x", 7)
     f = libfdt.Fdt(ed.blob())
-    assert f.getprop(f.path_offset("/a/b/c"), "x").as_uint32() == 7
+    assert f.getprop(f.path_offset("/a/b/c"), "x").as_uint64() == 7
 
 
 @pytest.mark.skipif(shutil.which("dtc") is None, reason="dtc (Debian device-tree-compiler) is not installed")
@@ -186,4 +186,4 @@ def test_a_broken_structure_block_names_the_node_and_property():
 
 def test_a_relative_path_is_refused():
     with pytest.raises(FormatError, match="chosen: a node path must be absolute"):
-        fdt.FdtEditor(arm64_virt()).set_u32("chosen", "x", 1)
+        fdt.FdtEditor(arm64_virt()).set_u64("chosen", "x", 1)
