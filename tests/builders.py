@@ -866,18 +866,3 @@ def samples() -> dict[str, bytes]:
         **{alg: compress(alg, elf64()) for alg in ALGORITHMS},
     }
 
-
-def corrupted_user_load(load, role: str, offset: int = 0):
-    """``load`` (a UserLoad) with one byte of segment ``role`` flipped after the purgatory's
-    digests were taken: what the purgatory must refuse (the test-only hook of the VM scenarios)."""
-    import dataclasses
-    segments = list(load.plan.segments)
-    index = next((i for i, s in enumerate(segments) if s.role == role), None)
-    if index is None or role == "purgatory":
-        raise KeyError(f"no {role} segment to corrupt")
-    buf = bytearray(segments[index].buf)
-    if not buf:
-        raise ValueError(f"the {role} segment has no bytes to corrupt")
-    buf[offset % len(buf)] ^= 0xFF
-    segments[index] = dataclasses.replace(segments[index], buffer=bytes(buf), bufsz=len(buf))
-    return dataclasses.replace(load, plan=dataclasses.replace(load.plan, segments=tuple(segments)))

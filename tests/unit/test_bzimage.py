@@ -34,6 +34,22 @@ def test_key_offsets_are_pinned(name, offset):
     assert bzimage.SETUP_HEADER.offset(name) == offset
 
 
+def test_flags_pinned_to_boot_rst():
+    """loadflags and xloadflags bits, as boot.rst and arch/x86/include/uapi/asm/bootparam.h number them."""
+    assert (bzimage.LOADED_HIGH, bzimage.KASLR_FLAG, bzimage.QUIET_FLAG, bzimage.KEEP_SEGMENTS,
+            bzimage.CAN_USE_HEAP) == (1 << 0, 1 << 1, 1 << 5, 1 << 6, 1 << 7)
+    assert (bzimage.XLF_KERNEL_64, bzimage.XLF_CAN_BE_LOADED_ABOVE_4G, bzimage.XLF_EFI_HANDOVER_32,
+            bzimage.XLF_EFI_HANDOVER_64, bzimage.XLF_EFI_KEXEC, bzimage.XLF_5LEVEL,
+            bzimage.XLF_5LEVEL_ENABLED, bzimage.XLF_MEM_ENCRYPTION) == tuple(1 << i for i in range(8))
+    assert bzimage.SETUP_HEADER_OFFSET == 0x1F1 and bzimage.HDRS_MAGIC.to_bytes(4, "little") == b"HdrS"
+    assert bzimage.STARTUP_64_OFFSET == 0x200
+
+
+@pytest.mark.parametrize("setup_sects, start", [(0, 5 * 512), (1, 2 * 512), (4, 5 * 512), (0x1F, 0x20 * 512)])
+def test_protected_mode_kernel_start(setup_sects, start):
+    assert bzimage.setup_size(setup_sects) == start
+
+
 @pytest.mark.parametrize("name", sorted(b.SETUP_FIELDS))
 def test_layout_matches_boot_rst_table(name):
     """The parser's table and the builder's (written independently from boot.rst) agree."""

@@ -35,6 +35,51 @@ def test_builder_output_is_what_pefile_reads():
     assert struct.unpack_from("<HH", image, sec.VirtualAddress + 4) == (0x0200, 0x0002)
 
 
+def test_header_offsets_are_where_pefile_finds_the_fields():
+    """Every declared header field is at the file offset pefile gives it, in a signed PE32+."""
+    image = b.pe(SECTIONS, signed=True)
+    p = pefile.PE(data=image, fast_load=True)
+    assert pe.DOS_HEADER.offset("e_lfanew") == p.DOS_HEADER.get_field_relative_offset("e_lfanew") == 0x3C
+    coff_at = pe.e_lfanew(image)
+    assert coff_at == p.DOS_HEADER.e_lfanew
+    for name in ("Machine", "NumberOfSections", "SizeOfOptionalHeader"):
+        assert coff_at + pe.COFF_HEADER.offset(name) == p.FILE_HEADER.get_field_absolute_offset(name)
+    opt_at = pe.optional_header_offset(image)
+    assert opt_at == p.OPTIONAL_HEADER.get_file_offset()
+    for name in pe.OPTIONAL_HEADER.fields:
+        assert opt_at + pe.OPTIONAL_HEADER.offset(name) == p.OPTIONAL_HEADER.get_field_absolute_offset(name)
+    assert opt_at + pe.number_of_rva_and_sizes_offset(pe.PE32PLUS_MAGIC) == \
+        p.OPTIONAL_HEADER.get_field_absolute_offset("NumberOfRvaAndSizes")
+    for index in (pe.IMAGE_DIRECTORY_ENTRY_SECURITY, pe.IMAGE_DIRECTORY_ENTRY_BASERELOC):
+        assert opt_at + pe.data_directory_offset(pe.PE32PLUS_MAGIC, index) == \
+            p.OPTIONAL_HEADER.DATA_DIRECTORY[index].get_file_offset()
+    headers = pe.section_headers(image)
+    assert [h["Name"].rstrip(b"\0") for h in headers] == [s.Name.rstrip(b"\0") for s in p.sections]
+    names = {"VirtualSize": "Misc_VirtualSize"}
+    for name in pe.SECTION_HEADER.fields:
+        assert p.sections[1].get_file_offset() + pe.SECTION_HEADER.offset(name) == \
+            p.sections[1].get_field_absolute_offset(names.get(name, name))
+        assert headers[1][name] == getattr(p.sections[1], names.get(name, name))
+
+
+def test_authenticode_positions_pinned_for_pe32_and_pe32plus():
+    """Authenticode_PE.docx: CheckSum at optional header + 64; the Certificate Table entry at
+    + 128 (PE32) or + 144 (PE32+), after NumberOfRvaAndSizes at + 92 or + 108."""
+    assert pe.OPTIONAL_HEADER.offset("CheckSum") == 64
+    assert [pe.data_directory_offset(m, pe.IMAGE_DIRECTORY_ENTRY_SECURITY)
+            for m in (pe.PE32_MAGIC, pe.PE32PLUS_MAGIC)] == [128, 144]
+    assert [pe.number_of_rva_and_sizes_offset(m) for m in (pe.PE32_MAGIC, pe.PE32PLUS_MAGIC)] == [92, 108]
+    assert pe.SECTION_HEADER.size == pe.SECTION_HEADER_SIZE == 40
+
+
+def test_no_section_table_outside_the_file():
+    image = b.pe(SECTIONS)
+    table_end = pe.optional_header_offset(image) + 0xF0 + 40 * len(SECTIONS)
+    assert pe.section_headers(image[:table_end]) is not None
+    assert pe.section_headers(image[:table_end - 1]) is None
+    assert pe.section_headers(b"MZ" + bytes(0x3E)) is None
+
+
 @pytest.mark.parametrize("machine, arch", [(0x14C, "x86"), (0x8664, "x86_64"), (0xAA64, "arm64"),
                                            (0x1C2, "arm"), (0x5064, "riscv64"), (0x1234, None)])
 def test_parse_reports_header(machine, arch):

@@ -17,7 +17,7 @@ import inspect
 
 import pytest
 
-from tests.builders import corrupted_user_load
+from tests.usermode_helpers import corrupted
 
 from . import harness as h
 from . import kdump_pattern as kp
@@ -44,7 +44,7 @@ with open("/tmp/stage2.img", "rb") as f:
     initrd = f.read()
 good = build_user_load(prepare_file("/vm/vmlinuz"), initrd=initrd, cmdline=CMDLINE, crash=False,
                        machine=snapshot(), on_failure="reset")
-bad = corrupted_user_load(good, ROLE, OFFSET)
+bad = corrupted(good, ROLE, OFFSET)
 seg, orig = bad.segment(ROLE), good.segment(ROLE)
 at = OFFSET % len(seg.buf)
 same_elsewhere = seg.buf[:at] == orig.buf[:at] and seg.buf[at + 1:] == orig.buf[at + 1:]
@@ -68,7 +68,7 @@ def test_purgatory_refuses_corrupted_segment(vm_material, role, offset):
     g = h.Guest(f"usermode-corrupt-{role}")
     h.add_token_archive(g, tok)
     g.stage(1, h.py_script(CORRUPT_STAGE1.format(role=role, offset=offset, cmdline=cmdline,
-                                                    corrupted=inspect.getsource(corrupted_user_load))))
+                                                    corrupted=inspect.getsource(corrupted))))
     g.stage(2, h.STAGE2_REPORT)
     serial = g.boot(timeout=240)
 
@@ -76,7 +76,7 @@ def test_purgatory_refuses_corrupted_segment(vm_material, role, offset):
     if serial.value("loaded") != "1":
         serial.fail("/sys/kernel/kexec_loaded is not 1 after kexec_load of the corrupted load")
     if words[-1] == "changed=[]":
-        serial.fail(f"corrupted_user_load(..., {role!r}) changed no byte: {words}")
+        serial.fail(f"corrupted(load, {role!r}) changed no byte: {words}")
     region, mem = words[1].split("=")[1], words[2].split("=")[1]
     # the reset ends QEMU; nothing of the next kernel may run
     if any(serial.has(n) for n in ("cmdline", "token")) or f"marker={marker}" in serial.text \

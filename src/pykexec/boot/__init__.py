@@ -18,7 +18,21 @@ x86_64 only.  One module per structure, each naming its specification:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .multiboot_info import Module, ModuleArg, load_module, parse_module_arg
-from .usermode import UserLoad, build_user_load
+
+if TYPE_CHECKING:
+    from .usermode import UserLoad, build_user_load
 
 __all__ = ["build_user_load", "UserLoad", "Module", "ModuleArg", "load_module", "parse_module_arg"]
+
+
+def __getattr__(name: str):
+    """The user-mode builder on first use: the planners read the zero-page layout in
+    :mod:`.bootparam`, and should not pay for the builder, its purgatory and the syscall
+    backend it imports (nor should ``pykexec --help``)."""
+    if name in ("UserLoad", "build_user_load"):
+        from . import usermode
+        return getattr(usermode, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

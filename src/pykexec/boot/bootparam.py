@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import struct
 
+from ..formats.bzimage import SETUP_HEADER_OFFSET as HDR_OFFSET
 from ..layout import Field, Layout
+from .e820 import ENTRY as E820_ENTRY
 
 SIZEOF_BOOT_PARAMS = 4096
-HDR_OFFSET = 0x1F1
 HDR_LIMIT = 0x290            # _pad7 ends here: edd_mbr_sig_buffer follows the setup header
 E820_MAX_ENTRIES_ZEROPAGE = 128
 EDDMAXNR = 6
@@ -23,6 +24,11 @@ SIZEOF_EDD_INFO = 82
 BOOT_PARAMS = Layout("boot_params", [
     Field("screen_info", 0x000, "64s"),
     Field("ext_mem_k", 0x002, "H"),              # screen_info.ext_mem_k
+    Field("orig_video_mode", 0x006, "B"),        # screen_info (uapi/linux/screen_info.h)
+    Field("orig_video_cols", 0x007, "B"),
+    Field("orig_video_lines", 0x00E, "B"),
+    Field("orig_video_isVGA", 0x00F, "B"),
+    Field("orig_video_points", 0x010, "H"),
     Field("acpi_rsdp_addr", 0x070, "Q"),
     Field("ext_ramdisk_image", 0x0C0, "I"),
     Field("ext_ramdisk_size", 0x0C4, "I"),
@@ -44,7 +50,7 @@ BOOT_PARAMS = Layout("boot_params", [
     Field("sentinel", 0x1EF, "B"),
     Field("hdr", HDR_OFFSET, f"{HDR_LIMIT - HDR_OFFSET}s"),
     Field("edd_mbr_sig_buffer", 0x290, f"{4 * EDD_MBR_SIG_MAX}s"),
-    Field("e820_table", 0x2D0, f"{20 * E820_MAX_ENTRIES_ZEROPAGE}s"),
+    Field("e820_table", 0x2D0, f"{E820_ENTRY.size * E820_MAX_ENTRIES_ZEROPAGE}s"),
     Field("eddbuf", 0xD00, f"{SIZEOF_EDD_INFO * EDDMAXNR}s"),
 ])
 
@@ -60,13 +66,15 @@ EFI_SETUP_DATA = struct.Struct("<QQQQ64x")    # fw_vendor, __unused (runtime), t
 RNG_SEED_LENGTH = 32                          # what the kernel's own kexec_file loader passes
 
 TYPE_OF_LOADER_KEXEC = 0xD0   # LOADER_TYPE_KEXEC (0x0D) << 4, version 0: kexec-tools and the kernel both
-LOADED_HIGH = 0x01
-XLF_KERNEL_64 = 0x01
-XLF_CAN_BE_LOADED_ABOVE_4G = 0x02
-XLF_EFI_KEXEC = 0x10
 
 
 def put(buf: bytearray, name: str, value, *, base: int = 0, layout: Layout = BOOT_PARAMS) -> None:
     """Write one declared field into ``buf`` (the writing half of :class:`Layout`)."""
     field = layout.fields[name]
     struct.pack_into(layout.endian + field.code, buf, base + field.offset, value)
+
+
+def e820_entries(page: bytes | memoryview, count: int) -> list[tuple[int, int, int]]:
+    """The first ``count`` (addr, size, type) entries of a zero page's ``e820_table``."""
+    off = BOOT_PARAMS.offset("e820_table")
+    return [E820_ENTRY.unpack_from(page, off + E820_ENTRY.size * i) for i in range(count)]

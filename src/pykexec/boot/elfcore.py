@@ -57,6 +57,27 @@ X86_64_PAGE_OFFSET = 0xFFFF888000000000          # 4-level paging, no KASLR (Doc
 DIRECT_MAP_START = 0xFFFF800000000000
 DEFAULT_NOTE_SIZE = 1024                          # kexec-tools MAX_NOTE_BYTES without crash_notes_size
 CRASH_DUMP_TYPES = ("ACPI Tables", "ACPI Non-volatile Storage")
+KEXEC_TOOLS_MIN_MEMSZ = 16 * 1024                 # crashdump-x86.c: "bloat the memsz of elf core header
+                                                  # segment to 16K" (a gap some vmlinux layouts overwrite)
+
+
+def phnum(cpus: int, nr_ranges: int) -> int:
+    """Program headers for ``cpus`` CPU notes and ``nr_ranges`` memory ranges: a PT_NOTE per CPU,
+    one for vmcoreinfo, one PT_LOAD for the kernel text and one per range.  The kernel's
+    ``crash_prepare_elf64_headers`` counts the same (nr_cpus + 1 + nr_ranges + 1)."""
+    return cpus + 1 + 1 + nr_ranges
+
+
+def header_size(count: int) -> int:
+    """Bytes of an ELF64 core header with ``count`` program headers, as :func:`build` writes it
+    (the extended-numbering section header only past 65534)."""
+    return EHDR.size + count * PHDR.size + (SHDR.size if count >= PN_XNUM else 0)
+
+
+def user_memsz(bufsz: int, page_size: int) -> int:
+    """The elfcorehdr segment's memsz in a kexec_load: at least 16 KiB (kexec-tools
+    ``load_crashdump_segments``), rounded up to a page (``add_buffer``)."""
+    return align_up(max(bufsz, KEXEC_TOOLS_MIN_MEMSZ), page_size)
 
 
 @dataclass(frozen=True)

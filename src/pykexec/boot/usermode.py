@@ -36,25 +36,24 @@ from typing import Callable, Sequence
 
 from ..errors import FormatError, NotLoadable, PlacementError, UsageError, UserLoadRefused
 from ..formats.bzimage import BzImage
+from ..formats.bzimage import XLF_EFI_KEXEC
 from ..formats.elf import Elf
 from ..formats.multiboot import Multiboot
 from ..formats.multiboot2 import Multiboot2
 from ..machine.model import Machine
 from ..machine.ranges import MiB, Range, align_down, align_up
 from ..plan import x86 as plan_x86
-from ..plan.common import crash_walk, normal_walks, place, require_memory
+from ..plan.common import crash_backup, crash_walk, normal_walks, place, require_memory
 from ..plan.kexec_buf import KexecBuf, Placer, Segment
 from ..plan.loadplan import LoadPlan
 from . import e820 as e820_mod
 from . import elfcore, multiboot_info, purgatory, zeropage
-from .bootparam import XLF_EFI_KEXEC
 from .firmware import Firmware, read_firmware
 from .multiboot_info import Module, MultibootImage, PlacedModule
 
 log = logging.getLogger(__name__)
 
 LINUX_ENTRY64_OFFSET = 0x200          # boot.rst: "the 64-bit entry point is at the kernel's load address + 0x200"
-KEXEC_TOOLS_MIN_ELFCOREHDR = 16 * 1024
 X86_PHYSICAL_ALIGN = 0x200000        # CONFIG_PHYSICAL_ALIGN, what __startup_64 requires of a moved vmlinux
 FOUR_GIB = 1 << 32
 PROTOCOLS = ("linux", "multiboot2", "multiboot")
@@ -426,16 +425,15 @@ def _crash_segments(ctx: _Context, placer: Placer, walks: list, cmdline: str) ->
         ctx.notes.append(f"crash: {path}: {why}")
     if not sources.cpu_notes:
         ctx.notes.append("crash: no CPU crash notes found; the dump will have no register state")
-    source = e820_mod.backup_source(machine)
-    backup = None
-    if source is not None:
-        size = align_up(source.size, ctx.page)
-        # No bytes: the kernel zero-fills it, the purgatory checks it is still zero, then copies.
-        backup = place(placer, KexecBuf("backup", 0, size, top_down=False, buffer=b""), walks)
+    source, backup = None, None
+    planned = crash_backup(machine)
+    if planned is not None:
+        source, kbuf = planned
+        backup = place(placer, kbuf, walks)
     ranges = elfcore.crash_ranges(machine)
     header = elfcore.build(ranges, sources=sources,
                            backup=elfcore.Backup(source, backup.mem) if backup is not None else None)
-    memsz = max(KEXEC_TOOLS_MIN_ELFCOREHDR, align_up(len(header), ctx.page))
+    memsz = elfcore.user_memsz(len(header), ctx.page)
     elf = place(placer, KexecBuf("elfcorehdr", len(header), memsz, top_down=False, buffer=header), walks)
     keep_out = [elf.range] + ([backup.range] if backup is not None else [])
     e820 = e820_mod.crash_map(machine, keep_out=keep_out, backup=source)

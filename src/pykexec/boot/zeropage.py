@@ -29,16 +29,15 @@ kexec/arch/i386/x86-linux-setup.c) and the kernel's own kexec_file loader
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..errors import FormatError
-from ..formats.bzimage import BOOT_FLAG, HDRS_MAGIC, SETUP_HEADER
+from ..formats.bzimage import (BOOT_FLAG, HDRS_MAGIC, LOADED_HIGH, SETUP_HEADER, XLF_CAN_BE_LOADED_ABOVE_4G,
+                               XLF_KERNEL_64, has_setup_header, header_end)
 from .bootparam import (BOOT_PARAMS, E820_MAX_ENTRIES_ZEROPAGE, EFI_SETUP_DATA, HDR_LIMIT, HDR_OFFSET,
                         RNG_SEED_LENGTH, SETUP_DATA_HEADER, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED,
-                        SIZEOF_BOOT_PARAMS, TYPE_OF_LOADER_KEXEC, XLF_CAN_BE_LOADED_ABOVE_4G,
-                        XLF_KERNEL_64, LOADED_HIGH, put)
+                        SIZEOF_BOOT_PARAMS, TYPE_OF_LOADER_KEXEC, put)
 from .e820 import E820_RAM, E820Entry
 from .firmware import EfiState, Firmware
 
@@ -64,9 +63,10 @@ class SetupData:
 
 def setup_header(image: bytes | memoryview) -> bytes:
     """The setup header bytes to copy: 0x1f1 up to ``0x202 + image[0x201]``, never past 0x290."""
-    if len(image) < 0x202 or SETUP_HEADER.get(image, "header") != HDRS_MAGIC:
-        raise FormatError("bzimage", "no 'HdrS' setup header to copy", field="header", offset=0x202)
-    end = min(0x202 + image[0x201], HDR_LIMIT, len(image))
+    if not has_setup_header(image):
+        raise FormatError("bzimage", "no 'HdrS' setup header to copy", field="header",
+                          offset=SETUP_HEADER.offset("header"))
+    end = min(header_end(image), HDR_LIMIT, len(image))
     return bytes(image[HDR_OFFSET:end])
 
 
@@ -81,7 +81,7 @@ def synthetic_header(*, cmdline_size: int = COMMAND_LINE_SIZE - 1) -> bytes:
                         ("cmdline_size", cmdline_size)]
     for name, value in fields:
         put(buf, name, value, layout=SETUP_HEADER)
-    return bytes(buf[HDR_OFFSET:0x202 + 0x6A])
+    return bytes(buf[HDR_OFFSET:header_end(buf)])
 
 
 def e820_table(entries: Sequence[E820Entry]) -> tuple[tuple[E820Entry, ...], SetupData | None]:
@@ -133,7 +133,7 @@ class BootParams:
 
     @property
     def protocol(self) -> int:
-        return int.from_bytes(self.header[0x206 - HDR_OFFSET:0x208 - HDR_OFFSET], "little")
+        return SETUP_HEADER.get(self.header, "version", base=-HDR_OFFSET)
 
     def pack(self) -> bytes:
         if len(self.e820) > E820_MAX_ENTRIES_ZEROPAGE:
@@ -148,7 +148,9 @@ class BootParams:
                 put(buf, name, BOOT_PARAMS.get(running, name))
         else:
             # kexec-tools' defaults: an 80x25 VGA text console.
-            buf[0x06], buf[0x07], buf[0x0E], buf[0x0F], buf[0x10] = 0, 80, 25, 1, 16
+            for name, value in (("orig_video_mode", 0), ("orig_video_cols", 80), ("orig_video_lines", 25),
+                                ("orig_video_isVGA", 1), ("orig_video_points", 16)):
+                put(buf, name, value)
         buf[HDR_OFFSET:HDR_OFFSET + len(self.header)] = self.header
         version = self.protocol
         put(buf, "type_of_loader", TYPE_OF_LOADER_KEXEC, layout=SETUP_HEADER)
@@ -207,17 +209,3 @@ class BootParams:
                 mem_k = (e.end >> 10) - (MiB >> 10)
                 put(buf, "ext_mem_k", min(mem_k, 0xFC00))
                 put(buf, "alt_mem_k", min(mem_k, 0xFFFFFFFF))
-
-
-def read_zero_page(data: bytes) -> dict[str, object]:
-    """The fields of a zero page pykexec writes, for tests and ``plan --json``."""
-    out: dict[str, object] = {name: BOOT_PARAMS.get(data, name) for name in (
-        "acpi_rsdp_addr", "ext_ramdisk_image", "ext_ramdisk_size", "ext_cmd_line_ptr", "efi_systab",
-        "efi_memmap", "efi_memmap_hi", "efi_memmap_size", "efi_memdesc_size", "e820_entries", "sentinel")}
-    for name in ("type_of_loader", "loadflags", "cmd_line_ptr", "ramdisk_image", "ramdisk_size", "setup_data",
-                 "version", "hardware_subarch"):
-        out[name] = SETUP_HEADER.get(data, name)
-    off = BOOT_PARAMS.offset("e820_table")
-    out["e820"] = [E820Entry(*struct.unpack_from("<QQI", data, off + 20 * i))
-                   for i in range(int(out["e820_entries"]))]
-    return out

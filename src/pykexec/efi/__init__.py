@@ -61,13 +61,14 @@ ARCH_FOR_MACHINE = {v: k for k, v in c.MACHINE_FOR_ARCH.items()}
 
 def detect_arch(data: bytes) -> str:
     """x86_64 or arm64, from the PE header's Machine field."""
+    from ..formats.pe import DOS_HEADER
     from .memory import EfiStatusError
     from .peload import read_pe
     try:
         info = read_pe(data)
     except EfiStatusError as e:
         raise FormatError("pe", f"the emulator runs PE images: {e.why or e}", field="e_lfanew",
-                          offset=0x3C) from e
+                          offset=DOS_HEADER.offset("e_lfanew")) from e
     arch = ARCH_FOR_MACHINE.get(info.machine)
     if arch is None:
         raise FormatError("pe", f"machine {info.machine:#x} cannot be emulated; "

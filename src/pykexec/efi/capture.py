@@ -1,10 +1,10 @@
 """What the stub hands to the kernel, read out of guest memory at the hand-over.
 
 x86_64 (Documentation/arch/x86/boot.rst, "64-bit Boot Protocol"): RSI holds
-the ``boot_params`` (zero page).  Its setup header gives the command line
-(``cmd_line_ptr`` at 0x228, high half ``ext_cmd_line_ptr`` at 0x0c8) and the
-initrd (``ramdisk_image``/``ramdisk_size`` at 0x218/0x21c, high halves at
-0x0c0/0x0c4); the E820 table is at 0x2d0 with its count at 0x1e8.
+the ``boot_params`` (zero page, declared in :mod:`pykexec.boot.bootparam`).
+Its setup header gives the command line (``cmd_line_ptr``, high half
+``ext_cmd_line_ptr``) and the initrd (``ramdisk_image``/``ramdisk_size``, high
+halves ``ext_ramdisk_*``); the E820 table is ``e820_table``/``e820_entries``.
 
 arm64 (Documentation/arch/arm64/booting.rst): X0 holds the FDT; ``/chosen``
 has ``bootargs`` and ``linux,initrd-start``/``linux,initrd-end``.
@@ -24,12 +24,17 @@ import hashlib
 import struct
 from dataclasses import dataclass, field
 
+from ..boot import e820
+from ..boot.bootparam import BOOT_PARAMS, E820_MAX_ENTRIES_ZEROPAGE, SIZEOF_BOOT_PARAMS, e820_entries
+from ..formats import arm64_image, pe
+from ..formats.bzimage import DEFAULTS, SETUP_HEADER, has_setup_header
 from ..formats.layer import Layer, raw
+from ..machine import fdt
 from . import constants as c
-from . import fdt
 
-E820_TYPES = {1: "RAM", 2: "reserved", 3: "ACPI", 4: "NVS", 5: "unusable", 7: "PMEM",
-              12: "PRAM", 0xF0000000 + 0: "soft-reserved"}
+E820_TYPES = {e820.E820_RAM: "RAM", e820.E820_RESERVED: "reserved", e820.E820_ACPI: "ACPI",
+              e820.E820_NVS: "NVS", e820.E820_UNUSABLE: "unusable", e820.E820_PMEM: "PMEM",
+              e820.E820_PRAM: "PRAM", e820.E820_SOFT_RESERVED: "soft-reserved"}
 MAX_CMDLINE = 1 << 16
 
 
@@ -106,39 +111,36 @@ def _kernel_region(fw, pc: int) -> tuple[int, int, int | None]:
 def x86_capture(fw, handover: dict) -> dict:
     pc = handover["pc"]
     bp_addr = handover["registers"]["rsi"]
-    bp = fw.read(bp_addr, 4096)
-    u32 = lambda off: struct.unpack_from("<I", bp, off)[0]  # noqa: E731
-    cmd_ptr = u32(0x228) | u32(0x0C8) << 32
-    rd_addr = u32(0x218) | u32(0x0C0) << 32
-    rd_size = u32(0x21C) | u32(0x0C4) << 32
-    cmdline_size = u32(0x238) or 255
-    entries = bp[0x1E8]
-    e820 = []
-    for i in range(min(entries, 128)):
-        addr, size, kind = struct.unpack_from("<QQI", bp, 0x2D0 + 20 * i)
-        e820.append({"addr": addr, "size": size, "type": E820_TYPES.get(kind, kind)})
+    bp = fw.read(bp_addr, SIZEOF_BOOT_PARAMS)
+    hdr = lambda name: SETUP_HEADER.get(bp, name)  # noqa: E731
+    zp = lambda name: BOOT_PARAMS.get(bp, name)  # noqa: E731
+    cmd_ptr = hdr("cmd_line_ptr") | zp("ext_cmd_line_ptr") << 32
+    rd_addr = hdr("ramdisk_image") | zp("ext_ramdisk_image") << 32
+    rd_size = hdr("ramdisk_size") | zp("ext_ramdisk_size") << 32
+    cmdline_size = hdr("cmdline_size") or DEFAULTS["cmdline_size"]
+    memory_map = [{"addr": addr, "size": size, "type": E820_TYPES.get(kind, kind)}
+                  for addr, size, kind in e820_entries(bp, min(zp("e820_entries"), E820_MAX_ENTRIES_ZEROPAGE))]
     cmdline = _cstring(fw, cmd_ptr, cmdline_size + 1) if cmd_ptr else None
     initrd = fw.read_sparse(rd_addr, rd_size) if rd_addr and rd_size else None
     start, end, mtype = _kernel_region(fw, pc)
     kernel = fw.read_sparse(start, end - start)
-    efi_info = struct.unpack_from("<4sIIIIIII", bp, 0x1C0)
     loadable = None
     source = fw.images_by_handle.get(fw.ebs_image) if fw.ebs_image else None
-    if source is not None and source.source[0x202:0x206] == b"HdrS":
+    if source is not None and has_setup_header(source.source):
         loadable = source.source
     return {
         "kernel": kernel, "kernel_base": start, "initrd": initrd, "cmdline": cmdline,
         "boot_params": bp, "loadable": loadable,
         "report": {
             "boot_params": {"addr": bp_addr, "cmd_line_ptr": cmd_ptr, "ramdisk_image": rd_addr,
-                            "ramdisk_size": rd_size, "loadflags": bp[0x211],
-                            "type_of_loader": bp[0x210],
-                            "efi_loader_signature": efi_info[0].decode("ascii", "replace"),
-                            "efi_systab": efi_info[1] | efi_info[6] << 32,
-                            "efi_memmap": efi_info[4] | efi_info[7] << 32,
-                            "efi_memmap_size": efi_info[5],
-                            "setup_data": struct.unpack_from("<Q", bp, 0x250)[0],
-                            "e820": e820},
+                            "ramdisk_size": rd_size, "loadflags": hdr("loadflags"),
+                            "type_of_loader": hdr("type_of_loader"),
+                            "efi_loader_signature": zp("efi_loader_signature").decode("ascii", "replace"),
+                            "efi_systab": zp("efi_systab") | zp("efi_systab_hi") << 32,
+                            "efi_memmap": zp("efi_memmap") | zp("efi_memmap_hi") << 32,
+                            "efi_memmap_size": zp("efi_memmap_size"),
+                            "setup_data": hdr("setup_data"),
+                            "e820": memory_map},
             "kernel_region_type": c.memory_type_name(mtype) if mtype is not None else None,
         },
     }
@@ -149,8 +151,8 @@ def arm64_capture(fw, handover: dict) -> dict:
     fdt_addr = handover["registers"]["x0"]
     head = fw.read(fdt_addr, 8) if fdt_addr else b""
     dtb = chosen = None
-    if len(head) == 8 and struct.unpack(">I", head[:4])[0] == fdt.FDT_MAGIC:
-        total = struct.unpack(">I", head[4:8])[0]
+    total = fdt.totalsize(head)
+    if total is not None:
         dtb = fw.read(fdt_addr, total)
         chosen = fdt.chosen(dtb)
     cmdline = initrd = None
@@ -171,12 +173,12 @@ def arm64_capture(fw, handover: dict) -> dict:
         "kernel": kernel, "kernel_base": start, "initrd": initrd, "cmdline": cmdline,
         # systemd-stub 256+ lays the kernel out itself without its PE headers; the arm64
         # stub then copies a headerless Image, which kexec_file_load cannot take
-        "dtb": dtb, "loadable": kernel if kernel[0x38:0x3C] == b"ARM\x64" else None,
+        "dtb": dtb, "loadable": kernel if arm64_image.probe(kernel) else None,
         "report": {"initrd_source": source,
                    "dtb": {"addr": fdt_addr, "size": len(dtb) if dtb else 0,
                            "chosen": {k: v for k, v in (chosen or {}).items()
                                       if isinstance(v, (int, str))}},
-                   "image_header": region[0x38:0x3C] == b"ARM\x64",
+                   "image_header": arm64_image.probe(region),
                    "kernel_region": {"size": len(region),
                                      "type": c.memory_type_name(mtype) if mtype is not None else None}},
     }
@@ -217,17 +219,12 @@ def _initrd_table(fw) -> bytes | None:
 
 def image_length(region: bytes) -> int:
     """An arm64 Image's file length: where its PE sections' raw data ends, else image_size."""
-    if len(region) < 0x40 or region[0x38:0x3C] != b"ARM\x64":
+    if not arm64_image.probe(region):
         return len(region)
-    image_size = struct.unpack_from("<Q", region, 0x10)[0] or len(region)
-    if region[:2] == b"MZ":
-        pe = struct.unpack_from("<I", region, 0x3C)[0]
-        if region[pe:pe + 4] == b"PE\0\0":
-            nsec = struct.unpack_from("<H", region, pe + 6)[0]
-            opt = struct.unpack_from("<H", region, pe + 20)[0]
-            table = pe + 24 + opt
-            ends = [sum(struct.unpack_from("<II", region, table + 40 * i + 16)[::-1])
-                    for i in range(nsec)]
-            if ends and 0 < max(ends) <= len(region):
-                return max(ends)
+    image_size = arm64_image.HEADER.get(region, "image_size") or len(region)
+    sections = pe.section_headers(region)
+    if sections:
+        end = max(h["PointerToRawData"] + h["SizeOfRawData"] for h in sections)
+        if 0 < end <= len(region):
+            return end
     return min(image_size, len(region))

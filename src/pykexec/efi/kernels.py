@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import PykexecError
+from ..formats.pe import DOS_HEADER, DOS_MAGIC
 from .memory import EfiStatusError
 from .peload import PeInfo, read_pe
 
@@ -78,7 +79,7 @@ def recognise(data: bytes, arch: str, *, origin: str = "") -> Kernel | None:
     from ..formats.bzimage import BzImage
     from ..limits import Limits
     want = KERNEL_FORMATS.get(arch)
-    if want is None or len(data) < 0x40 or data[:2] != b"MZ":
+    if want is None or len(data) < DOS_HEADER.size or data[:2] != DOS_MAGIC:
         return None
     try:
         info = read_pe(data)
@@ -104,7 +105,7 @@ def in_sections(data: bytes, info: PeInfo, arch: str) -> list[Kernel]:
     for s in info.sections:
         size = min(s.raw_size, s.virtual_size) if s.virtual_size else s.raw_size
         body = data[s.raw_offset:s.raw_offset + size]
-        if body[:2] == b"MZ":
+        if body[:2] == DOS_MAGIC:
             kernel = recognise(body, arch, origin=f"section {s.name}")
             if kernel is not None:
                 found.append(kernel)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import pefile
 
+from ..formats.pe import (DOS_HEADER, DOS_MAGIC, IMAGE_DIRECTORY_ENTRY_BASERELOC, IMAGE_SCN_MEM_EXECUTE,
+                          PE32PLUS_MAGIC)
 from . import constants as c
 from .memory import EfiStatusError
 
-IMAGE_DIRECTORY_ENTRY_BASERELOC = 5
 REL_ABSOLUTE, REL_HIGH, REL_LOW, REL_HIGHLOW, REL_DIR64 = 0, 1, 2, 3, 10
 
 
@@ -51,19 +52,19 @@ class PeInfo:
     def executable_ranges(self) -> tuple[tuple[int, int], ...]:
         """RVA ranges of sections marked IMAGE_SCN_MEM_EXECUTE."""
         return tuple((s.virtual_address, s.virtual_address + max(s.virtual_size, s.raw_size))
-                     for s in self.sections if s.characteristics & 0x20000000)
+                     for s in self.sections if s.characteristics & IMAGE_SCN_MEM_EXECUTE)
 
 
 def read_pe(data: bytes) -> PeInfo:
     """Parse the headers; a buffer that is not a PE image is EFI_LOAD_ERROR."""
-    if len(data) < 0x40 or data[:2] != b"MZ":
+    if len(data) < DOS_HEADER.size or data[:2] != DOS_MAGIC:
         raise EfiStatusError(c.EFI_LOAD_ERROR, "no 'MZ' at offset 0")
     try:
         pe = pefile.PE(data=data, fast_load=True)
     except pefile.PEFormatError as e:
         raise EfiStatusError(c.EFI_LOAD_ERROR, f"not a PE image: {e.value}") from e
     opt = pe.OPTIONAL_HEADER
-    if opt.Magic != 0x20B:
+    if opt.Magic != PE32PLUS_MAGIC:
         raise EfiStatusError(c.EFI_UNSUPPORTED, f"not a PE32+ image (magic {opt.Magic:#x})")
     dirs = opt.DATA_DIRECTORY
     reloc = dirs[IMAGE_DIRECTORY_ENTRY_BASERELOC] if len(dirs) > IMAGE_DIRECTORY_ENTRY_BASERELOC else None

@@ -21,6 +21,7 @@ import zlib
 from dataclasses import dataclass
 
 from ..errors import EmulationError, StubExited
+from ..formats import arm64_image, bzimage
 from . import constants as c
 from . import kernels
 from .handles import HandleDatabase, device_path_bytes, file_path, parse_device_path, path_text, \
@@ -183,12 +184,6 @@ class Firmware(Engine):
         self.put64(self.st + c.ST_NUMBER_OF_TABLE_ENTRIES, len(self.config_tables))
         self.put32(self.st + 16, 0)
         self.put32(self.st + 16, zlib.crc32(self.read(self.st, c.ST_SIZE)))
-
-    def add_config_table(self, guid: bytes, data: bytes, mem_type: int = c.BS_DATA) -> int:
-        addr = self.alloc(mem_type, len(data))
-        self.write(addr, data)
-        self._set_config_table(guid, addr)
-        return addr
 
     # -- images ------------------------------------------------------------------------
     def load_image(self, data: bytes, *, parent: int, name: str, file_path_dp: bytes | None,
@@ -1081,14 +1076,14 @@ def kernel_entries(arch: str, data: bytes, base: int) -> dict[int, str]:
       runs the kernel where it was loaded (6.1 on a 64 KiB-aligned image
       without a KASLR seed).  The Image's file offsets are its RVAs.
     """
-    if arch == "x86_64" and data[0x202:0x206] == b"HdrS":
-        setup_sects = data[0x1F1] or 4
-        return {base + (setup_sects + 1) * 512 + 0x200:
+    if arch == "x86_64" and bzimage.has_setup_header(data):
+        kernel = bzimage.setup_size(bzimage.SETUP_HEADER.get(data, "setup_sects"))
+        return {base + kernel + bzimage.STARTUP_64_OFFSET:
                 "the kernel entry point of the loaded bzImage (startup_64)"}
-    if arch != "arm64" or len(data) < 0x40 or data[0x38:0x3C] != b"ARM\x64":
+    if arch != "arm64" or not arm64_image.probe(data):
         return {}
     entries = {base: "the arm64 Image's first instruction, where it was loaded"}
-    code1 = struct.unpack_from("<I", data, 4)[0]
+    code1 = arm64_image.HEADER.get(data, "code1")
     if code1 >> 26 == 0b000101:                     # B <imm26>
         imm = code1 & 0x3FF_FFFF
         target = 4 + 4 * (imm - (1 << 26) if imm & (1 << 25) else imm)

@@ -76,19 +76,52 @@ SINCE = {
 DEFAULTS = {"cmdline_size": 255, "initrd_addr_max": 0x37FFFFFF, "pref_address": 0x100000,
             "kernel_alignment": 0x100000}
 
-LOADFLAGS = {0x01: "LOADED_HIGH", 0x02: "KASLR_FLAG", 0x20: "QUIET_FLAG",
-             0x40: "KEEP_SEGMENTS", 0x80: "CAN_USE_HEAP"}
-XLOADFLAGS = {0x01: "XLF_KERNEL_64", 0x02: "XLF_CAN_BE_LOADED_ABOVE_4G",
-              0x04: "XLF_EFI_HANDOVER_32", 0x08: "XLF_EFI_HANDOVER_64",
-              0x10: "XLF_EFI_KEXEC", 0x20: "XLF_5LEVEL", 0x40: "XLF_5LEVEL_ENABLED",
-              0x80: "XLF_MEM_ENCRYPTION"}
-XLF_KERNEL_64 = 0x01
-LOADED_HIGH = 0x01
+# loadflags bits (boot.rst, "loadflags").
+LOADED_HIGH = 0x01        # the protected-mode code is loaded at 0x100000
+KASLR_FLAG = 0x02         # set by the kernel's decompressor, not a loader
+QUIET_FLAG = 0x20
+KEEP_SEGMENTS = 0x40      # obsolete
+CAN_USE_HEAP = 0x80       # heap_end_ptr is valid
+LOADFLAGS = {LOADED_HIGH: "LOADED_HIGH", KASLR_FLAG: "KASLR_FLAG", QUIET_FLAG: "QUIET_FLAG",
+             KEEP_SEGMENTS: "KEEP_SEGMENTS", CAN_USE_HEAP: "CAN_USE_HEAP"}
+# xloadflags bits (boot.rst, "xloadflags", protocol 2.12+).
+XLF_KERNEL_64 = 0x01                 # a 64-bit entry point at the kernel + 0x200
+XLF_CAN_BE_LOADED_ABOVE_4G = 0x02
+XLF_EFI_HANDOVER_32 = 0x04
+XLF_EFI_HANDOVER_64 = 0x08
+XLF_EFI_KEXEC = 0x10                 # the kernel takes the EFI state a kexec loader passes
+XLF_5LEVEL = 0x20                    # can run with 5-level paging
+XLF_5LEVEL_ENABLED = 0x40
+XLF_MEM_ENCRYPTION = 0x80
+XLOADFLAGS = {XLF_KERNEL_64: "XLF_KERNEL_64", XLF_CAN_BE_LOADED_ABOVE_4G: "XLF_CAN_BE_LOADED_ABOVE_4G",
+              XLF_EFI_HANDOVER_32: "XLF_EFI_HANDOVER_32", XLF_EFI_HANDOVER_64: "XLF_EFI_HANDOVER_64",
+              XLF_EFI_KEXEC: "XLF_EFI_KEXEC", XLF_5LEVEL: "XLF_5LEVEL",
+              XLF_5LEVEL_ENABLED: "XLF_5LEVEL_ENABLED", XLF_MEM_ENCRYPTION: "XLF_MEM_ENCRYPTION"}
+SETUP_HEADER_OFFSET = SETUP_HEADER.offset("setup_sects")    # 0x1f1: where the header starts
+SECTOR_SIZE = 512
+STARTUP_64_OFFSET = 0x200   # boot.rst "64-bit Boot Protocol": the kernel's 64-bit entry, from its start
 GZIP_MAGIC = b"\x1f\x8b\x08"
 
 
 def flag_names(value: int, names: dict[int, str]) -> list[str]:
     return [name for bit, name in names.items() if value & bit]
+
+
+def has_setup_header(data: Buffer) -> bool:
+    """Whether ``data`` carries a boot.rst setup header: "HdrS" at 0x202 (protocol 2.00+)."""
+    return len(data) >= SETUP_HEADER.offset("version") and SETUP_HEADER.get(data, "header") == HDRS_MAGIC
+
+
+def header_end(data: Buffer) -> int:
+    """Where the setup header ends: the target of the 2-byte jump at 0x200, 0x202 + its displacement."""
+    return SETUP_HEADER.offset("header") + (SETUP_HEADER.get(data, "jump") >> 8)
+
+
+def setup_size(setup_sects: int) -> int:
+    """Where the protected-mode kernel starts in the file: (setup_sects + 1) sectors, 0 meaning 4."""
+    return ((setup_sects or 4) + 1) * SECTOR_SIZE
+
+
 
 
 @dataclass(frozen=True)
@@ -143,33 +176,31 @@ class BzImage(Layer):
 
 
 def probe(data: Buffer) -> bool:
-    return (len(data) >= 0x206
-            and SETUP_HEADER.get(data, "header") == HDRS_MAGIC
-            and SETUP_HEADER.get(data, "boot_flag") == BOOT_FLAG)
+    return has_setup_header(data) and SETUP_HEADER.get(data, "boot_flag") == BOOT_FLAG
 
 
 def parse(data: Buffer) -> BzImage:
     if not probe(data):
         raise FormatError("bzimage", "no 'HdrS' magic with boot_flag 0xAA55",
-                          field="header", offset=0x202)
-    header_end = 0x202 + data[0x201]
+                          field="header", offset=SETUP_HEADER.offset("header"))
+    end = header_end(data)
     version = SETUP_HEADER.get(data, "version")
-    fields = SETUP_HEADER.unpack(data, upto=min(header_end, len(data)))
+    fields = SETUP_HEADER.unpack(data, upto=min(end, len(data)))
     present = {k: v for k, v in fields.items() if version >= SINCE.get(k, 0)}
     value = {**DEFAULTS, **present}.get
     setup_sects = value("setup_sects") or 4
-    setup_size = (setup_sects + 1) * 512
-    if setup_size > len(data):
-        raise FormatError("bzimage", f"setup of {setup_size:#x} bytes is longer than the "
-                          f"{len(data):#x}-byte image", field="setup_sects", offset=0x1F1)
-    payload_offset, payload_length, found_by = _payload(data, setup_size, value)
+    kernel_start = setup_size(setup_sects)
+    if kernel_start > len(data):
+        raise FormatError("bzimage", f"setup of {kernel_start:#x} bytes is longer than the "
+                          f"{len(data):#x}-byte image", field="setup_sects", offset=SETUP_HEADER_OFFSET)
+    payload_offset, payload_length, found_by = _payload(data, kernel_start, value)
     pe_hdr = pe.read_header(data, "bzimage") if pe.has_pe_header(data) else None
     xloadflags = value("xloadflags") or 0
     loadflags = value("loadflags") or 0
     return BzImage(
         arch="x86_64" if xloadflags & XLF_KERNEL_64 else "x86", data=data,
         version=f"{version >> 8}.{version & 0xFF:02d}", protocol=version,
-        setup_sects=setup_sects, setup_size=setup_size, header_end=header_end,
+        setup_sects=setup_sects, setup_size=kernel_start, header_end=end,
         loadflags=loadflags, loadflags_names=tuple(flag_names(loadflags, LOADFLAGS)),
         kernel_alignment=value("kernel_alignment"), relocatable_kernel=value("relocatable_kernel") or 0,
         min_alignment=value("min_alignment") or 0,
@@ -179,26 +210,27 @@ def parse(data: Buffer) -> BzImage:
         handover_offset=value("handover_offset"), kernel_info_offset=value("kernel_info_offset"),
         syssize=value("syssize"),
         payload_offset=payload_offset, payload_length=payload_length, payload_found_by=found_by,
-        decompressed_size=(_decompressed_size(data, setup_size + payload_offset + payload_length)
+        decompressed_size=(_decompressed_size(data, kernel_start + payload_offset + payload_length)
                            if found_by == "header" else None),
         pe_header=pe_hdr is not None, authenticode=bool(pe_hdr and pe_hdr.signed),
     )
 
 
-def _payload(data: Buffer, setup_size: int, value) -> tuple[int | None, int | None, str]:
+def _payload(data: Buffer, kernel_start: int, value) -> tuple[int | None, int | None, str]:
     """Locate the compressed vmlinux: from the 2.08+ header, else by gzip magic."""
     offset, length = value("payload_offset"), value("payload_length")
     if offset == 0 and length == 0:
         return None, None, "absent"
     if offset is None or length is None:
-        found = bytes(data[setup_size:]).find(GZIP_MAGIC)
+        found = bytes(data[kernel_start:]).find(GZIP_MAGIC)
         if found < 0:
             return None, None, "absent"
-        return found, len(data) - setup_size - found, "scan"
-    start = setup_size + offset
+        return found, len(data) - kernel_start - found, "scan"
+    start = kernel_start + offset
     if start + length > len(data) or length < 4:
         raise FormatError("bzimage", f"payload [{start:#x}, +{length:#x}) lies outside the "
-                          f"{len(data):#x}-byte image", field="payload_length", offset=0x24C)
+                          f"{len(data):#x}-byte image", field="payload_length",
+                          offset=SETUP_HEADER.offset("payload_length"))
     return offset, length, "header"
 
 

@@ -9,7 +9,6 @@ Machine is IMAGE_FILE_MACHINE_LOONGARCH64, as kexec-tools' ``pei`` probe does.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from ..errors import FormatError
@@ -34,9 +33,9 @@ class LoongarchImage(KernelImage):
 def probe(data: Buffer) -> bool:
     if not pe.has_pe_header(data) or bytes(data[4:8]) == b"zimg":
         return False
-    e_lfanew = struct.unpack_from("<I", data, 0x3C)[0]
-    return (e_lfanew + 6 <= len(data)
-            and struct.unpack_from("<H", data, e_lfanew + 4)[0] == IMAGE_FILE_MACHINE_LOONGARCH64)
+    coff_at = pe.e_lfanew(data)
+    return (coff_at + pe.COFF_HEADER.offset("Machine") + 2 <= len(data)
+            and pe.COFF_HEADER.get(data, "Machine", coff_at) == IMAGE_FILE_MACHINE_LOONGARCH64)
 
 
 def parse(data: Buffer) -> LoongarchImage:

@@ -21,27 +21,38 @@ from ..errors import FormatError
 from ..layout import Field, Layout
 from .layer import Buffer, Format, Layer, ignoring_limits
 
-IMAGE_DIRECTORY_ENTRY_SECURITY = 4
+# The MS-DOS stub header: its magic and the file offset of the PE signature.
+DOS_HEADER = Layout("pe", [Field("e_magic", 0x00, "2s"), Field("e_lfanew", 0x3C, "I")])
+DOS_MAGIC = b"MZ"
+PE_SIGNATURE = b"PE\0\0"
 # Relative to e_lfanew: the signature and the COFF file header.
 COFF_HEADER = Layout("pe", [
     Field("Signature", 0x00, "4s"), Field("Machine", 0x04, "H"),
     Field("NumberOfSections", 0x06, "H"), Field("SizeOfOptionalHeader", 0x14, "H"),
 ])
 COFF_HEADER_END = 0x18
-# Relative to the optional header; the same offsets in PE32 and PE32+.
+# Relative to the optional header; the same offsets in PE32 and PE32+ (ImageBase,
+# which is not, is read by magic below).
 OPTIONAL_HEADER = Layout("pe", [
     Field("Magic", 0x00, "H"), Field("AddressOfEntryPoint", 0x10, "I"),
-    Field("SizeOfImage", 0x38, "I"), Field("Subsystem", 0x44, "H"),
+    Field("SectionAlignment", 0x20, "I"), Field("SizeOfImage", 0x38, "I"),
+    Field("SizeOfHeaders", 0x3C, "I"), Field("CheckSum", 0x40, "I"), Field("Subsystem", 0x44, "H"),
 ])
+PE32_MAGIC, PE32PLUS_MAGIC = 0x10B, 0x20B
 # Magic: the size of the fixed part, whose last field is NumberOfRvaAndSizes;
 # the data directories (8 bytes each) follow it.
-OPTIONAL_HEADER_SIZES = {0x10B: 96, 0x20B: 112}
+OPTIONAL_HEADER_SIZES = {PE32_MAGIC: 96, PE32PLUS_MAGIC: 112}
 DATA_DIRECTORY = Layout("pe", [Field("VirtualAddress", 0x00, "I"), Field("Size", 0x04, "I")])
+# Data directory indices ("Optional Header Data Directories").
+IMAGE_DIRECTORY_ENTRY_SECURITY = 4      # the Attribute Certificate Table: a file offset, not an RVA
+IMAGE_DIRECTORY_ENTRY_BASERELOC = 5
 SECTION_HEADER = Layout("pe", [
     Field("Name", 0x00, "8s"), Field("VirtualSize", 0x08, "I"), Field("VirtualAddress", 0x0C, "I"),
     Field("SizeOfRawData", 0x10, "I"), Field("PointerToRawData", 0x14, "I"),
+    Field("Characteristics", 0x24, "I"),
 ])
 SECTION_HEADER_SIZE = 40
+IMAGE_SCN_MEM_EXECUTE = 0x20000000
 # pefile (fast_load) reads at most 16 data directories and 0x800 sections, and
 # stops or gives up on sections whose sizes it finds suspicious.
 PEFILE_MAX_DATA_DIRECTORIES = 16
@@ -96,10 +107,47 @@ class PeHeader:
 
 def has_pe_header(data: Buffer) -> bool:
     """'MZ' at 0 and 'PE\\0\\0' where e_lfanew points, nothing more."""
-    if len(data) < 0x40 or bytes(data[:2]) != b"MZ":
+    if len(data) < DOS_HEADER.size or bytes(data[:2]) != DOS_MAGIC:
         return False
-    e_lfanew = struct.unpack_from("<I", data, 0x3C)[0]
-    return e_lfanew + 4 <= len(data) and bytes(data[e_lfanew:e_lfanew + 4]) == b"PE\0\0"
+    at = e_lfanew(data)
+    return at + 4 <= len(data) and bytes(data[at:at + 4]) == PE_SIGNATURE
+
+
+def e_lfanew(data: Buffer) -> int:
+    """Where the PE signature and the COFF header start."""
+    return DOS_HEADER.get(data, "e_lfanew")
+
+
+def optional_header_offset(data: Buffer) -> int:
+    return e_lfanew(data) + COFF_HEADER_END
+
+
+def data_directory_offset(magic: int, index: int) -> int:
+    """Where DataDirectory[index] is, relative to an optional header of ``magic``."""
+    return OPTIONAL_HEADER_SIZES[magic] + DATA_DIRECTORY.size * index
+
+
+def number_of_rva_and_sizes_offset(magic: int) -> int:
+    """Where NumberOfRvaAndSizes, the fixed part's last field, is, relative to the optional header."""
+    return OPTIONAL_HEADER_SIZES[magic] - 4
+
+
+def section_headers(data: Buffer) -> list[dict[str, object]] | None:
+    """The section table as the COFF header places it, in file order, or None when the
+    table (or the headers before it) does not lie inside ``data``.  No other checks: the
+    caller decides what an odd entry means."""
+    if not has_pe_header(data):
+        return None
+    coff_at = e_lfanew(data)
+    if coff_at + COFF_HEADER_END > len(data):
+        return None
+    coff = COFF_HEADER.unpack(data, coff_at)
+    count = coff["NumberOfSections"]
+    table_at = coff_at + COFF_HEADER_END + coff["SizeOfOptionalHeader"]
+    if table_at + SECTION_HEADER_SIZE * count > len(data):
+        return None
+    return [SECTION_HEADER.unpack(data, at)
+            for at in range(table_at, table_at + SECTION_HEADER_SIZE * count, SECTION_HEADER_SIZE)]
 
 
 def read_header(data: Buffer, layer: str = "pe") -> PeHeader:
@@ -132,20 +180,21 @@ def _read_plain(data: Buffer):
     """
     if not has_pe_header(data):
         return None
-    coff_at = struct.unpack_from("<I", data, 0x3C)[0]
+    coff_at = e_lfanew(data)
     opt_at = coff_at + COFF_HEADER_END
     if opt_at + OPTIONAL_HEADER.size > len(data):
         return None
-    fixed = OPTIONAL_HEADER_SIZES.get(OPTIONAL_HEADER.get(data, "Magic", opt_at))
+    magic = OPTIONAL_HEADER.get(data, "Magic", opt_at)
+    fixed = OPTIONAL_HEADER_SIZES.get(magic)
     if fixed is None or opt_at + fixed > len(data):
         return None
     coff = COFF_HEADER.unpack(data, coff_at)
     opt = OPTIONAL_HEADER.unpack(data, opt_at)
-    directories = min(struct.unpack_from("<I", data, opt_at + fixed - 4)[0] & 0x7FFFFFFF,
-                      PEFILE_MAX_DATA_DIRECTORIES)
+    rva_and_sizes = struct.unpack_from("<I", data, opt_at + number_of_rva_and_sizes_offset(magic))[0]
+    directories = min(rva_and_sizes & 0x7FFFFFFF, PEFILE_MAX_DATA_DIRECTORIES)
     certificate = (0, 0)
     if directories > IMAGE_DIRECTORY_ENTRY_SECURITY:
-        entry_at = opt_at + fixed + DATA_DIRECTORY.size * IMAGE_DIRECTORY_ENTRY_SECURITY
+        entry_at = opt_at + data_directory_offset(magic, IMAGE_DIRECTORY_ENTRY_SECURITY)
         if entry_at + DATA_DIRECTORY.size > len(data):
             return None
         entry = DATA_DIRECTORY.unpack(data, entry_at)
@@ -176,7 +225,7 @@ def _read_with_pefile(data: Buffer, layer: str):
     try:
         pe = pefile.PE(data=bytes(data), fast_load=True)
     except pefile.PEFormatError as e:
-        raise FormatError(layer, str(e.value), field="e_lfanew", offset=0x3C) from e
+        raise FormatError(layer, str(e.value), field="e_lfanew", offset=DOS_HEADER.offset("e_lfanew")) from e
     opt = pe.OPTIONAL_HEADER
     dirs = getattr(opt, "DATA_DIRECTORY", [])
     certificate = (0, 0)

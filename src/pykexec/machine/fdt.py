@@ -1,31 +1,48 @@
-"""The memory a flattened device tree describes: memory nodes, /reserved-memory, /memreserve/.
+"""Flattened device trees, read and edited with pylibfdt: memory, ``/chosen``, and edits to it.
 
 Specification: the Devicetree Specification v0.4, chapter 5 ("Flattened
-Devicetree (DTB) Format"): a big-endian header (magic 0xd00dfeed), the memory
-reservation block (pairs of u64 address/size ending in 0/0), the structure
-block (FDT_BEGIN_NODE 1, FDT_END_NODE 2, FDT_PROP 3, FDT_NOP 4, FDT_END 9)
-and the strings block.  ``reg`` is decoded with the parent's
-``#address-cells``/``#size-cells`` (defaults 2 and 1, section 2.3.5).
+Devicetree (DTB) Format"): a big-endian header (magic 0xd00dfeed, totalsize,
+then the offsets and sizes of the blocks), the memory reservation block, the
+structure block and the strings block.  pylibfdt (the binding shipped with
+dtc's libfdt) does the walking and the editing; this module says what pykexec
+reads and writes:
 
-pylibfdt (the binding shipped with dtc's libfdt) is used when it imports;
-otherwise the structure block is walked here.  Both give the same nodes.
-Linux exposes the boot DTB as /sys/firmware/fdt (root only); the kernel's
-kexec_file loader for arm64 starts from it (drivers/of/kexec.c,
-of_kexec_alloc_and_setup_fdt), so its size also sizes the next DTB.
+* memory: memory nodes, ``/reserved-memory`` children and ``/memreserve/``
+  entries, ``reg`` decoded with the parent's ``#address-cells``/``#size-cells``
+  (defaults 2 and 1, section 2.3.5).  Linux exposes the boot DTB as
+  /sys/firmware/fdt (root only); the kernel's kexec_file loader for arm64
+  starts from it (drivers/of/kexec.c ``of_kexec_alloc_and_setup_fdt``), so its
+  size also sizes the next DTB;
+* ``/chosen`` (Documentation/devicetree/bindings/chosen.txt and the schema's
+  chosen.yaml): ``bootargs`` a string, the rest 1- or 2-cell integers;
+* edits, as a loader makes them to the DTB it hands on (what
+  ``of_kexec_alloc_and_setup_fdt`` does): set or delete a property, creating
+  the node (``/chosen``) when it is missing, growing the blob when libfdt
+  says it has no room (-FDT_ERR_NOSPACE).
+
+Every failure is a :class:`~pykexec.errors.PykexecError` naming the node,
+the property and libfdt's reason.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterator
 
-from ..errors import MachineDescriptionError
+import libfdt
+
+from ..errors import FormatError, MachineDescriptionError
 from .ranges import Range
 
 FDT_MAGIC = 0xD00DFEED
-FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, FDT_NOP, FDT_END = 1, 2, 3, 4, 9
+# fdt_header: magic, totalsize, off_dt_struct, off_dt_strings, off_mem_rsvmap, version,
+# last_comp_version, boot_cpuid_phys, size_dt_strings, size_dt_struct (all be32)
 HEADER = struct.Struct(">10I")
+FDT_RESERVE_ENTRY = 16                  # struct fdt_reserve_entry: be64 address, be64 size
+FDT_PROP_OVERHEAD = 12                  # FDT_PROP token, len, nameoff
+FDT_NODE_OVERHEAD = 8                   # FDT_BEGIN_NODE and FDT_END_NODE tokens
+STRING_PROPS = ("bootargs",)
+LAYER = "fdt"
 
 
 @dataclass(frozen=True)
@@ -44,38 +61,68 @@ class FdtMemory:
     memory: tuple[Range, ...]
     reserved_memory: tuple[tuple[str, Range], ...]
     memreserve: tuple[Range, ...]
-    totalsize: int
-    parser: str
+
+
+def totalsize(head: bytes) -> int | None:
+    """The blob's length from the first 8 bytes of its header, None without the magic."""
+    if len(head) < 8:
+        return None
+    magic, total = struct.unpack_from(">II", head)
+    return total if magic == FDT_MAGIC else None
 
 
 def packed_size(data: bytes) -> int | None:
     """The size ``fdt_pack`` would leave: header, reservation block, structure and strings blocks."""
     if len(data) < HEADER.size or HEADER.unpack_from(data)[0] != FDT_MAGIC:
         return None
-    (_, totalsize, off_struct, off_strings, off_rsv, _, _, _, size_strings, size_struct) = HEADER.unpack_from(data)
-    rsv = off_struct - off_rsv if off_rsv < off_struct else 16
-    return min(totalsize, HEADER.size + rsv + size_struct + size_strings)
+    (_, total, off_struct, _, off_rsv, _, _, _, size_strings, size_struct) = HEADER.unpack_from(data)
+    rsv = off_struct - off_rsv if off_rsv < off_struct else FDT_RESERVE_ENTRY
+    return min(total, HEADER.size + rsv + size_struct + size_strings)
 
 
-def parse(data: bytes, *, source: str = "/sys/firmware/fdt", use_libfdt: bool = True) -> FdtMemory:
-    """Memory nodes, /reserved-memory children and /memreserve/ entries of a DTB."""
+def _open(data: bytes | bytearray, fail) -> libfdt.Fdt:
     if len(data) < HEADER.size or HEADER.unpack_from(data)[0] != FDT_MAGIC:
-        raise MachineDescriptionError(source, "not a flattened device tree (no 0xd00dfeed magic at 0)")
-    nodes, memrsv, parser = None, None, "pykexec"
-    if use_libfdt:
-        try:
-            nodes, memrsv = _with_libfdt(data, source)
-            parser = "pylibfdt"
-        except ImportError:
-            nodes = None
-    if nodes is None:
-        nodes, memrsv = list(_walk(data, source)), _memrsv(data, source)
-    by_path = {n.path: n for n in nodes}
+        raise fail("not a flattened device tree (no 0xd00dfeed magic at 0)")
+    total = HEADER.unpack_from(data)[1]
+    if total > len(data):   # libfdt trusts totalsize: past the buffer it would read freed memory
+        raise fail(f"totalsize {total} is larger than the {len(data)}-byte blob")
+    try:
+        return libfdt.Fdt(bytearray(data))
+    except libfdt.FdtException as e:
+        raise fail(f"libfdt: {libfdt.fdt_strerror(e.err)}") from e
+
+
+def _nodes(f: libfdt.Fdt, source: str) -> list[FdtNode]:
+    """Every node in structure-block order, with its properties."""
+    try:
+        out = []
+        offset, depth = 0, 0
+        while offset >= 0 and depth >= 0:  # depth -1: past the root's FDT_END_NODE
+            out.append(FdtNode(f.get_path(offset), tuple(_props(f, offset))))
+            offset, depth = f.next_node(offset, depth, (libfdt.NOTFOUND,))
+        return out
+    except libfdt.FdtException as e:
+        raise MachineDescriptionError(source, f"libfdt: {libfdt.fdt_strerror(e.err)}") from e
+
+
+def _props(f: libfdt.Fdt, offset: int):
+    poff = f.first_property_offset(offset, (libfdt.NOTFOUND,))
+    while poff >= 0:
+        prop = f.get_property_by_offset(poff)
+        yield prop.name, bytes(prop)
+        poff = f.next_property_offset(poff, (libfdt.NOTFOUND,))
+
+
+def parse(data: bytes, *, source: str = "/sys/firmware/fdt") -> FdtMemory:
+    """Memory nodes, /reserved-memory children and /memreserve/ entries of a DTB."""
+    f = _open(data, lambda why: MachineDescriptionError(source, why))
+    found = _nodes(f, source)
+    by_path = {n.path: n for n in found}
     root = by_path.get("/")
     if root is None:
         raise MachineDescriptionError(source, "the structure block has no root node")
     memory: list[Range] = []
-    for node in nodes:
+    for node in found:
         name = node.path.rsplit("/", 1)[-1]
         parent = node.path.rsplit("/", 1)[0] or "/"
         if parent != "/" or not (name == "memory" or name.startswith("memory@")):
@@ -86,12 +133,12 @@ def parse(data: bytes, *, source: str = "/sys/firmware/fdt", use_libfdt: bool = 
     reserved: list[tuple[str, Range]] = []
     resmem = by_path.get("/reserved-memory")
     if resmem is not None:
-        for node in nodes:
+        for node in found:
             if node.path.rsplit("/", 1)[0] == "/reserved-memory" and not _disabled(node):
                 name = node.path.rsplit("/", 1)[-1]
                 reserved.extend((name, r) for r in _reg(node, resmem, source))
-    return FdtMemory(tuple(sorted(memory)), tuple(reserved), tuple(memrsv),
-                     HEADER.unpack_from(data)[1], parser)
+    memrsv = tuple(Range(*f.get_mem_rsv(i)[-2:]) for i in range(f.num_mem_rsv()))
+    return FdtMemory(tuple(sorted(memory)), tuple(reserved), memrsv)
 
 
 def _disabled(node: FdtNode) -> bool:
@@ -122,92 +169,86 @@ def _reg(node: FdtNode, parent: FdtNode, source: str) -> list[Range]:
     return out
 
 
-def _memrsv(data: bytes, source: str) -> list[Range]:
-    off = HEADER.unpack_from(data)[4]
-    out = []
-    while True:
-        if off + 16 > len(data):
-            raise MachineDescriptionError(source, "memory reservation block runs past the end")
-        addr, size = struct.unpack_from(">QQ", data, off)
-        if addr == 0 and size == 0:
-            return out
-        out.append(Range(addr, size))
-        off += 16
+def _value(name: str, raw: bytes) -> int | str | bytes:
+    if name in STRING_PROPS:
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    if len(raw) == 4:
+        return struct.unpack(">I", raw)[0]
+    if len(raw) == 8:
+        return struct.unpack(">Q", raw)[0]
+    return raw
 
 
-def _walk(data: bytes, source: str) -> Iterator[FdtNode]:
-    """The structure block, node by node (each yielded at its FDT_END_NODE), with properties."""
-    (_, totalsize, off_struct, off_strings, _, version, _, _, size_strings,
-     size_struct) = HEADER.unpack_from(data)
-    if totalsize > len(data):
-        raise MachineDescriptionError(source, f"totalsize {totalsize} is larger than the {len(data)}-byte blob")
-    strings = data[off_strings:off_strings + size_strings]
-    end = off_struct + size_struct if version >= 17 else totalsize
-    pos, path, props = off_struct, [], []
-    pending: list[tuple[str, list]] = []
-
-    def name_at(offset: int) -> str:
-        stop = strings.find(b"\0", offset)
-        if offset >= len(strings) or stop < 0:
-            raise MachineDescriptionError(source, f"property name offset {offset} is outside the strings block")
-        return strings[offset:stop].decode("ascii", "replace")
-
-    while pos + 4 <= end:
-        token = struct.unpack_from(">I", data, pos)[0]
-        pos += 4
-        if token == FDT_BEGIN_NODE:
-            stop = data.find(b"\0", pos, end)
-            if stop < 0:
-                raise MachineDescriptionError(source, f"unterminated node name at {pos:#x}")
-            name = data[pos:stop].decode("ascii", "replace")
-            pos = (stop + 4) & ~3
-            path.append(name)
-            props = []
-            pending.append(("/" + "/".join(p for p in path if p), props))
-        elif token == FDT_PROP:
-            length, nameoff = struct.unpack_from(">II", data, pos)
-            pos += 8
-            value = data[pos:pos + length]
-            pos = (pos + length + 3) & ~3
-            if not pending:
-                raise MachineDescriptionError(source, f"property outside any node at {pos:#x}")
-            pending[-1][1].append((name_at(nameoff), bytes(value)))
-        elif token == FDT_END_NODE:
-            if not path:
-                raise MachineDescriptionError(source, f"FDT_END_NODE without a node at {pos - 4:#x}")
-            node_path, node_props = pending.pop()
-            yield FdtNode(node_path if node_path != "/" else "/", tuple(node_props))
-            path.pop()
-        elif token == FDT_NOP:
-            continue
-        elif token == FDT_END:
-            return
-        else:
-            raise MachineDescriptionError(source, f"unknown structure token {token:#x} at {pos - 4:#x}")
-    raise MachineDescriptionError(source, "structure block ends without FDT_END")
+def chosen(dtb: bytes) -> dict | None:
+    """The properties of ``/chosen``: strings for bootargs, integers for 1- and 2-cell values;
+    None when there is no ``/chosen``."""
+    f = _open(dtb, lambda why: FormatError(LAYER, why, field="/chosen", offset=0))
+    off = f.path_offset("/chosen", (libfdt.NOTFOUND,))
+    if off < 0:
+        return None
+    return {name: _value(name, raw) for name, raw in _props(f, off)}
 
 
-def _with_libfdt(data: bytes, source: str) -> tuple[list[FdtNode], list[Range]]:
-    import libfdt  # type: ignore[import-not-found]
+class FdtEditor:
+    """A DTB being edited: properties set and deleted, nodes made, the blob grown as needed.
 
-    try:
-        fdt = libfdt.Fdt(bytes(data))
-        nodes = []
-        offset, depth = 0, 0
-        while offset >= 0 and depth >= 0:  # depth -1: past the root's FDT_END_NODE
-            path = fdt.get_path(offset)
-            props = []
-            poff = fdt.first_property_offset(offset, (libfdt.NOTFOUND,))
-            while poff >= 0:
-                prop = fdt.get_property_by_offset(poff)
-                props.append((prop.name, bytes(prop)))
-                poff = fdt.next_property_offset(poff, (libfdt.NOTFOUND,))
-            nodes.append(FdtNode(path, tuple(props)))
-            offset, depth = fdt.next_node(offset, depth, (libfdt.NOTFOUND,))
-        memrsv = []
-        for i in range(fdt.num_mem_rsv()):
-            addr, size = fdt.get_mem_rsv(i)[-2:]
-            memrsv.append(Range(addr, size))
-        return nodes, memrsv
-    except libfdt.FdtException as e:
-        raise MachineDescriptionError(source, f"libfdt: {e}") from e
+    >>> ed = FdtEditor(dtb)
+    >>> ed.set_string("/chosen", "bootargs", "console=ttyAMA0")
+    >>> ed.set_u64("/chosen", "linux,initrd-start", 0x48000000)
+    >>> ed.delete("/chosen", "linux,elfcorehdr")
+    >>> new = ed.blob()
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._fdt = _open(data, lambda why: FormatError(LAYER, why, field="magic", offset=0))
+
+    def set(self, path: str, name: str, value: bytes) -> None:
+        """Set ``name`` in the node at ``path`` to the raw ``value``, making the node if missing."""
+        offset = self.node(path)
+        self._grow_for(lambda quiet: self._fdt.setprop(offset, name, value, quiet),
+                       FDT_PROP_OVERHEAD + len(value) + len(name) + 1, path, name)
+
+    def set_string(self, path: str, name: str, value: str) -> None:
+        self.set(path, name, value.encode() + b"\0")
+
+    def set_u64(self, path: str, name: str, value: int) -> None:
+        self.set(path, name, struct.pack(">Q", value))
+
+    def delete(self, path: str, name: str) -> bool:
+        """Delete ``name`` from the node at ``path``; False when either is not there."""
+        offset = self._fdt.path_offset(path, (libfdt.NOTFOUND,))
+        if offset < 0:
+            return False
+        return self._call(lambda: self._fdt.delprop(offset, name, (libfdt.NOTFOUND,)), path, name) >= 0
+
+    def node(self, path: str) -> int:
+        """The offset of the node at ``path``, made (with any missing parents) if it is not there."""
+        if not path.startswith("/"):
+            raise FormatError(LAYER, "a node path must be absolute", field=path)
+        offset = self._call(lambda: self._fdt.path_offset(path, (libfdt.NOTFOUND,)), path, None)
+        if offset >= 0:
+            return offset
+        parent_path, _, name = path.rstrip("/").rpartition("/")
+        parent = self.node(parent_path or "/")
+        return self._grow_for(lambda quiet: self._fdt.add_subnode(parent, name, quiet),
+                              FDT_NODE_OVERHEAD + len(name) + 4, path, None)
+
+    def blob(self) -> bytes:
+        """The edited DTB, packed (no free space left at the end)."""
+        self._call(self._fdt.pack, "/", None)
+        return bytes(self._fdt.as_bytearray())
+
+    def _grow_for(self, op, extra: int, path: str, name: str | None):
+        """``op(quiet)``; when the blob is full, grow it by ``extra`` (and alignment) and try once more."""
+        result = self._call(lambda: op((libfdt.NOSPACE,)), path, name)
+        if result != -libfdt.NOSPACE:
+            return result
+        self._call(lambda: self._fdt.resize(self._fdt.totalsize() + extra + 8), path, name)
+        return self._call(lambda: op(()), path, name)
+
+    def _call(self, op, path: str, name: str | None):
+        try:
+            return op()
+        except libfdt.FdtException as e:
+            where = path if name is None else f"{path} {name}"
+            raise FormatError(LAYER, f"libfdt: {libfdt.fdt_strerror(e.err)}", field=where) from e

@@ -186,12 +186,3 @@ def crash_from_iomem(memory: tuple[TypedRange, ...]) -> tuple[Range | None, Rang
     if len(crash) == 1:
         return crash[0], None
     return crash[-1], crash[0]
-
-
-def memory_summary(memory: tuple[TypedRange, ...]) -> dict[str, int]:
-    """Bytes per top-level type."""
-    out: dict[str, int] = {}
-    for r in memory:
-        if r.depth == 0:
-            out[r.type] = out.get(r.type, 0) + r.size
-    return out

@@ -40,11 +40,6 @@ def align_down(value: int, alignment: int) -> int:
     return value & ~(alignment - 1)
 
 
-def page_align(value: int, page_size: int = PAGE_SIZE) -> int:
-    """``PAGE_ALIGN(x)``."""
-    return align_up(value, page_size)
-
-
 def human_size(size: int) -> str:
     """A size the way a person says it: "31 MiB", "4 KiB", "1.5 GiB", "123 bytes"."""
     for unit, name in ((GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):

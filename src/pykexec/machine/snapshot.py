@@ -35,7 +35,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import MachineDescriptionError
+from ..errors import FormatError, MachineDescriptionError
 from . import fdt as fdt_mod
 from . import iomem as iomem_mod
 from .model import ARCH_KEEP_MEMBLOCK, Machine, crash_from_iomem, normalize_arch
@@ -48,7 +48,6 @@ CONFIG_KEYS = ("CONFIG_KEXEC", "CONFIG_KEXEC_FILE", "CONFIG_KEXEC_SIG", "CONFIG_
                "CONFIG_CRASH_MAX_MEMORY_RANGES", "CONFIG_IMA_KEXEC", "CONFIG_KEXEC_HANDOVER",
                "CONFIG_EFI", "CONFIG_X86_5LEVEL", "CONFIG_DMA_CMA", "CONFIG_OF_FLATTREE",
                "CONFIG_ARCH_KEEP_MEMBLOCK", "CONFIG_EFI_RUNTIME_MAP")
-EFI_INFO_MEMDESC_SIZE = 0x1C8  # struct boot_params.efi_info.efi_memdesc_size (bootparam.h: efi_info at 0x1c0)
 KHO_ON = {"on", "1", "y", "yes", "true"}
 
 
@@ -286,7 +285,12 @@ def _config(rd: _Reader, proc: Path, boot: Path, release: str | None) -> dict[st
 
 
 def _efi_memdesc_size(rd: _Reader, sys: Path) -> int | None:
+    # boot/ builds on machine/, so the zero-page layout is imported here, not at the top.
+    from ..boot.bootparam import BOOT_PARAMS
     data = rd.data(sys / "kernel/boot_params/data", quiet_missing=True)
-    if data is None or len(data) < EFI_INFO_MEMDESC_SIZE + 4:
+    if data is None:
         return None
-    return int.from_bytes(data[EFI_INFO_MEMDESC_SIZE:EFI_INFO_MEMDESC_SIZE + 4], "little") or None
+    try:
+        return BOOT_PARAMS.get(data, "efi_memdesc_size") or None
+    except FormatError:     # a short boot_params: no efi_info to read
+        return None

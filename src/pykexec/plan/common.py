@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..boot.e820 import backup_source
 from ..errors import PlacementError
 from ..machine.model import ARCH_KEEP_MEMBLOCK, Machine
-from ..machine.ranges import Range, human_size, subtract
+from ..machine.ranges import KiB, Range, align_up, human_size, subtract
 from .kexec_buf import KexecBuf, Placer, Segment, SegmentLimit, Walk
 
 
@@ -37,6 +38,26 @@ class PurgatorySize:
 # (tests/data/machines/qemu-pc-1g-debian6.1.kexec-file.log).
 LINUX_X86_64_PURGATORY = PurgatorySize(bufsz=0x4000, memsz=0x5000, align=0x1000, entry_offset=0x120,
                                        measured_from="Debian 6.1.0-56 (6.1.192-2) kexec_purgatory")
+
+KEXEC_TOOLS_BACKUP_ALIGN = KiB   # crashdump-x86.c load_crashdump_segments: "align = 1024"
+
+
+def crash_backup(machine: Machine) -> tuple[Range, KexecBuf] | None:
+    """The x86 kexec_load crash backup: the RAM below 640 KiB it copies, and the segment it copies into.
+
+    kexec-tools kexec/arch/i386/crashdump-x86.c ``load_crashdump_segments``
+    adds a zeroed buffer of ``_ALIGN(backup_src_size, 1024)`` bytes as both
+    bufsz and memsz, and ``add_buffer`` rounds memsz up to a page; it goes
+    lowest in the crash region, before the elfcorehdr.  The purgatory copies
+    the source there before the capture kernel runs.  None when no RAM lies
+    below 640 KiB.
+    """
+    source = backup_source(machine)
+    if source is None:
+        return None
+    size = align_up(source.size, KEXEC_TOOLS_BACKUP_ALIGN)
+    return source, KexecBuf("backup", size, align_up(size, machine.page_size), top_down=False, buffer=bytes(size))
+
 
 def require_memory(machine: Machine) -> None:
     if not machine.memory and machine.memblock_free is None:

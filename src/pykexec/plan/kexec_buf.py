@@ -39,7 +39,6 @@ from typing import Sequence
 from ..machine.ranges import PAGE_SIZE, U64_MAX, Range, align_down, align_up, is_power_of_two
 
 KEXEC_SEGMENT_MAX = 16  # include/linux/kexec.h
-KEXEC_BUF_MEM_UNKNOWN = -1
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..boot import elfcore
 from ..machine.model import Machine
 from ..machine.ranges import PAGE_SIZE, Range, align_up, subtract, MiB
 
 NEWEST = (99, 0)
-ELF64_EHDR = 64
-ELF64_PHDR = 56
 ELF_CORE_HEADER_ALIGN = 4096  # include/linux/kexec.h
 
 
@@ -114,15 +113,24 @@ def elfcorehdr_size(machine: Machine, nr_ranges: int, behaviour: KernelBehaviour
     sized for 2 + CONFIG_NR_CPUS_DEFAULT + (CONFIG_CRASH_MAX_MEMORY_RANGES with
     memory hotplug, else nr_ranges) headers.
     """
-    cpus = machine.possible_cpus or 1
-    nr_phdr = cpus + 1 + nr_ranges + 1
-    bufsz = align_up(ELF64_EHDR + nr_phdr * ELF64_PHDR, ELF_CORE_HEADER_ALIGN)
+    nr_phdr = elfcore.phnum(machine.possible_cpus or 1, nr_ranges)
+    bufsz = align_up(elfcore.EHDR.size + nr_phdr * elfcore.PHDR.size, ELF_CORE_HEADER_ALIGN)
     memsz = bufsz
     if behaviour.crash_hotplug:
         pnum = 2 + behaviour.nr_cpus_default + (behaviour.crash_max_memory_ranges
                                                 if behaviour.memory_hotplug else nr_ranges)
-        memsz = ELF64_EHDR + pnum * ELF64_PHDR
+        memsz = elfcore.EHDR.size + pnum * elfcore.PHDR.size
     return bufsz, max(memsz, bufsz)
+
+
+def user_elfcorehdr_size(machine: Machine) -> tuple[int, int]:
+    """(bufsz, memsz) of the elfcorehdr a kexec_load loader writes: the header
+    :func:`pykexec.boot.elfcore.build` makes for the machine's CPUs and RAM ranges (the
+    low 1 MiB included: user mode backs it up instead), in a segment of
+    :func:`pykexec.boot.elfcore.user_memsz`."""
+    nr = elfcorehdr_ranges(machine, exclude_low_1m=False)
+    bufsz = elfcore.header_size(elfcore.phnum(machine.possible_cpus or 1, nr))
+    return bufsz, elfcore.user_memsz(bufsz, machine.page_size)
 
 
 def destination_limit(arch: str, machine: Machine) -> int:
@@ -139,4 +147,5 @@ def destination_limit(arch: str, machine: Machine) -> int:
     return (1 << 64) - 1
 
 
-__all__ = ["KernelBehaviour", "elfcorehdr_ranges", "elfcorehdr_size", "destination_limit", "PAGE_SIZE"]
+__all__ = ["KernelBehaviour", "elfcorehdr_ranges", "elfcorehdr_size", "user_elfcorehdr_size", "destination_limit",
+           "PAGE_SIZE"]

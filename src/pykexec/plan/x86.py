@@ -37,14 +37,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..boot.e820 import backup_source
+from ..boot.bootparam import EFI_SETUP_DATA, RNG_SEED_LENGTH, SETUP_DATA_HEADER, SIZEOF_BOOT_PARAMS
 from ..errors import PlacementError
-from ..formats.bzimage import BzImage
+from ..formats.bzimage import LOADED_HIGH, XLF_5LEVEL, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64, BzImage
 from ..machine.model import Machine
 from ..machine.ranges import MiB, PAGE_SIZE, U64_MAX, align_up, human_size
-from .common import (LINUX_X86_64_PURGATORY, PurgatorySize, crash_walk, normal_walks,
-                     place, require_memory)
+from .common import (LINUX_X86_64_PURGATORY, PurgatorySize, crash_backup, crash_walk,
+                     normal_walks, place, require_memory)
 from .kexec_buf import KexecBuf, Placer, Segment
-from .linux import KernelBehaviour, elfcorehdr_ranges, elfcorehdr_size
+from .linux import KernelBehaviour, elfcorehdr_ranges, elfcorehdr_size, user_elfcorehdr_size
 from .loadplan import LoadPlan
 
 MIN_PURGATORY_ADDR = 0x3000
@@ -52,18 +54,12 @@ MIN_BOOTPARAM_ADDR = 0x3000
 MIN_KERNEL_LOAD_ADDR = 0x100000
 MIN_INITRD_LOAD_ADDR = 0x1000000
 MAX_ELFCOREHDR_STR_LEN = 30  # "elfcorehdr=0x<64bit-value> "
-SIZEOF_BOOT_PARAMS = 4096
-SIZEOF_SETUP_DATA = 16      # u64 next, u32 type, u32 len (arch/x86/include/uapi/asm/setup_data.h)
-SIZEOF_EFI_SETUP_DATA = 96  # fw_vendor, __unused, tables, smbios, reserved[8] (asm/efi.h)
+SIZEOF_SETUP_DATA = SETUP_DATA_HEADER.size
+SIZEOF_EFI_SETUP_DATA = EFI_SETUP_DATA.size
 SIZEOF_IMA_SETUP_DATA = 16  # addr, size
 SIZEOF_KHO_DATA = 32        # fdt_addr, fdt_size, scratch_addr, scratch_size
 SIZEOF_KHO_SCRATCH = 16     # struct kho_scratch: addr, size
-RNG_SEED_LENGTH = 32        # SETUP_RNG_SEED payload
 DEFAULT_EFI_MEMDESC_SIZE = 48  # sizeof(efi_memory_desc_t) 40, as firmware reports it (OVMF: 48)
-BACKUP_SRC_END = 640 * 1024
-KEXEC_TOOLS_MIN_ELFCOREHDR = 16 * 1024
-XLF_KERNEL_64, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_5LEVEL = 0x1, 0x2, 0x20
-LOADED_HIGH = 0x1
 
 
 @dataclass(frozen=True)
@@ -170,10 +166,10 @@ def plan_file(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, ini
     if crash:
         require_memory(machine)
         if beh.crash_backup_region:
-            backup = next((r for r in machine.walkable_ram() if r.start < BACKUP_SRC_END), None)
+            # crash.c before 5.5: determine_backup_region, then an unsigned long crash_zero_bytes as the buffer
+            backup = backup_source(machine)
             if backup is not None:
-                size = min(backup.end, BACKUP_SRC_END) - backup.start
-                place(placer, KexecBuf("backup", 8, size, top_down=False, buffer=bytes(8)), walks)
+                place(placer, KexecBuf("backup", 8, backup.size, top_down=False, buffer=bytes(8)), walks)
         nr = elfcorehdr_ranges(machine, exclude_low_1m=not beh.crash_backup_region)
         bufsz, memsz = elfcorehdr_size(machine, nr, beh)
         elf = place(placer, KexecBuf("elfcorehdr", bufsz, memsz, buf_align=4096, top_down=False), walks)
@@ -202,8 +198,9 @@ def plan_file(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, ini
 
 def probe_user(layer: BzImage, data: bytes) -> None:
     """kexec-tools bzImage64_probe: protocol 2.12+, LOADED_HIGH, XLF_KERNEL_64 and ABOVE_4G."""
+    need = XLF_KERNEL_64 | XLF_CAN_BE_LOADED_ABOVE_4G
     if len(data) < 1024 or layer.protocol < 0x020C or not layer.loadflags & LOADED_HIGH \
-            or layer.xloadflags & 3 != 3:
+            or layer.xloadflags & need != need:
         raise PlacementError(f"not a relocatable bzImage64 (protocol {layer.version}, loadflags "
                              f"{layer.loadflags:#x}, xloadflags {layer.xloadflags:#x}); the bzImage64 "
                              "loader needs 2.12+, LOADED_HIGH and XLF_KERNEL_64|XLF_CAN_BE_LOADED_ABOVE_4G",
@@ -218,13 +215,10 @@ def build_user_segments(layer: BzImage, data: bytes, *, machine: Machine, crash:
     final = cmdline or ""
     if crash:
         require_memory(machine)
-        backup = next((r for r in machine.walkable_ram() if r.start < BACKUP_SRC_END), None)
+        backup = crash_backup(machine)
         if backup is not None:
-            size = align_up(min(backup.end, BACKUP_SRC_END) - backup.start, PAGE_SIZE)
-            place(placer, KexecBuf("backup", size, size, top_down=False, buffer=bytes(size)), walks)
-        nr = elfcorehdr_ranges(machine, exclude_low_1m=False)
-        bufsz = 64 + 56 * ((machine.possible_cpus or 1) + 1 + nr + 1)
-        memsz = max(align_up(bufsz, PAGE_SIZE), KEXEC_TOOLS_MIN_ELFCOREHDR)
+            place(placer, backup[1], walks)
+        bufsz, memsz = user_elfcorehdr_size(machine)
         elf = place(placer, KexecBuf("elfcorehdr", bufsz, memsz, buf_align=PAGE_SIZE, top_down=False), walks)
         final = f"{final} elfcorehdr={elf.mem >> 10}K".lstrip()
     cmdline_len = len(final.encode()) + 1

@@ -22,17 +22,18 @@ address here and the offset is kept in ``Segment.offset``.
 
 from __future__ import annotations
 
+from ..boot.bootparam import RNG_SEED_LENGTH, SIZEOF_BOOT_PARAMS
 from ..errors import PlacementError, UsageError
-from ..formats.bzimage import BzImage
+from ..formats.bzimage import STARTUP_64_OFFSET, BzImage
 from ..machine.model import Machine
 from ..machine.ranges import MiB, PAGE_SIZE, align_down, align_up
 from .common import PurgatorySize, crash_walk, normal_walks, place
 from .kexec_buf import KexecBuf, Placer, Segment
 from .loadplan import LoadPlan
 from .validate import XEN_KERNEL_ALIGN_MAX, XEN_KERNEL_ALIGN_MIN, XEN_KERNEL_ALIGN_UNIT
-from .x86 import (DEFAULT_EFI_MEMDESC_SIZE, MAX_ELFCOREHDR_STR_LEN, RNG_SEED_LENGTH, SIZEOF_BOOT_PARAMS, SIZEOF_EFI_SETUP_DATA,
-                  SIZEOF_SETUP_DATA, build_user_segments, probe_user)
-from .linux import elfcorehdr_ranges
+from .x86 import (DEFAULT_EFI_MEMDESC_SIZE, MAX_ELFCOREHDR_STR_LEN, SIZEOF_EFI_SETUP_DATA, SIZEOF_SETUP_DATA,
+                  build_user_segments, probe_user)
+from .linux import user_elfcorehdr_size
 
 IDENTMAP_1MIB = 1 << 20
 
@@ -107,14 +108,13 @@ def plan_xen_efi(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, 
     params = place(placer, KexecBuf("boot-params", setup_size, setup_size, buf_align=16, top_down=False), [walk])
     if initrd is not None:
         place(placer, KexecBuf("initrd", len(initrd), len(initrd), top_down=False, buffer=initrd), [walk])
-    nr = elfcorehdr_ranges(machine, exclude_low_1m=False)
-    bufsz = 64 + 56 * ((machine.possible_cpus or 1) + 1 + nr + 1)
-    elf = place(placer, KexecBuf("elfcorehdr", bufsz, align_up(bufsz, PAGE_SIZE), top_down=False), [walk])
+    bufsz, memsz = user_elfcorehdr_size(machine)
+    elf = place(placer, KexecBuf("elfcorehdr", bufsz, memsz, top_down=False), [walk])
     final = f"{cmdline or ''} elfcorehdr={elf.mem >> 10}K".lstrip()
     if len(final.encode()) + 1 > layer.cmdline_size:
         raise PlacementError(f"the command line with elfcorehdr= is {len(final.encode()) + 1} bytes; this "
                              f"kernel takes at most {layer.cmdline_size}", errno="EINVAL")
-    entry = dest + kern16 + 0x200
+    entry = dest + kern16 + STARTUP_64_OFFSET
     notes = ["KEXEC_TYPE_CRASH_EFI is proposed (xen-devel, 2026-06), not in a released Xen",
              "boot_params, setup_data and elfcorehdr are built by the loader; sizes assume one "
              "page of boot_params, the command line and an RNG seed"]

@@ -33,16 +33,11 @@ from dataclasses import dataclass
 import pefile
 
 from ..errors import FormatError
+from ..formats.pe import (DATA_DIRECTORY, DOS_HEADER, IMAGE_DIRECTORY_ENTRY_SECURITY, OPTIONAL_HEADER,
+                          OPTIONAL_HEADER_SIZES, data_directory_offset)
 from . import der
 
 LAYER = "authenticode"
-
-# PE/COFF: optional header fields, relative to the optional header
-PE32_MAGIC, PE32PLUS_MAGIC = 0x10B, 0x20B
-CHECKSUM_OFFSET = 64
-SECURITY_DIR_OFFSET = {PE32_MAGIC: 128, PE32PLUS_MAGIC: 144}
-NUMBER_OF_RVA_OFFSET = {PE32_MAGIC: 92, PE32PLUS_MAGIC: 108}
-IMAGE_DIRECTORY_ENTRY_SECURITY = 4
 
 # WIN_CERTIFICATE
 WIN_CERTIFICATE = struct.Struct("<IHH")
@@ -84,9 +79,9 @@ class SignedLayout:
 
     def ranges(self) -> list[tuple[int, int]]:
         """Half-open [start, end) ranges that are hashed, in file order."""
-        skips = [(self.checksum_offset, 4)]
+        skips = [(self.checksum_offset, OPTIONAL_HEADER.fields["CheckSum"].size)]
         if self.security_entry_offset is not None:
-            skips.append((self.security_entry_offset, 8))
+            skips.append((self.security_entry_offset, DATA_DIRECTORY.size))
         if self.signed:
             skips.append((self.cert_table_offset, self.cert_table_size))
         out, pos = [], 0
@@ -156,23 +151,26 @@ def layout(data: bytes) -> SignedLayout:
     try:
         pe = pefile.PE(data=bytes(data), fast_load=True)
     except pefile.PEFormatError as e:
-        raise FormatError(LAYER, f"not a PE image: {e.value}", field="e_lfanew", offset=0x3C) from e
+        raise FormatError(LAYER, f"not a PE image: {e.value}", field="e_lfanew",
+                          offset=DOS_HEADER.offset("e_lfanew")) from e
     opt = pe.OPTIONAL_HEADER
     opt_off = opt.get_file_offset()
     magic = opt.Magic
-    if magic not in SECURITY_DIR_OFFSET:
+    if magic not in OPTIONAL_HEADER_SIZES:
         raise FormatError(LAYER, f"optional header magic {magic:#x} is neither PE32 nor PE32+",
                           field="Magic", offset=opt_off)
     size_of_opt = pe.FILE_HEADER.SizeOfOptionalHeader
-    entry_off = opt_off + SECURITY_DIR_OFFSET[magic]
+    entry_rel = data_directory_offset(magic, IMAGE_DIRECTORY_ENTRY_SECURITY)
+    entry_off = opt_off + entry_rel
     has_entry = (opt.NumberOfRvaAndSizes > IMAGE_DIRECTORY_ENTRY_SECURITY
-                 and SECURITY_DIR_OFFSET[magic] + 8 <= size_of_opt)
+                 and entry_rel + DATA_DIRECTORY.size <= size_of_opt)
     cert_off = cert_size = 0
-    if has_entry and entry_off + 8 > len(data):
+    if has_entry and entry_off + DATA_DIRECTORY.size > len(data):
         raise FormatError(LAYER, "the data directory runs past the end of the file",
                           field="DataDirectory[SECURITY]", offset=entry_off)
     if has_entry:
-        cert_off, cert_size = struct.unpack_from("<II", data, entry_off)
+        entry = DATA_DIRECTORY.unpack(data, entry_off)
+        cert_off, cert_size = entry["VirtualAddress"], entry["Size"]
         if cert_size and (cert_off < opt_off + size_of_opt or cert_off + cert_size > len(data)):
             raise FormatError(LAYER, f"certificate table [{cert_off:#x}, +{cert_size:#x}) is not "
                               f"inside the {len(data):#x}-byte file after the headers",
@@ -186,7 +184,7 @@ def layout(data: bytes) -> SignedLayout:
             end, padding = after, len(tail)
         else:
             trailing = len(tail)
-    return SignedLayout(checksum_offset=opt_off + CHECKSUM_OFFSET,
+    return SignedLayout(checksum_offset=opt_off + OPTIONAL_HEADER.offset("CheckSum"),
                         security_entry_offset=entry_off if has_entry else None,
                         cert_table_offset=cert_off, cert_table_size=cert_size, end=end,
                         zero_padding=padding, trailing=trailing)

@@ -4,6 +4,10 @@ Only definite lengths, in their shortest form, are accepted (DER §10.1).
 Every element keeps the exact bytes it was read from, because CMS signatures
 are checked over those bytes (RFC 5652 §5.4: the signed attributes are
 hashed as the DER encoding of a SET OF, tag 0x31).
+
+Elements are read one level at a time (:meth:`Element.children`) and the
+callers descend the fixed shape of a SignedData, so however deeply an input
+nests, nothing here recurses into it: there is no depth limit to enforce.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from ..errors import FormatError
 
 # Universal tags (X.690 §8.1.2, X.680 §8.4)
 INTEGER, OCTET_STRING, NULL, OID, SEQUENCE, SET = 0x02, 0x04, 0x05, 0x06, 0x30, 0x31
-MAX_DEPTH = 32
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,24 @@ def test_header_layout_pinned():
     assert len(raw) == 64 + 56
 
 
+def test_size_rule_is_what_build_writes():
+    """64-byte Elf64_Ehdr plus 56 per Elf64_Phdr (System V ABI); the section header only past 65534."""
+    sources = CrashSources(cpu_notes=(Note(0x7F000000, 0x2D0), Note(0x7F001000, 0x2D0)),
+                           vmcoreinfo=Note(0x3A000000, 0x1000), kernel_text=KernelText(0xFFFFFFFF81000000, MiB, MiB))
+    ranges = [Range(MiB * i, 0x1000) for i in range(1, 6)]
+    count = elfcore.phnum(cpus=2, nr_ranges=5)
+    assert count == 2 + 1 + 1 + 5
+    assert elfcore.header_size(count) == 64 + 56 * 9 == len(elfcore.build(ranges, sources=sources))
+    assert elfcore.header_size(0xFFFF) == 64 + 56 * 0xFFFF + 64
+
+
+def test_user_memsz_is_at_least_16k_then_whole_pages():
+    """kexec-tools load_crashdump_segments: memsz 16 KiB for a smaller header; add_buffer rounds to a page."""
+    assert elfcore.user_memsz(120, 4096) == 16 * 1024
+    assert elfcore.user_memsz(16 * 1024 + 1, 4096) == 20 * 1024
+    assert elfcore.user_memsz(120, 64 * 1024) == 64 * 1024
+
+
 def test_notes_then_vmcoreinfo_then_text_then_ram():
     sources = CrashSources(cpu_notes=(Note(0x7F000000, 0x2D0, "cpu0"), Note(0x7F001000, 0x2D0, "cpu1")),
                            vmcoreinfo=Note(0x3A000000, 0x1000),

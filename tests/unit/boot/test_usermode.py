@@ -11,13 +11,14 @@ from pykexec.boot import elfcore, purgatory, usermode
 from pykexec.boot.bootparam import BOOT_PARAMS, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED
 from pykexec.boot.firmware import Firmware, read_firmware
 from pykexec.boot.multiboot_info import Module, parse_multiboot2_info
-from pykexec.boot.zeropage import read_zero_page
 from pykexec.errors import LoadRefused, NotLoadable, PlacementError, UsageError, UserLoadRefused
 from pykexec.formats.bzimage import SETUP_HEADER
 from pykexec.machine import Range
+from pykexec.plan import plan
 from pykexec.plan.validate import validate_linux
 from pykexec.prepare import prepare
 from tests import builders
+from tests.usermode_helpers import corrupted, read_zero_page
 
 from .conftest import fixed_random, many_ranges, qemu_crash, qemu_pc
 from .test_firmware import efi_tree
@@ -99,11 +100,11 @@ def test_no_checks_and_verbose_and_reset():
 
 def test_corrupted_copy_keeps_the_digests():
     load = build(builders.bzimage())
-    bad = builders.corrupted_user_load(load, "initrd", 10)
+    bad = corrupted(load, "initrd", 10)
     assert bad.segment("initrd").buf[10] == load.segment("initrd").buf[10] ^ 0xFF
     assert bad.segment("purgatory") == load.segment("purgatory")
     with pytest.raises(KeyError):
-        builders.corrupted_user_load(load, "purgatory")
+        corrupted(load, "purgatory")
 
 
 def test_without_initrd():
@@ -150,6 +151,20 @@ def test_more_than_128_ranges_use_setup_e820_ext():
     assert page["setup_data"] == ext.mem and kind == SETUP_E820_EXT
     assert length == 20 * (page_total(machine) - 128) and nxt == load.segment("setup-data-rng").mem
     assert validate_linux(load.plan) == ()
+
+
+def test_crash_backup_is_sized_as_kexec_tools_sizes_it_in_plan_and_build():
+    """crashdump-x86.c load_crashdump_segments: a zeroed buffer of _ALIGN(backup_src_size, 1024)
+    bytes, as bufsz and memsz, and add_buffer rounds memsz up to a page.  The RAM below 640 KiB
+    is [0x1000, 0x9fc00): 0x9ec00 bytes in 0x9f000.  The planner and the builder agree."""
+    machine = qemu_crash()
+    image = prepare(builders.bzimage())
+    built = build(builders.bzimage(), machine=machine, crash=True, crash_sources=elfcore.synthetic_sources(2))
+    planned = plan(image, machine=machine, target="linux-user", crash=True, initrd=INITRD, cmdline=CMDLINE)
+    for segments in (built.plan.segments, planned.segments):
+        backup = next(s for s in segments if s.role == "backup")
+        assert (backup.bufsz, backup.memsz) == (0x9EC00, 0x9F000)
+        assert backup.buffer == bytes(0x9EC00)
 
 
 def test_crash_load():

@@ -7,11 +7,11 @@ import pytest
 from pykexec.boot import elfcore, purgatory, usermode
 from pykexec.boot.firmware import Firmware
 from pykexec.boot.multiboot_info import Module, parse_multiboot2_info
-from pykexec.boot.zeropage import read_zero_page
 from pykexec.formats.bzimage import SETUP_HEADER
 from pykexec.plan.validate import validate_linux
 from pykexec.prepare import prepare
 from tests import material
+from tests.usermode_helpers import read_zero_page
 
 from .conftest import fixed_random, qemu_crash, qemu_pc
 

@@ -15,6 +15,7 @@ from pykexec.boot.firmware import EfiMemoryDescriptor, EfiState, Firmware
 from pykexec.errors import FormatError
 from pykexec.formats.bzimage import SETUP_HEADER
 from tests import builders
+from tests.usermode_helpers import read_zero_page
 
 from .conftest import MiB
 
@@ -59,7 +60,7 @@ def test_setup_header_needs_hdrs():
 
 def _page(**kw) -> dict:
     params = zeropage.BootParams(header=zeropage.setup_header(builders.bzimage()), **kw)
-    return zeropage.read_zero_page(params.pack())
+    return read_zero_page(params.pack())
 
 
 def test_loader_type_and_pointers():
@@ -90,7 +91,7 @@ def test_e820_table_and_mem_k():
     e820 = (E820Entry(0x1000, 0x9F000, E820_RAM), E820Entry(0xF0000, 0x10000, E820_RESERVED),
             E820Entry(MiB, 0x3FEE0000, E820_RAM), E820Entry(0x3FFE0000, 0x20000, E820_ACPI))
     raw = zeropage.BootParams(header=zeropage.setup_header(builders.bzimage()), e820=e820).pack()
-    page = zeropage.read_zero_page(raw)
+    page = read_zero_page(raw)
     assert page["e820_entries"] == 4 and page["e820"] == list(e820)
     assert raw[0x2D0:0x2D0 + 20] == struct.pack("<QQI", 0x1000, 0x9F000, 1)
     assert BOOT_PARAMS.get(raw, "alt_mem_k") == (0x3FFE0000 >> 10) - 1024

@@ -89,6 +89,17 @@ def test_xen_efi_crash(pc_1g):
         plan(debian61_bzimage(kernel_alignment=0x100000), machine=m, target="xen-efi", crash=True)
 
 
+def test_every_user_mode_elfcorehdr_is_sized_alike(bz, q35_crash):
+    """linux-user and xen-efi both carry the header a kexec_load loader builds: 64 + 56 per
+    program header (a note per CPU, vmcoreinfo, kernel text, the RAM ranges), in at least 16 KiB."""
+    m = q35_crash.with_changes(xen_crash_area=q35_crash.crashk_res)
+    # RAM [0x1000, 0x9fc00) and [1 MiB, 0x3ffdf000) less the crash region [0x2f000000, 0x3f000000): 3 ranges
+    want = (64 + 56 * (2 + 1 + 1 + 3), 16 * 1024)
+    for target, image in (("linux-user", bz), ("xen-efi", debian61_bzimage())):
+        elf = next(s for s in plan(image, machine=m, target=target, crash=True).segments if s.role == "elfcorehdr")
+        assert (elf.bufsz, elf.memsz) == want, target
+
+
 def test_arm64_layout():
     m = simple_machine(Range(0x40000000, 2 * GiB), arch="arm64", fdt_size=0x3000)
     img = arm64(image_size=0x2400000)

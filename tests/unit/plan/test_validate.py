@@ -9,6 +9,7 @@ import pytest
 from pykexec.machine import Range
 from pykexec.plan import LoadPlan, plan, validate_linux, validate_xen
 from pykexec.plan.kexec_buf import Segment
+from pykexec.plan.validate import LINUX_RULES, XEN_RULES, bufsz_within_memsz, no_overlap
 
 from .conftest import GiB, MiB, debian61_bzimage, simple_machine
 
@@ -106,3 +107,16 @@ def test_violation_sentences():
     assert str(v) == ("EINVAL: segment 0 (initrd): buffer of 0x1001 bytes is larger than its 0x1000-byte memory "
                       "[bufsz-le-memsz]")
     assert v.to_json()["errno"] == "EINVAL"
+
+
+def test_linux_and_xen_share_the_checks_both_make():
+    """Overlap and bufsz <= memsz are one rule each, in both receivers' lists, with one wording."""
+    assert {no_overlap, bufsz_within_memsz} <= set(LINUX_RULES) & set(XEN_RULES)
+    segments = [seg(MiB, 0x2000, bufsz=0x3000), seg(MiB + 0x1000, 0x1000)]
+    shared = ("overlap", "bufsz-le-memsz")
+    linux = [str(v) for v in validate_linux(make(segments)) if v.rule in shared]
+    xen = [str(v) for v in validate_xen(make(segments, target="xen")) if v.rule in shared]
+    assert linux == xen and len(linux) == 2
+    misaligned = [seg(0x100800, 0x1000)]
+    assert str(validate_linux(make(misaligned))[0]) == str(validate_xen(make(misaligned, target="xen"))[0]) == (
+        "EADDRNOTAVAIL: segment 0 (s): [0x100800, 0x101800) is not aligned to the 4096-byte page [page-aligned]")

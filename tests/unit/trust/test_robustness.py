@@ -58,3 +58,16 @@ def test_mutations_in_the_headers_give_a_verdict(signed_and_trust, data):
 def test_truncated_images_give_a_verdict(signed_and_trust, cut):
     signed, trust = signed_and_trust
     assert not verify_image(signed[:len(signed) - 1 - cut], trust).verified
+
+
+def test_deep_nesting_is_refused_without_recursion():
+    """A SignedData of 5000 nested SEQUENCEs (five times Python's recursion limit): the reader goes one level at a time and the
+    parser expects a fixed shape, so it refuses the input at the first level (no depth limit,
+    no RecursionError)."""
+    blob = b"\x05\x00"
+    for _ in range(5000):
+        length = len(blob)
+        head = bytes([0x80 | 4]) + length.to_bytes(4, "big") if length >= 0x80 else bytes([length])
+        blob = b"\x30" + head + blob
+    with pytest.raises(PykexecError):
+        authenticode.parse_signed_data(blob)
