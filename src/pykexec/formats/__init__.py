@@ -63,7 +63,9 @@ def unwrap(data: Buffer, limits: Limits = Limits(),
            until: Callable[[Layer], bool] | None = None) -> list[Layer]:
     """Every layer from the file inward, each wrapper's inner bytes parsed in turn.
 
-    ``until`` stops at the first layer it accepts (a loader needs no deeper).
+    ``until`` stops at the first layer it accepts (a loader needs no deeper);
+    given one, a chain that ends at a layer that says why no loader can take it
+    (:meth:`Layer.refusal`: an object file, firmware, an initramfs) raises that.
     """
     return unwrap_from([identify(data, limits)], limits, until)
 
@@ -86,6 +88,8 @@ def unwrap_from(layers: list[Layer], limits: Limits = Limits(),
         layer = identify(inner, inner_limits, where=f"{outer.format} payload", out=out)
         _check_declared_size(outer, layer)
         layers.append(layer)
+    if until is not None and not until(layers[-1]) and (refused := layers[-1].refusal()):
+        raise refused
     return layers
 
 

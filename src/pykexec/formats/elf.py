@@ -2,7 +2,16 @@
 
 A loader only needs the program headers: PT_LOAD segments give what goes
 where, PT_NOTE segments carry notes such as Xen's.  Multiboot headers found
-in the file (Xen's hypervisor is an ELF with both) are reported too.  The
+in the file (Xen's hypervisor is an ELF with both) are reported too.
+
+Not every ELF is a kernel.  Only an executable (``e_type`` ET_EXEC or ET_DYN,
+gABI "ELF Header") can be one, and it is taken for a kernel only when it says
+so: a "Linux" or "Xen" note (a vmlinux carries Linux's build-salt note since
+4.19, and Xen's notes when built for Xen) or a Multiboot header.  An
+executable with none of these is firmware or a bare-metal program (OpenSBI's
+``fw_jump.elf`` and ``fw_dynamic.elf`` are ET_EXEC riscv ELFs linked at their
+physical address 0x80000000, without a single note); it is reported, and a
+loader is told what it is instead of being handed it as a kernel.  The
 program header table is bounds-checked before pyelftools reads it, so a
 header pointing past the end is an error naming e_phoff, not an exception
 deep inside the library.
@@ -15,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import FormatError
+from ..errors import FormatError, NotLoadable
 from ..layout import Field, Layout
 from . import multiboot, multiboot2
 from .layer import Buffer, Format, Layer, ignoring_limits
@@ -57,8 +66,19 @@ class Note:
     n_descsz: int
 
 
+E_TYPE_OFFSET = 0x10
+#: what each e_type is (gABI), for an ELF that is not an executable
+NOT_EXECUTABLE = {"ET_NONE": "an ELF file of no type (ET_NONE)",
+                  "ET_REL": "an ELF relocatable object (ET_REL)",
+                  "ET_CORE": "an ELF core dump (ET_CORE)"}
+#: note owners that mark an executable as a kernel
+KERNEL_NOTE_OWNERS = ("Linux", "Xen")
+
+
 @dataclass(frozen=True)
-class Elf(Layer):
+class ElfFile(Layer):
+    """The fields every ELF reports, kernel or not."""
+
     FORMAT = "elf"
     elf_class: int = 64
     endianness: str = "little"
@@ -83,11 +103,28 @@ class Elf(Layer):
         return out
 
 
+@dataclass(frozen=True)
+class Elf(ElfFile):
+    """An ELF executable that identifies itself as a kernel (Linux or Xen notes, Multiboot)."""
+
+
+@dataclass(frozen=True)
+class ElfNotKernel(ElfFile):
+    """An ELF that is not a kernel: ``what`` says what it is instead."""
+
+    what: str = ""
+
+    def refusal(self) -> NotLoadable:
+        if self.elf_type in ("ET_EXEC", "ET_DYN"):
+            return NotLoadable("elf", self.what, field="notes")
+        return NotLoadable("elf", self.what, field="e_type", offset=E_TYPE_OFFSET)
+
+
 def probe(data: Buffer) -> bool:
     return bytes(data[:4]) == ELF_MAGIC
 
 
-def parse(data: Buffer) -> Elf:
+def parse(data: Buffer) -> ElfFile:
     if not probe(data):
         raise FormatError("elf", "no \\x7fELF magic", field="e_ident", offset=0)
     _check_tables(data)
@@ -106,11 +143,28 @@ def parse(data: Buffer) -> Elf:
         if s.p_type == "PT_LOAD" and s.p_offset + s.p_filesz > len(data):
             raise FormatError("elf", f"PT_LOAD [{s.p_offset:#x}, +{s.p_filesz:#x}) runs past the "
                               f"end of the {len(data):#x}-byte file", field="p_filesz")
-    return Elf(arch=ARCHES.get(header["e_machine"]), data=data, elf_class=elf.elfclass,
-               endianness="little" if elf.little_endian else "big",
-               machine=str(header["e_machine"]), elf_type=str(header["e_type"]),
-               entry=header["e_entry"], segments=segments, notes=notes,
-               multiboot=_multiboot(data))
+    fields = dict(arch=ARCHES.get(header["e_machine"]), data=data, elf_class=elf.elfclass,
+                  endianness="little" if elf.little_endian else "big",
+                  machine=str(header["e_machine"]), elf_type=str(header["e_type"]),
+                  entry=header["e_entry"], segments=segments, notes=notes,
+                  multiboot=_multiboot(data))
+    what = _not_a_kernel(fields)
+    return Elf(**fields) if what is None else ElfNotKernel(**fields, what=what)
+
+
+def _not_a_kernel(f: dict) -> str | None:
+    """What the ELF is when it is not a kernel (None when it is one)."""
+    e_type = f["elf_type"]
+    if e_type not in ("ET_EXEC", "ET_DYN"):
+        kind = NOT_EXECUTABLE.get(e_type, f"an ELF of e_type {e_type}")
+        return f"{kind}, not an executable kernel"
+    if f["multiboot"] or any(n.n_name in KERNEL_NOTE_OWNERS for n in f["notes"]):
+        return None
+    loads = [s for s in f["segments"] if s.p_type == "PT_LOAD"]
+    where = f" linked at {min(s.p_paddr for s in loads):#x}" if loads else ""
+    return (f"an {f['machine']} ELF executable ({e_type}){where} with no Linux or Xen note and "
+            "no Multiboot header: firmware or a bare-metal program (as OpenSBI's fw_*.elf), "
+            "not a kernel")
 
 
 def _file(data: Buffer) -> io.BytesIO:
