@@ -65,7 +65,8 @@ def unwrap(data: Buffer, limits: Limits = Limits(),
 
     ``until`` stops at the first layer it accepts (a loader needs no deeper);
     given one, a chain that ends at a layer that says why no loader can take it
-    (:meth:`Layer.refusal`: an object file, firmware, an initramfs) raises that.
+    (:meth:`Layer.refusal`: an object file, firmware, an initramfs, a Multiboot
+    header that requires what pykexec does not implement) raises that.
     """
     return unwrap_from([identify(data, limits)], limits, until)
 
@@ -88,7 +89,7 @@ def unwrap_from(layers: list[Layer], limits: Limits = Limits(),
         layer = identify(inner, inner_limits, where=f"{outer.format} payload", out=out)
         _check_declared_size(outer, layer)
         layers.append(layer)
-    if until is not None and not until(layers[-1]) and (refused := layers[-1].refusal()):
+    if until is not None and (refused := layers[-1].refusal()) is not None:
         raise refused
     return layers
 

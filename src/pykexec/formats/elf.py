@@ -107,6 +107,13 @@ class ElfFile(Layer):
 class Elf(ElfFile):
     """An ELF executable that identifies itself as a kernel (Linux or Xen notes, Multiboot)."""
 
+    def refusal(self) -> NotLoadable | None:
+        """A kernel without a Linux note boots by its Multiboot header (Multiboot2 first, as
+        GRUB and the loader prefer it): one that requires what pykexec lacks is refused."""
+        if any(n.n_name == "Linux" for n in self.notes) or not self.multiboot:
+            return None
+        return self.multiboot[0]["header"].refusal()
+
 
 @dataclass(frozen=True)
 class ElfNotKernel(ElfFile):
