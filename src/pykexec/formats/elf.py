@@ -37,6 +37,23 @@ MAX_NOTES = 4096
 ARCHES = {"EM_X86_64": "x86_64", "EM_386": "x86", "EM_AARCH64": "arm64", "EM_ARM": "arm",
           "EM_RISCV": "riscv64", "EM_LOONGARCH": "loongarch64", "EM_PPC64": "ppc64",
           "EM_S390": "s390x"}
+NOTE_HEADER = 12  # namesz, descsz, type: three words in ELF32 and ELF64 alike
+#: note types by owner: GNU (glibc elf.h NT_GNU_*), Xen (xen/include/public/elfnote.h, as
+#: Linux's include/xen/interface/elfnote.h has it), Linux (include/linux/build-salt.h,
+#: include/linux/elfnote-lto.h); other owners' types are shown as numbers
+NOTE_TYPES: dict[str, dict[int, str]] = {
+    "GNU": {1: "NT_GNU_ABI_TAG", 2: "NT_GNU_HWCAP", 3: "NT_GNU_BUILD_ID",
+            4: "NT_GNU_GOLD_VERSION", 5: "NT_GNU_PROPERTY_TYPE_0"},
+    "Xen": {0: "XEN_ELFNOTE_INFO", 1: "XEN_ELFNOTE_ENTRY", 2: "XEN_ELFNOTE_HYPERCALL_PAGE",
+            3: "XEN_ELFNOTE_VIRT_BASE", 4: "XEN_ELFNOTE_PADDR_OFFSET", 5: "XEN_ELFNOTE_XEN_VERSION",
+            6: "XEN_ELFNOTE_GUEST_OS", 7: "XEN_ELFNOTE_GUEST_VERSION", 8: "XEN_ELFNOTE_LOADER",
+            9: "XEN_ELFNOTE_PAE_MODE", 10: "XEN_ELFNOTE_FEATURES", 11: "XEN_ELFNOTE_BSD_SYMTAB",
+            12: "XEN_ELFNOTE_HV_START_LOW", 13: "XEN_ELFNOTE_L1_MFN_VALID",
+            14: "XEN_ELFNOTE_SUSPEND_CANCEL", 15: "XEN_ELFNOTE_INIT_P2M",
+            16: "XEN_ELFNOTE_MOD_START_PFN", 17: "XEN_ELFNOTE_SUPPORTED_FEATURES",
+            18: "XEN_ELFNOTE_PHYS32_ENTRY"},
+    "Linux": {0x100: "LINUX_ELFNOTE_BUILD_SALT", 0x101: "LINUX_ELFNOTE_LTO_INFO"},
+}
 PHDR_SIZE = {1: 32, 2: 56}  # sizeof(Elf32_Phdr), sizeof(Elf64_Phdr)
 IDENT = Layout("elf", [Field("ei_class", 4, "B"), Field("ei_data", 5, "B")])
 PHDR = {  # (e_phoff, e_phentsize, e_phnum) offsets per class
@@ -61,9 +78,13 @@ class Segment:
 
 @dataclass(frozen=True)
 class Note:
+    """One note: its owner (``n_name``), its type as a number, and the type's name in
+    the owner's own table (None when the owner or the type is not known)."""
+
     n_name: str
-    n_type: int | str
+    n_type: int
     n_descsz: int
+    type_name: str | None = None
 
 
 E_TYPE_OFFSET = 0x10
@@ -211,17 +232,37 @@ def _segment(s) -> Segment:
 
 
 def _notes(elf: ELFFile, data: Buffer):
+    """The notes of every PT_NOTE segment (gABI "Note Section"), read here rather than by
+    pyelftools, which names every owner's types from GNU's table (a Xen note of type 3,
+    XEN_ELFNOTE_VIRT_BASE, would read NT_GNU_BUILD_ID)."""
+    e = "<" if elf.little_endian else ">"
     count = 0
     for seg in elf.iter_segments():
-        if seg.header["p_type"] != "PT_NOTE":
+        h = seg.header
+        if h["p_type"] != "PT_NOTE":
             continue
-        if seg.header["p_offset"] + seg.header["p_filesz"] > len(data):
+        pos, end = h["p_offset"], h["p_offset"] + h["p_filesz"]
+        if end > len(data):
             raise FormatError("elf", "PT_NOTE runs past the end of the file", field="p_filesz")
-        for note in seg.iter_notes():
+        align = 8 if h["p_align"] == 8 else 4  # as binutils' readelf: 8 for 8-aligned segments
+        while pos + NOTE_HEADER <= end:
+            namesz, descsz, n_type = struct.unpack_from(e + "3I", data, pos)
+            desc_at = pos + _align_up(NOTE_HEADER + namesz, align)
+            if desc_at + descsz > end:
+                raise FormatError("elf", f"note name and desc ({namesz} + {descsz} bytes) run past "
+                                  "the end of their PT_NOTE", field="n_descsz", offset=pos + 4)
             count += 1
             if count > MAX_NOTES:
                 raise FormatError("elf", f"more than {MAX_NOTES} notes", field="PT_NOTE")
-            yield Note(n_name=str(note["n_name"]), n_type=note["n_type"], n_descsz=note["n_descsz"])
+            raw_name = bytes(data[pos + NOTE_HEADER:pos + NOTE_HEADER + namesz]).split(b"\0", 1)[0]
+            name = raw_name.decode("utf-8", "backslashreplace")
+            yield Note(n_name=name, n_type=n_type, n_descsz=descsz,
+                       type_name=NOTE_TYPES.get(name, {}).get(n_type))
+            pos = _align_up(desc_at + descsz, align)
+
+
+def _align_up(value: int, to: int) -> int:
+    return -(-value // to) * to
 
 
 def _multiboot(data: Buffer) -> tuple[dict, ...]:
