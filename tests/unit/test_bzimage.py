@@ -112,18 +112,19 @@ def test_fields_newer_than_the_version_are_ignored(version):
     layer = bzimage.parse(b.bzimage(version=version, fill_absent=0xFF))
     assert layer.protocol == version
     assert layer.version == f"2.{version & 0xFF:02d}"
-    if version < 0x203:
-        assert layer.initrd_addr_max == 0x37FFFFFF
-    else:
-        assert layer.initrd_addr_max == 0x7FFFFFFF
+    # absent fields are None; assumed() gives boot.rst's defaults for a loader
+    assert layer.initrd_addr_max == (None if version < 0x203 else 0x7FFFFFFF)
+    assert layer.assumed("initrd_addr_max") == (0x37FFFFFF if version < 0x203 else 0x7FFFFFFF)
     if version < 0x205:
-        assert layer.kernel_alignment == 0x100000 and layer.relocatable_kernel == 0
+        assert layer.kernel_alignment == 0x100000 and layer.relocatable_kernel is None
     else:
         assert layer.kernel_alignment == 0x200000 and layer.relocatable_kernel == 1
-    assert layer.cmdline_size == (255 if version < 0x206 else 2047)
-    assert layer.min_alignment == (0 if version < 0x20A else 21)
+    assert layer.cmdline_size == (None if version < 0x206 else 2047)
+    assert layer.assumed("cmdline_size") == (255 if version < 0x206 else 2047)
+    assert layer.min_alignment == (None if version < 0x20A else 21)
     assert layer.xloadflags == (0 if version < 0x20C else 0x7F)
-    assert layer.pref_address == (0x100000 if version < 0x20A else 0x1000000)
+    assert layer.pref_address == (None if version < 0x20A else 0x1000000)
+    assert layer.assumed("pref_address") == (0x100000 if version < 0x20A else 0x1000000)
     assert layer.init_size == (None if version < 0x20A else 0x2000000)
     assert layer.handover_offset == (None if version < 0x20B else 0x190)
     assert layer.kernel_info_offset == (None if version < 0x20F else 0x4000)

@@ -103,18 +103,21 @@ class BzImage(Layer):
     header_end: int = 0
     loadflags: int = 0
     loadflags_names: tuple[str, ...] = ()
-    kernel_alignment: int = 0
-    relocatable_kernel: int = 0
-    min_alignment: int = 0
+    # Fields the image's protocol lacks are None (see :meth:`assumed`), except two
+    # that loaders read unguarded: kernel_alignment (boot.rst's 0x100000 before 2.05)
+    # and xloadflags (0 before 2.12).  The report leaves every absent field out.
+    kernel_alignment: int = 0x100000
+    relocatable_kernel: int | None = None
+    min_alignment: int | None = None
     xloadflags: int = 0
     xloadflags_names: tuple[str, ...] = ()
-    cmdline_size: int = 255
-    initrd_addr_max: int = 0
+    cmdline_size: int | None = None
+    initrd_addr_max: int | None = None
     init_size: int | None = None
-    pref_address: int = 0x100000
+    pref_address: int | None = None
     handover_offset: int | None = None
     kernel_info_offset: int | None = None
-    syssize: int = 0
+    syssize: int | None = None
     payload_offset: int | None = None
     payload_length: int | None = None
     payload_found_by: str = "header"
@@ -130,6 +133,23 @@ class BzImage(Layer):
 
     def inner_size(self) -> int | None:
         return self.decompressed_size
+
+    def has(self, name: str) -> bool:
+        """Whether the image's protocol version has setup-header field ``name`` (boot.rst)."""
+        return self.protocol >= SINCE.get(name, 0)
+
+    def assumed(self, name: str) -> int | None:
+        """Field ``name``, or what boot.rst tells a loader to assume when the protocol lacks it."""
+        value = getattr(self, name) if self.has(name) else None
+        return DEFAULTS.get(name) if value is None else value
+
+    def to_json(self) -> dict:
+        """As every layer, without the setup-header fields the protocol does not have."""
+        out = super().to_json()
+        for name in list(out):
+            if not self.has(name) or (name == "xloadflags_names" and not self.has("xloadflags")):
+                del out[name]
+        return out
 
     @property
     def setup_bytes(self) -> memoryview:
@@ -171,13 +191,14 @@ def parse(data: Buffer) -> BzImage:
         version=f"{version >> 8}.{version & 0xFF:02d}", protocol=version,
         setup_sects=setup_sects, setup_size=setup_size, header_end=header_end,
         loadflags=loadflags, loadflags_names=tuple(flag_names(loadflags, LOADFLAGS)),
-        kernel_alignment=value("kernel_alignment"), relocatable_kernel=value("relocatable_kernel") or 0,
-        min_alignment=value("min_alignment") or 0,
+        kernel_alignment=value("kernel_alignment"), relocatable_kernel=present.get("relocatable_kernel"),
+        min_alignment=present.get("min_alignment"),
         xloadflags=xloadflags, xloadflags_names=tuple(flag_names(xloadflags, XLOADFLAGS)),
-        cmdline_size=value("cmdline_size"), initrd_addr_max=value("initrd_addr_max"),
-        init_size=value("init_size"), pref_address=value("pref_address"),
+        cmdline_size=present.get("cmdline_size"), initrd_addr_max=present.get("initrd_addr_max"),
+        init_size=present.get("init_size"), pref_address=present.get("pref_address"),
         handover_offset=value("handover_offset"), kernel_info_offset=value("kernel_info_offset"),
-        syssize=value("syssize"),
+        # boot.rst: before 2.04 the upper half of syssize is unusable, so the size is unknown
+        syssize=value("syssize") if version >= 0x204 else None,
         payload_offset=payload_offset, payload_length=payload_length, payload_found_by=found_by,
         decompressed_size=(_decompressed_size(data, setup_size + payload_offset + payload_length)
                            if found_by == "header" else None),
