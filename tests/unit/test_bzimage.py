@@ -10,6 +10,7 @@ from pykexec import formats
 from pykexec.errors import FormatError, LimitExceeded
 from pykexec.formats import bzimage
 from pykexec.formats.bzimage import BzImage
+from pykexec.prepare import prepare
 from tests import builders as b
 
 from .contract import parse_or_error, truncations, unwrap_or_error
@@ -203,10 +204,18 @@ def test_setup_sects_beyond_the_file():
     {"payload_offset": 0xFFFFFFF0},
     {"payload_length": 0xFFFFFFFF},
     {"payload_offset": 0x100, "payload_length": 0x10000},
-    {"payload_length": 3},
 ])
 def test_payload_outside_the_file(overrides):
-    err = parse_or_error(bzimage.parse, b.bzimage(**overrides))
+    """Reported as truncated (see test_bzimage_truncated.py); a loader is refused."""
+    image = b.bzimage(**overrides)
+    layer = parse_or_error(bzimage.parse, image)
+    assert isinstance(layer, BzImage) and layer.truncated and layer.inner() is None
+    err = parse_or_error(prepare, image)
+    assert isinstance(err, FormatError) and err.field == "payload_length"
+
+
+def test_payload_too_short_for_its_size():
+    err = parse_or_error(bzimage.parse, b.bzimage(payload_length=3))
     assert isinstance(err, FormatError) and err.field == "payload_length"
 
 

@@ -7,6 +7,11 @@ introduced them is present; older images get the defaults boot.rst gives.
 The protected-mode kernel starts at (setup_sects + 1) * 512, where
 setup_sects 0 means 4; its compressed payload (2.08+) ends with the
 little-endian u32 size of the decompressed vmlinux.
+
+An image shorter than its header declares (the payload, or syssize's
+protected-mode code: 16-byte units, so up to 15 bytes short when a builder
+such as iPXE does not pad the file) is truncated: ``truncated`` says how,
+the report shows it, and a loader is refused.
 """
 
 from __future__ import annotations
@@ -124,15 +129,25 @@ class BzImage(Layer):
     decompressed_size: int | None = None
     pe_header: bool = False
     authenticode: bool = False
+    #: why the file is shorter than its header declares; None when it is whole
+    truncated: str | None = None
 
     def inner(self) -> Buffer | None:
-        if self.payload_offset is None:
+        if self.payload_offset is None or self.truncated is not None:
             return None
         start = self.setup_size + (self.payload_offset or 0)
         return memoryview(self.data)[start:start + (self.payload_length or 0)]
 
     def inner_size(self) -> int | None:
         return self.decompressed_size
+
+    def refusal(self) -> FormatError | None:
+        if self.truncated is None:
+            return None
+        payload_end = self.setup_size + (self.payload_offset or 0) + (self.payload_length or 0)
+        field = "payload_length" if payload_end > len(self.data) else "syssize"
+        return FormatError("bzimage", f"the image is truncated: {self.truncated}", field=field,
+                           offset=SETUP_HEADER.offset(field))
 
     def has(self, name: str) -> bool:
         """Whether the image's protocol version has setup-header field ``name`` (boot.rst)."""
@@ -183,7 +198,10 @@ def parse(data: Buffer) -> BzImage:
         raise FormatError("bzimage", f"setup of {setup_size:#x} bytes is longer than the "
                           f"{len(data):#x}-byte image", field="setup_sects", offset=0x1F1)
     payload_offset, payload_length, found_by = _payload(data, setup_size, value)
-    pe_hdr = pe.read_header(data, "bzimage") if pe.has_pe_header(data) else None
+    syssize = value("syssize") if version >= 0x204 else None
+    payload_end = setup_size + (payload_offset or 0) + (payload_length or 0)
+    truncated = _truncated(len(data), setup_size, syssize, payload_end)
+    pe_hdr = _pe_header(data, truncated)
     xloadflags = value("xloadflags") or 0
     loadflags = value("loadflags") or 0
     return BzImage(
@@ -198,12 +216,37 @@ def parse(data: Buffer) -> BzImage:
         init_size=present.get("init_size"), pref_address=present.get("pref_address"),
         handover_offset=value("handover_offset"), kernel_info_offset=value("kernel_info_offset"),
         # boot.rst: before 2.04 the upper half of syssize is unusable, so the size is unknown
-        syssize=value("syssize") if version >= 0x204 else None,
+        syssize=syssize,
         payload_offset=payload_offset, payload_length=payload_length, payload_found_by=found_by,
         decompressed_size=(_decompressed_size(data, setup_size + payload_offset + payload_length)
-                           if found_by == "header" else None),
-        pe_header=pe_hdr is not None, authenticode=bool(pe_hdr and pe_hdr.signed),
+                           if found_by == "header" and payload_end <= len(data) else None),
+        pe_header=pe.has_pe_header(data), authenticode=bool(pe_hdr and pe_hdr.signed),
+        truncated=truncated,
     )
+
+
+def _pe_header(data: Buffer, truncated: str | None):
+    """The EFI stub's PE header; a truncated image's sections may run past its end, and
+    the truncation is then what is reported (its signature cannot be read)."""
+    if not pe.has_pe_header(data):
+        return None
+    try:
+        return pe.read_header(data, "bzimage")
+    except FormatError:
+        if truncated is None:
+            raise
+        return None
+
+
+def _truncated(size: int, setup_size: int, syssize: int | None, payload_end: int) -> str | None:
+    """How the file falls short of the sizes its header declares, if it does."""
+    if payload_end > size:
+        return (f"the payload ends at {payload_end:#x} (setup + payload_offset + payload_length) "
+                f"but the file is {size:#x} bytes")
+    if syssize is not None and size <= setup_size + (syssize - 1) * 16:
+        return (f"syssize {syssize:#x} declares {syssize * 16:#x} bytes of protected-mode code "
+                f"after the {setup_size:#x}-byte setup, but the file is {size:#x} bytes")
+    return None
 
 
 def _payload(data: Buffer, setup_size: int, value) -> tuple[int | None, int | None, str]:
@@ -216,10 +259,9 @@ def _payload(data: Buffer, setup_size: int, value) -> tuple[int | None, int | No
         if found < 0:
             return None, None, "absent"
         return found, len(data) - setup_size - found, "scan"
-    start = setup_size + offset
-    if start + length > len(data) or length < 4:
-        raise FormatError("bzimage", f"payload [{start:#x}, +{length:#x}) lies outside the "
-                          f"{len(data):#x}-byte image", field="payload_length", offset=0x24C)
+    if length < 4:
+        raise FormatError("bzimage", f"payload_length {length} cannot hold the payload's "
+                          "4-byte size", field="payload_length", offset=0x24C)
     return offset, length, "header"
 
 
