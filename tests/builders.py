@@ -847,6 +847,64 @@ def bzimage_payload_range(image: bytes) -> tuple[int, int]:
     return start, start + struct.unpack_from("<I", image, 0x24C)[0]
 
 
+
+# --------------------------------------------------------------------------- what is not a kernel
+
+ZIMAGE_MAGIC, ZIMAGE_ENDIAN_FLAG = 0x016F2818, 0x04030201
+IMAGE_FILE_MACHINE_ARMTHUMB_MIXED = 0x01C2
+
+
+def arm_zimage(*, efi: bool = False, endian: str = "little", start: int = 0,
+               size: int = 0x800, appended: bytes = b"") -> bytes:
+    """A 32-bit ARM zImage (arch/arm/boot/compressed/head.S): eight NOPs (``mov r0, r0``,
+    0xe1a00000), a branch, then at 0x24 the magic, start, end, the endianness flag
+    0x04030201, 0x45454545 and a table pointer, all in the kernel's byte order.  With
+    ``efi`` the file is also a PE image ("MZ" at 0, the PE header at 0x3c's offset), as
+    CONFIG_EFI_STUB builds it.  ``appended`` goes after ``size`` bytes (a DTB)."""
+    e = "<" if endian == "little" else ">"
+    head = bytearray(struct.pack("<8I", *[0xE1A00000] * 8) + struct.pack("<I", 0xEA000000 | 0x0E))
+    head += struct.pack(e + "6I", ZIMAGE_MAGIC, start, start + size, ZIMAGE_ENDIAN_FLAG,
+                        0x45454545, start + 0x100)
+    if efi:
+        body = bytearray(pe([(".text", b"\x00\x00\xa0\xe1" * 64)], machine=IMAGE_FILE_MACHINE_ARMTHUMB_MIXED,
+                            dos=bytes(head[:0x3C]) + bytes(4)))
+        body[:2] = b"MZ"
+    else:
+        body = head
+    body += bytes(max(size - len(body), 0))
+    return bytes(body[:max(size, len(body))]) + appended
+
+
+def cpio_newc(files: tuple[tuple[str, bytes], ...] = (("init", b"#!/bin/sh\n"),),
+              *, magic: bytes = b"070701") -> bytes:
+    """A newc (or, with magic 070702, crc) cpio archive ending with TRAILER!!!, as cpio(5)
+    and the kernel's buffer-format.rst describe it; padded to 512 bytes as cpio pads."""
+    out = bytearray()
+    for ino, (name, data) in enumerate((*files, ("TRAILER!!!", b"")), start=1):
+        raw = name.encode() + b"\0"
+        mode = 0o100644 if name != "TRAILER!!!" else 0
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0)
+        out += magic + b"".join(b"%08X" % v for v in fields) + raw
+        out += bytes(-len(out) % 4) + data + bytes(-len(data) % 4)
+    return bytes(out + bytes(-len(out) % 512))
+
+
+def uefi_fv(*, size: int = 0x2000, guid: bytes = bytes.fromhex("78e58c8c3d8a1c4f9935896185c32dd3"),
+            volumes: int = 1, **overrides) -> bytes:
+    """UEFI firmware volumes (PI Vol. 3 EFI_FIRMWARE_VOLUME_HEADER) back to back, each
+    ``size`` bytes of erased flash (0xff) behind a 72-byte header whose u16 words sum to
+    zero; the block map is one entry of 0x1000-byte blocks and the (0, 0) end."""
+    h = {"FvLength": size, "Attributes": 0x0004FEFF, "HeaderLength": 72, "ExtHeaderOffset": 0,
+         "Revision": 2}
+    h.update(overrides)
+    hdr = bytearray(bytes(16) + guid + struct.pack("<Q4sIHHHBB", h["FvLength"], b"_FVH", h["Attributes"],
+                                                   h["HeaderLength"], 0, h["ExtHeaderOffset"], 0,
+                                                   h["Revision"]))
+    hdr += struct.pack("<IIII", size // 0x1000, 0x1000, 0, 0)
+    put(hdr, 0x32, "H", -sum(struct.unpack("<36H", hdr)) & 0xFFFF)
+    one = bytes(hdr) + b"\xff" * (size - len(hdr))
+    return one * volumes
+
 # --------------------------------------------------------------------------- catalogue
 
 def samples() -> dict[str, bytes]:
@@ -863,6 +921,9 @@ def samples() -> dict[str, bytes]:
         "elf": elf64(),
         "multiboot2": multiboot2_image(),
         "multiboot": multiboot_image(),
+        "arm-zimage": arm_zimage(),
+        "cpio": cpio_newc(),
+        "uefi-fv": uefi_fv(),
         **{alg: compress(alg, elf64()) for alg in ALGORITHMS},
     }
 

@@ -1,8 +1,15 @@
 """Bounds on the work untrusted input can cause.
 
 Decompression output is capped by the size the container declares and by a
-global limit (default 2 GiB, ``--max-output`` or ``PYKEXEC_MAX_OUTPUT``); nesting
+global limit (default 512 MiB, ``--max-output`` or ``PYKEXEC_MAX_OUTPUT``); nesting
 is capped so that an image that contains itself cannot loop.
+
+The global limit is what a standalone compressed file (a vmlinux.gz, an
+initramfs) gets, since nothing declares its size; decoders produce their
+output in bounded chunks (:mod:`.formats.compression`), so a bomb is refused
+once it passes the limit, having cost at most that much memory.  512 MiB is
+several times the largest vmlinux a distribution ships (a 6.1 x86_64 vmlinux is
+about 60 MiB); ``--max-output`` raises it.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Callable
 
 from .errors import UsageError
 
-DEFAULT_MAX_OUTPUT = 2 << 30
+DEFAULT_MAX_OUTPUT = 512 << 20
 DEFAULT_MAX_DEPTH = 8
 
 

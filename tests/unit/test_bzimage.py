@@ -10,6 +10,7 @@ from pykexec import formats
 from pykexec.errors import FormatError, LimitExceeded
 from pykexec.formats import bzimage
 from pykexec.formats.bzimage import BzImage
+from pykexec.prepare import prepare
 from tests import builders as b
 
 from .contract import parse_or_error, truncations, unwrap_or_error
@@ -128,18 +129,19 @@ def test_fields_newer_than_the_version_are_ignored(version):
     layer = bzimage.parse(b.bzimage(version=version, fill_absent=0xFF))
     assert layer.protocol == version
     assert layer.version == f"2.{version & 0xFF:02d}"
-    if version < 0x203:
-        assert layer.initrd_addr_max == 0x37FFFFFF
-    else:
-        assert layer.initrd_addr_max == 0x7FFFFFFF
+    # absent fields are None; assumed() gives boot.rst's defaults for a loader
+    assert layer.initrd_addr_max == (None if version < 0x203 else 0x7FFFFFFF)
+    assert layer.assumed("initrd_addr_max") == (0x37FFFFFF if version < 0x203 else 0x7FFFFFFF)
     if version < 0x205:
-        assert layer.kernel_alignment == 0x100000 and layer.relocatable_kernel == 0
+        assert layer.kernel_alignment == 0x100000 and layer.relocatable_kernel is None
     else:
         assert layer.kernel_alignment == 0x200000 and layer.relocatable_kernel == 1
-    assert layer.cmdline_size == (255 if version < 0x206 else 2047)
-    assert layer.min_alignment == (0 if version < 0x20A else 21)
+    assert layer.cmdline_size == (None if version < 0x206 else 2047)
+    assert layer.assumed("cmdline_size") == (255 if version < 0x206 else 2047)
+    assert layer.min_alignment == (None if version < 0x20A else 21)
     assert layer.xloadflags == (0 if version < 0x20C else 0x7F)
-    assert layer.pref_address == (0x100000 if version < 0x20A else 0x1000000)
+    assert layer.pref_address == (None if version < 0x20A else 0x1000000)
+    assert layer.assumed("pref_address") == (0x100000 if version < 0x20A else 0x1000000)
     assert layer.init_size == (None if version < 0x20A else 0x2000000)
     assert layer.handover_offset == (None if version < 0x20B else 0x190)
     assert layer.kernel_info_offset == (None if version < 0x20F else 0x4000)
@@ -218,10 +220,18 @@ def test_setup_sects_beyond_the_file():
     {"payload_offset": 0xFFFFFFF0},
     {"payload_length": 0xFFFFFFFF},
     {"payload_offset": 0x100, "payload_length": 0x10000},
-    {"payload_length": 3},
 ])
 def test_payload_outside_the_file(overrides):
-    err = parse_or_error(bzimage.parse, b.bzimage(**overrides))
+    """Reported as truncated (see test_bzimage_truncated.py); a loader is refused."""
+    image = b.bzimage(**overrides)
+    layer = parse_or_error(bzimage.parse, image)
+    assert isinstance(layer, BzImage) and layer.truncated and layer.inner() is None
+    err = parse_or_error(prepare, image)
+    assert isinstance(err, FormatError) and err.field == "payload_length"
+
+
+def test_payload_too_short_for_its_size():
+    err = parse_or_error(bzimage.parse, b.bzimage(payload_length=3))
     assert isinstance(err, FormatError) and err.field == "payload_length"
 
 

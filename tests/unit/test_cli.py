@@ -105,6 +105,9 @@ def test_bad_input_exits_2_with_one_line(capsys, image_file, tmp_path, name, com
     data, needles = BAD[name]
     extra = ["-o", tmp_path / "out"] if command == "extract" else []
     rc, out, err = run(capsys, command, image_file(data), *extra)
+    if command == "inspect" and name == "payload":  # inspect reports a truncated bzImage
+        assert (rc, err) == (0, "") and "truncated: the payload ends at" in out
+        return
     assert rc == 2
     assert_one_error_line(err, needles)
 

@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pykexec.errors import PykexecError
-from pykexec.prepare import prepare
+from pykexec import formats
+from pykexec.errors import FormatError, PykexecError
+from pykexec.prepare import Prepared, prepare
 from tests import builders as b
 
 from .contract import FUZZ_LIMITS, outcome, unwrap_or_error
@@ -69,9 +70,24 @@ def mutated(draw, seed: bytes) -> bytes:
 
 
 def check(data: bytes) -> None:
-    unwrap_or_error(data)
+    """Either a one-line FormatError naming a layer, or layers every one of which is a
+    registered format, each wrapper's inner layer following it; and prepare() either
+    refuses with a one-line PykexecError or hands over a kernel found on that chain."""
+    layers = unwrap_or_error(data)
+    if isinstance(layers, FormatError):
+        assert layers.layer and "\n" not in str(layers), str(layers)
+    else:
+        assert layers and all(x.format in formats.NAMES for x in layers)
+        assert all(outer.inner() is not None for outer in layers[:-1])
     result = outcome(prepare, data, limits=FUZZ_LIMITS)
-    assert result is not None
+    if isinstance(result, PykexecError):
+        assert str(result) and "\n" not in str(result), str(result)
+    else:
+        assert isinstance(result, Prepared) and result.kernel_layer in result.layers
+        assert len(result.kernel) > 0
+        if isinstance(layers, list):  # the loader stops on the same chain inspect follows
+            chain = [x.format for x in result.layers]
+            assert chain == [x.format for x in layers[:len(chain)]] or chain[0] == "uki"
 
 
 @pytest.mark.parametrize("name", sorted(SEEDS))

@@ -5,7 +5,10 @@ kexec-tools' ``file_type[]`` are: the first whose probe accepts the bytes
 parses them.  Specific formats come before general ones (a zboot, a bzImage
 or an arm64 Image is also a PE image; a UKI is a PE image with ``.linux``;
 a LoongArch Image is recognised only by its PE Machine, so UKIs and add-ons
-for LoongArch must be claimed first).
+for LoongArch must be claimed first).  What pykexec names but does not load (a
+32-bit ARM zImage, which may also be a PE image; a UEFI firmware volume; a
+cpio archive) comes before the general PE, ELF and Multiboot formats, whose
+probes would claim a PE zImage or find a Multiboot header in an archived file.
 Wrappers hand their inner bytes back to the registry, so nesting such as
 UKI → zboot → gzip → arm64 Image is followed to the end.
 """
@@ -16,8 +19,8 @@ from typing import BinaryIO, Callable
 
 from ..errors import FormatError, LimitExceeded, UnknownFormat
 from ..limits import Limits
-from . import (arm64_image, bzimage, compression, elf, loongarch_image, multiboot,
-               multiboot2, pe, riscv_image, uki, uki_addon, zboot)
+from . import (arm64_image, arm_zimage, bzimage, compression, cpio, elf, loongarch_image,
+               multiboot, multiboot2, pe, riscv_image, uefi_fv, uki, uki_addon, zboot)
 from .layer import Buffer, Format, Layer
 
 FORMATS: tuple[Format, ...] = (
@@ -28,6 +31,9 @@ FORMATS: tuple[Format, ...] = (
     uki.FORMAT,
     uki_addon.FORMAT,
     loongarch_image.FORMAT,
+    arm_zimage.FORMAT,
+    uefi_fv.FORMAT,
+    cpio.FORMAT,
     pe.FORMAT,
     elf.FORMAT,
     multiboot2.FORMAT,
@@ -63,7 +69,10 @@ def unwrap(data: Buffer, limits: Limits = Limits(),
            until: Callable[[Layer], bool] | None = None) -> list[Layer]:
     """Every layer from the file inward, each wrapper's inner bytes parsed in turn.
 
-    ``until`` stops at the first layer it accepts (a loader needs no deeper).
+    ``until`` stops at the first layer it accepts (a loader needs no deeper);
+    given one, a chain that ends at a layer that says why no loader can take it
+    (:meth:`Layer.refusal`: an object file, firmware, an initramfs, a Multiboot
+    header that requires what pykexec does not implement) raises that.
     """
     return unwrap_from([identify(data, limits)], limits, until)
 
@@ -86,6 +95,8 @@ def unwrap_from(layers: list[Layer], limits: Limits = Limits(),
         layer = identify(inner, inner_limits, where=f"{outer.format} payload", out=out)
         _check_declared_size(outer, layer)
         layers.append(layer)
+    if until is not None and (refused := layers[-1].refusal()) is not None:
+        raise refused
     return layers
 
 

@@ -7,6 +7,11 @@ introduced them is present; older images get the defaults boot.rst gives.
 The protected-mode kernel starts at (setup_sects + 1) * 512, where
 setup_sects 0 means 4; its compressed payload (2.08+) ends with the
 little-endian u32 size of the decompressed vmlinux.
+
+An image shorter than its header declares (the payload, or syssize's
+protected-mode code: 16-byte units, so up to 15 bytes short when a builder
+such as iPXE does not pad the file) is truncated: ``truncated`` says how,
+the report shows it, and a loader is refused.
 """
 
 from __future__ import annotations
@@ -136,33 +141,63 @@ class BzImage(Layer):
     header_end: int = 0
     loadflags: int = 0
     loadflags_names: tuple[str, ...] = ()
-    kernel_alignment: int = 0
-    relocatable_kernel: int = 0
-    min_alignment: int = 0
+    # Fields the image's protocol lacks are None (see :meth:`assumed`), except two
+    # that loaders read unguarded: kernel_alignment (boot.rst's 0x100000 before 2.05)
+    # and xloadflags (0 before 2.12).  The report leaves every absent field out.
+    kernel_alignment: int = 0x100000
+    relocatable_kernel: int | None = None
+    min_alignment: int | None = None
     xloadflags: int = 0
     xloadflags_names: tuple[str, ...] = ()
-    cmdline_size: int = 255
-    initrd_addr_max: int = 0
+    cmdline_size: int | None = None
+    initrd_addr_max: int | None = None
     init_size: int | None = None
-    pref_address: int = 0x100000
+    pref_address: int | None = None
     handover_offset: int | None = None
     kernel_info_offset: int | None = None
-    syssize: int = 0
+    syssize: int | None = None
     payload_offset: int | None = None
     payload_length: int | None = None
     payload_found_by: str = "header"
     decompressed_size: int | None = None
     pe_header: bool = False
     authenticode: bool = False
+    #: why the file is shorter than its header declares; None when it is whole
+    truncated: str | None = None
 
     def inner(self) -> Buffer | None:
-        if self.payload_offset is None:
+        if self.payload_offset is None or self.truncated is not None:
             return None
         start = self.setup_size + (self.payload_offset or 0)
         return memoryview(self.data)[start:start + (self.payload_length or 0)]
 
     def inner_size(self) -> int | None:
         return self.decompressed_size
+
+    def refusal(self) -> FormatError | None:
+        if self.truncated is None:
+            return None
+        payload_end = self.setup_size + (self.payload_offset or 0) + (self.payload_length or 0)
+        field = "payload_length" if payload_end > len(self.data) else "syssize"
+        return FormatError("bzimage", f"the image is truncated: {self.truncated}", field=field,
+                           offset=SETUP_HEADER.offset(field))
+
+    def has(self, name: str) -> bool:
+        """Whether the image's protocol version has setup-header field ``name`` (boot.rst)."""
+        return self.protocol >= SINCE.get(name, 0)
+
+    def assumed(self, name: str) -> int | None:
+        """Field ``name``, or what boot.rst tells a loader to assume when the protocol lacks it."""
+        value = getattr(self, name) if self.has(name) else None
+        return DEFAULTS.get(name) if value is None else value
+
+    def to_json(self) -> dict:
+        """As every layer, without the setup-header fields the protocol does not have."""
+        out = super().to_json()
+        for name in list(out):
+            if not self.has(name) or (name == "xloadflags_names" and not self.has("xloadflags")):
+                del out[name]
+        return out
 
     @property
     def setup_bytes(self) -> memoryview:
@@ -194,7 +229,10 @@ def parse(data: Buffer) -> BzImage:
         raise FormatError("bzimage", f"setup of {kernel_start:#x} bytes is longer than the "
                           f"{len(data):#x}-byte image", field="setup_sects", offset=SETUP_HEADER_OFFSET)
     payload_offset, payload_length, found_by = _payload(data, kernel_start, value)
-    pe_hdr = pe.read_header(data, "bzimage") if pe.has_pe_header(data) else None
+    syssize = value("syssize") if version >= 0x204 else None
+    payload_end = kernel_start + (payload_offset or 0) + (payload_length or 0)
+    truncated = _truncated(len(data), kernel_start, syssize, payload_end)
+    pe_hdr = _pe_header(data, truncated)
     xloadflags = value("xloadflags") or 0
     loadflags = value("loadflags") or 0
     return BzImage(
@@ -202,18 +240,44 @@ def parse(data: Buffer) -> BzImage:
         version=f"{version >> 8}.{version & 0xFF:02d}", protocol=version,
         setup_sects=setup_sects, setup_size=kernel_start, header_end=end,
         loadflags=loadflags, loadflags_names=tuple(flag_names(loadflags, LOADFLAGS)),
-        kernel_alignment=value("kernel_alignment"), relocatable_kernel=value("relocatable_kernel") or 0,
-        min_alignment=value("min_alignment") or 0,
+        kernel_alignment=value("kernel_alignment"), relocatable_kernel=present.get("relocatable_kernel"),
+        min_alignment=present.get("min_alignment"),
         xloadflags=xloadflags, xloadflags_names=tuple(flag_names(xloadflags, XLOADFLAGS)),
-        cmdline_size=value("cmdline_size"), initrd_addr_max=value("initrd_addr_max"),
-        init_size=value("init_size"), pref_address=value("pref_address"),
+        cmdline_size=present.get("cmdline_size"), initrd_addr_max=present.get("initrd_addr_max"),
+        init_size=present.get("init_size"), pref_address=present.get("pref_address"),
         handover_offset=value("handover_offset"), kernel_info_offset=value("kernel_info_offset"),
-        syssize=value("syssize"),
+        # boot.rst: before 2.04 the upper half of syssize is unusable, so the size is unknown
+        syssize=syssize,
         payload_offset=payload_offset, payload_length=payload_length, payload_found_by=found_by,
         decompressed_size=(_decompressed_size(data, kernel_start + payload_offset + payload_length)
-                           if found_by == "header" else None),
-        pe_header=pe_hdr is not None, authenticode=bool(pe_hdr and pe_hdr.signed),
+                           if found_by == "header" and payload_end <= len(data) else None),
+        pe_header=pe.has_pe_header(data), authenticode=bool(pe_hdr and pe_hdr.signed),
+        truncated=truncated,
     )
+
+
+def _pe_header(data: Buffer, truncated: str | None):
+    """The EFI stub's PE header; a truncated image's sections may run past its end, and
+    the truncation is then what is reported (its signature cannot be read)."""
+    if not pe.has_pe_header(data):
+        return None
+    try:
+        return pe.read_header(data, "bzimage")
+    except FormatError:
+        if truncated is None:
+            raise
+        return None
+
+
+def _truncated(size: int, kernel_start: int, syssize: int | None, payload_end: int) -> str | None:
+    """How the file falls short of the sizes its header declares, if it does."""
+    if payload_end > size:
+        return (f"the payload ends at {payload_end:#x} (setup + payload_offset + payload_length) "
+                f"but the file is {size:#x} bytes")
+    if syssize is not None and size <= kernel_start + (syssize - 1) * 16:
+        return (f"syssize {syssize:#x} declares {syssize * 16:#x} bytes of protected-mode code "
+                f"after the {kernel_start:#x}-byte setup, but the file is {size:#x} bytes")
+    return None
 
 
 def _payload(data: Buffer, kernel_start: int, value) -> tuple[int | None, int | None, str]:
@@ -226,11 +290,9 @@ def _payload(data: Buffer, kernel_start: int, value) -> tuple[int | None, int | 
         if found < 0:
             return None, None, "absent"
         return found, len(data) - kernel_start - found, "scan"
-    start = kernel_start + offset
-    if start + length > len(data) or length < 4:
-        raise FormatError("bzimage", f"payload [{start:#x}, +{length:#x}) lies outside the "
-                          f"{len(data):#x}-byte image", field="payload_length",
-                          offset=SETUP_HEADER.offset("payload_length"))
+    if length < 4:
+        raise FormatError("bzimage", f"payload_length {length} cannot hold the payload's "
+                          "4-byte size", field="payload_length", offset=SETUP_HEADER.offset("payload_length"))
     return offset, length, "header"
 
 

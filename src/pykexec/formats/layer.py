@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
 
 from ..limits import Limits
+
+if TYPE_CHECKING:
+    from ..errors import NotLoadable
 
 Buffer = bytes | bytearray | memoryview
 
@@ -42,6 +45,11 @@ class Layer:
 
     def inner_size(self) -> int | None:
         """The size this layer declares for its inner bytes, to cap decompression."""
+        return None
+
+    def refusal(self) -> "NotLoadable | None":
+        """Why a loader cannot take this layer, saying what it is (an object file,
+        firmware, an initramfs); None for a layer a loader may take or look inside."""
         return None
 
     def to_json(self) -> dict[str, Any]:

@@ -101,9 +101,11 @@ def test_random_programs_end_in_pykexec_errors(machine):
     @given(st.binary(min_size=4, max_size=512))
     def run(code):
         try:
-            efi.emulate(pe_image(code, machine=machine), memory=64 << 20,
-                        max_instructions=100_000, max_seconds=2)
-        except PykexecError:
-            pass
+            capture = efi.emulate(pe_image(code, machine=machine), memory=64 << 20,
+                                  max_instructions=100_000, max_seconds=2)
+        except PykexecError as e:  # an EmulationError says why, in words
+            assert isinstance(e, EmulationError) and e.reason, e
+        else:  # random code that reached a hand-over handed over something
+            assert capture.arch == {0x8664: "x86_64", 0xAA64: "arm64"}[machine] and capture.kernel
 
     run()

@@ -127,10 +127,14 @@ def test_der_oid():
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_pkcs7_parser_raises_only_format_errors(blob):
+    """Either a one-line FormatError of the authenticode layer, or SignedData whose content
+    is Authenticode's SpcIndirectDataContent (the only content it accepts)."""
     try:
-        authenticode.parse_signed_data(blob)
-    except FormatError:
-        pass
+        signed = authenticode.parse_signed_data(blob)
+    except FormatError as e:
+        assert e.layer == authenticode.LAYER and str(e) and "\n" not in str(e)
+    else:
+        assert signed.content_type == authenticode.OID_SPC_INDIRECT_DATA
 
 
 @settings(max_examples=200, deadline=None)
@@ -140,6 +144,19 @@ def test_certificate_table_parser_raises_only_format_errors(table, declared):
     entry = authenticode.layout(builders.pe([(".text", b"\xcc" * 64)])).security_entry_offset
     struct.pack_into("<I", image, entry + 4, declared)
     try:
-        authenticode.certificate_entries(bytes(image))
-    except FormatError:
-        pass
+        where = authenticode.layout(bytes(image))
+    except FormatError as e:  # the declared size does not fit: the directory entry is named
+        assert e.layer == authenticode.LAYER and e.offset == entry
+        return
+    try:
+        entries = authenticode.certificate_entries(bytes(image))
+    except FormatError as e:  # it names a place inside the table
+        assert e.layer == authenticode.LAYER and e.offset is not None
+        assert where.cert_table_offset <= e.offset < where.cert_table_offset + where.cert_table_size
+    else:  # WIN_CERTIFICATEs 8-byte aligned one after the other, each inside the table
+        pos = where.cert_table_offset
+        for cert in entries:
+            assert cert.offset == pos and cert.revision == 0x0200 and cert.length > 8
+            assert cert.offset + cert.length <= where.cert_table_offset + where.cert_table_size
+            assert len(cert.content) == cert.length - 8
+            pos += (cert.length + 7) & ~7

@@ -33,10 +33,15 @@ def test_mutations_in_the_certificate_table_give_a_verdict(signed_and_trust, dat
         out[pos] = data.draw(st.integers(0, 255))
     try:
         v = verify_image(bytes(out), trust)
-    except PykexecError:
+    except PykexecError as e:
+        assert bytes(out) != signed and str(e)
         return
+    if bytes(out) == signed:
+        assert v.verified, v.reason
     if v.verified:  # only a byte outside what the signature needs (e.g. an unused field)
         assert v.signatures and any(s.trusted for s in v.signatures)
+    else:
+        assert v.reason
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -47,10 +52,22 @@ def test_mutations_in_the_headers_give_a_verdict(signed_and_trust, data):
     for _ in range(data.draw(st.integers(1, 3))):
         pos = data.draw(st.integers(0, 0x400))
         out[pos] = data.draw(st.integers(0, 255))
+    changed = {i for i in range(len(signed)) if out[i] != signed[i]}
+    where = authenticode.layout(signed)
+    # the Authenticode hash skips CheckSum and the certificate table's data directory entry
+    excluded = set(range(where.checksum_offset, where.checksum_offset + 4)) | set(
+        range(where.security_entry_offset, where.security_entry_offset + 8))
     try:
-        verify_image(bytes(out), trust)
-    except PykexecError:
-        pass
+        v = verify_image(bytes(out), trust)
+    except PykexecError as e:
+        assert changed and str(e), "the unchanged image verifies"
+        return
+    if not changed:
+        assert v.verified, v.reason
+    if v.verified:  # a change the signature covers must break it
+        assert changed <= excluded, sorted(changed - excluded)
+    else:
+        assert v.reason
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -51,10 +51,33 @@ def test_malformed_esl(mutate, match):
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_esl_parser_raises_only_format_errors(data):
+    """Either a FormatError at an offset inside the data, or entries that account for every
+    byte: each EFI_SIGNATURE_LIST is its 28-byte header, SignatureHeaderSize and whole
+    SignatureSize entries (UEFI 2.10 §32.4.1), so rebuilding them gives the same entries."""
     try:
-        esl.parse(data)
-    except FormatError:
-        pass
+        entries = esl.parse(data)
+    except FormatError as e:
+        assert e.offset is not None and 0 <= e.offset < max(len(data), 1)
+    else:
+        assert [(e.type, e.owner, e.data) for e in entries] == _walk_signature_lists(data)
+
+
+def _walk_signature_lists(data: bytes) -> list:
+    """EFI_SIGNATURE_LISTs walked as UEFI 2.10 §32.4.1 lays them out (SignatureType, then
+    u32 SignatureListSize, SignatureHeaderSize, SignatureSize; the header; then entries of
+    SignatureOwner and data), for a buffer already known to be well formed."""
+    import struct
+    import uuid
+    out, pos = [], 0
+    while pos < len(data):
+        sig_type = uuid.UUID(bytes_le=data[pos:pos + 16])
+        list_size, header_size, sig_size = struct.unpack_from("<III", data, pos + 16)
+        at = pos + 28 + header_size
+        while at < pos + list_size:
+            out.append((sig_type, uuid.UUID(bytes_le=data[at:at + 16]), data[at + 16:at + sig_size]))
+            at += sig_size
+        pos += list_size
+    return out
 
 
 @pytest.mark.parametrize("form", ["pem", "der", "esl", "efivar"])
