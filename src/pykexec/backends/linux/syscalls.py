@@ -42,9 +42,9 @@ class KexecSegment(ctypes.Structure):
 
 @dataclass(frozen=True)
 class UserSegment:
-    """One kexec_load segment: bytes and where they go."""
+    """One kexec_load segment: bytes (or a view of them) and where they go."""
 
-    buf: bytes
+    buf: bytes | memoryview
     mem: int
     memsz: int
 
@@ -86,10 +86,10 @@ class LinuxSyscalls:
                    ctypes.c_char_p(raw), ctypes.c_ulong(flags))
 
     def kexec_load(self, entry: int, segments: Sequence[UserSegment], flags: int) -> None:
-        buffers = [ctypes.create_string_buffer(s.buf, len(s.buf)) for s in segments]
+        pinned = [pin(s.buf) for s in segments]  # kept alive until the kernel has copied them
         table = (KexecSegment * len(segments))(*[
-            KexecSegment(ctypes.cast(b, ctypes.c_void_p), len(s.buf), s.mem, s.memsz)
-            for b, s in zip(buffers, segments)])
+            KexecSegment(address, len(s.buf), s.mem, s.memsz)
+            for (_, address), s in zip(pinned, segments)])
         self._call("kexec_load", ctypes.c_long(SYSCALLS[self.machine][1]), ctypes.c_ulong(entry),
                    ctypes.c_ulong(len(segments)), table if segments else None,
                    ctypes.c_ulong(flags | KEXEC_ARCH.get(self.machine, 0)))
@@ -101,6 +101,23 @@ class LinuxSyscalls:
 
     def sync(self) -> None:
         os.sync()
+
+
+def pin(buf: bytes | memoryview) -> tuple[object, int]:
+    """The address of ``buf``'s first byte, and the object that keeps it valid.
+
+    The kernel copies the segments itself, so they are not copied here: a
+    ``bytes`` object is pointed at where it lies, and so is a writable buffer
+    (a file mapped copy-on-write, a bytearray).  Only a read-only view of
+    something else, whose address ctypes cannot take, is copied.
+    """
+    if isinstance(buf, bytes):
+        pointer = ctypes.c_char_p(buf)
+        return pointer, ctypes.cast(pointer, ctypes.c_void_p).value or 0
+    view = memoryview(buf).cast("B")
+    array_type = ctypes.c_char * len(view)
+    array = array_type.from_buffer_copy(view) if view.readonly else array_type.from_buffer(view)
+    return array, ctypes.addressof(array)
 
 
 @dataclass(frozen=True)
