@@ -19,7 +19,6 @@ from . import formats
 from .backends import LoadReport
 from .errors import LoadRefused, NotLoadable, PlacementError, SyscallError, UnknownFormat, UsageError
 from .formats import pe
-from .images import extract, inspect, prepare_file, read_image  # noqa: F401  (part of this API)
 from .limits import Limits
 from .machine.model import Machine, runs_on
 from .plan.loadplan import FileLoad, LoadPlan
@@ -31,15 +30,20 @@ if TYPE_CHECKING:  # the syscalls load only when used
 
 log = logging.getLogger(__name__)
 
-# Part of this API, but from the syscall backend: imported on first access, so that
-# inspect and extract do not load ctypes.
+# Part of this API, but from the syscall backend and from pykexec.images: imported on
+# first access, so that inspect and extract do not load the backend, nor load the
+# output writers.
 BACKEND_NAMES = ("LinuxSyscalls", "Status", "Syscalls", "read_lockdown", "read_status")
+IMAGE_NAMES = ("extract", "inspect", "prepare_file", "read_image")
 
 
 def __getattr__(name: str):
     if name in BACKEND_NAMES:
         from .backends.linux import syscalls
         return getattr(syscalls, name)
+    if name in IMAGE_NAMES:
+        from . import images
+        return getattr(images, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 PROC_CMDLINE = Path("/proc/cmdline")

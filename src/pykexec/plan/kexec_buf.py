@@ -32,7 +32,6 @@ contain buf_min/buf_max (bisection too), so 100k ranges cost one pass at most.
 from __future__ import annotations
 
 import bisect
-import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -110,6 +109,7 @@ class Segment:
         """
         if self.buffer is None:
             return None
+        import hashlib  # only a view that shows hashes (--json) hashes
         view = self.view
         h = hashlib.sha256(view)
         pad = self.memsz - len(view)

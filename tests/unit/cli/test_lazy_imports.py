@@ -1,11 +1,12 @@
-"""``extract`` and ``inspect`` load only what they use; ``load`` reads only what it uses.
+"""``extract``, ``inspect`` and ``load`` load only what they use.
 
-Start-up is most of what a small extract costs, so each verb imports its own
-modules and each format imports its library when it parses.  These tests run
-the CLI in a fresh interpreter and list what it imported: a top-level import
-of pefile, pyelftools, unicorn, cryptography, the loader or the planner on
-this path makes them fail.  A dry-run load's peak memory is measured the same
-way: it must not grow with the initrd it never reads.
+Start-up is most of what a small extract or a dry-run load costs, so each verb
+imports its own modules and each format imports its library when it parses.
+These tests run the CLI in a fresh interpreter and list what it imported: a
+top-level import of pefile, pyelftools, unicorn, cryptography, the loader or
+the planner on the extract path, or of anything a plain bzImage's file-mode
+load does not use on the load path, makes them fail.  The load's peak memory
+is measured the same way: it must not grow with the initrd it never reads.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ HEAVY = ("pefile", "elftools", "unicorn", "cryptography", "lz4", "lzo", "ctypes"
          "pykexec.backends.linux.file", "pykexec.backends.linux.user", "pykexec.cli.kexec",
          "pykexec.receivers", "pykexec.plan", "pykexec.machine", "pykexec.trust", "pykexec.efi",
          "pykexec.boot")
+
+# Never needed for `load --dry-run --mode file` of a bzImage with no signature check: the
+# kernel reads the files itself, and the text view shows no hashes.
+HEAVY_FOR_LOAD = ("pefile", "elftools", "unicorn", "cryptography", "lz4", "lzo", "zstandard",
+                  "ctypes", "hashlib", "pykexec.images", "pykexec.output", "pykexec.boot",
+                  "pykexec.efi", "pykexec.trust.verify", "pykexec.trust.store",
+                  "pykexec.trust.authenticode", "pykexec.backends.linux.file",
+                  "pykexec.backends.linux.user", "pykexec.cli.emulate", "pykexec.cli.kexec")
 
 CHILD = """
 import json, sys
@@ -128,6 +137,20 @@ def test_the_api_is_whole():
         assert getattr(api, name) is getattr(linux, name)
     with pytest.raises(AttributeError):
         api.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("pe", [False, True], ids=["plain", "signed-pe"])
+def test_a_file_mode_dry_run_loads_only_what_it_uses(image_file, tmp_path, pe):
+    """Neither pefile nor cryptography for a bzImage, with or without an EFI stub's signed
+    PE header; no ctypes (no call is made) and no hashlib (the text view shows no hashes)."""
+    image = image_file(b.bzimage(compression="zstd", pe=pe, signed=pe, init_size=0x800000))
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"cpio" * 1024)
+    report = dry_run(image, initrd, "--mode", "file")
+    assert report["rc"] == 0, report["stdout"]
+    assert "linux-file load for x86_64" in report["stdout"]
+    assert "passed as original file" in report["stdout"]
+    assert loaded(set(report["modules"]), HEAVY_FOR_LOAD) == []
 
 
 MiB = 1 << 20
