@@ -19,7 +19,6 @@ from . import formats
 from .backends import LoadReport
 from .errors import LoadRefused, NotLoadable, PlacementError, SyscallError, UnknownFormat, UsageError
 from .formats import pe
-from .images import extract, inspect, prepare_file, read_image  # noqa: F401  (part of this API)
 from .limits import Limits
 from .machine.model import Machine, runs_on
 from .plan.loadplan import FileLoad, LoadPlan
@@ -31,15 +30,20 @@ if TYPE_CHECKING:  # the syscalls load only when used
 
 log = logging.getLogger(__name__)
 
-# Part of this API, but from the syscall backend: imported on first access, so that
-# inspect and extract do not load ctypes.
+# Part of this API, but from the syscall backend and from pykexec.images: imported on
+# first access, so that inspect and extract do not load the backend, nor load the
+# output writers.
 BACKEND_NAMES = ("LinuxSyscalls", "Status", "Syscalls", "read_lockdown", "read_status")
+IMAGE_NAMES = ("extract", "inspect", "prepare_file", "read_image")
 
 
 def __getattr__(name: str):
     if name in BACKEND_NAMES:
         from .backends.linux import syscalls
         return getattr(syscalls, name)
+    if name in IMAGE_NAMES:
+        from . import images
+        return getattr(images, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 PROC_CMDLINE = Path("/proc/cmdline")
@@ -50,40 +54,46 @@ DROPPED_ON_REUSE = ("BOOT_IMAGE=", "initrd=")
 class OpenedFile:
     """A file opened once, with the descriptor kept open for the kernel.
 
-    ``data`` is the file read into memory, or for a mapped file (initrds,
-    which the kernel reads itself through the descriptor) a read-only map
-    that costs no memory until it is used.
+    ``data`` is a view of the file mapped copy-on-write: nothing is read until
+    a page is used, so a load that hands the kernel the descriptor reads only
+    the headers it parses, and a user-mode load reads each page once, into the
+    memory kexec_load copies from (writable, so ctypes can point at it).  The
+    map goes with the last view of it: a plan that a dry run returns still
+    views the files.
     """
 
     path: Path
     fd: int
     size: int
-    data: bytes | mmap.mmap
+    data: bytes | memoryview
 
     def close(self) -> None:
-        if isinstance(self.data, mmap.mmap):
-            self.data.close()
         os.close(self.fd)
 
 
-def open_file(path: str | Path, *, mapped: bool = False) -> OpenedFile:
-    """Open a file once and read (or map) it; the same descriptor can go to the kernel."""
+def open_file(path: str | Path) -> OpenedFile:
+    """Open a file once and map it; the same descriptor can go to the kernel."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"{path}: not a regular file")
-        if mapped and st.st_size:
-            data = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-        elif mapped:
-            data = b""
-        else:
-            with os.fdopen(os.dup(fd), "rb") as f:
-                data = f.read()
+        data = _map(fd, st.st_size)
     except BaseException:
         os.close(fd)
         raise
     return OpenedFile(Path(path), fd, st.st_size, data)
+
+
+def _map(fd: int, size: int) -> bytes | memoryview:
+    """The file's bytes, mapped; read where the file system cannot map (or nothing to map)."""
+    if not size:
+        return b""
+    try:
+        return memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY))
+    except OSError:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
 
 
 def addon_dir(image: str | Path) -> list[Path]:
@@ -225,7 +235,7 @@ class _Files:
         try:  # appended one by one, so that a failure (or a signal) half-way closes what is open
             self.image = open_file(self.opts.image)
             for p in self.opts.initrds:
-                self.initrds.append(open_file(p, mapped=True))
+                self.initrds.append(open_file(p))
             if formats.uki.probe(self.image.data):
                 wanted = addon_dir(self.opts.image) if self.opts.addons is None else self.opts.addons
                 for p in wanted:
@@ -323,7 +333,7 @@ def _prepare_or_emulate(data: bytes, opts: LoadOptions, addons: tuple[bytes, ...
             import logging
             logging.getLogger(__name__).warning(
                 "no parser unwraps this PE image (%s); running its EFI stub in the emulator", e)
-    return prepare_via_emulator(data, arch=machine.arch, limits=limits)
+    return prepare_via_emulator(bytes(data), arch=machine.arch, limits=limits)  # it runs the whole image
 
 
 def prepare_via_emulator(data: bytes, *, arch: str | None, limits: Limits = Limits()) -> Prepared:

@@ -20,19 +20,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .multiboot_info import Module, ModuleArg, load_module, parse_module_arg
-
 if TYPE_CHECKING:
+    from .multiboot_info import Module, ModuleArg, load_module, parse_module_arg
     from .usermode import UserLoad, build_user_load
 
 __all__ = ["build_user_load", "UserLoad", "Module", "ModuleArg", "load_module", "parse_module_arg"]
 
 
 def __getattr__(name: str):
-    """The user-mode builder on first use: the planners read the zero-page layout in
-    :mod:`.bootparam`, and should not pay for the builder, its purgatory and the syscall
-    backend it imports (nor should ``pykexec --help``)."""
+    """The user-mode builder and Multiboot modules on first use: the planners read the
+    zero-page layout in :mod:`.bootparam`, and should not pay for the builder, its
+    purgatory and the Multiboot loader (nor should ``pykexec --help``)."""
     if name in ("UserLoad", "build_user_load"):
         from . import usermode
         return getattr(usermode, name)
+    if name in ("Module", "ModuleArg", "load_module", "parse_module_arg"):
+        from . import multiboot_info
+        return getattr(multiboot_info, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,6 +38,7 @@ from ..errors import FormatError, NotLoadable, PlacementError, UsageError, UserL
 from ..formats.bzimage import BzImage
 from ..formats.bzimage import XLF_EFI_KEXEC
 from ..formats.elf import Elf
+from ..formats.layer import Buffer
 from ..formats.multiboot import Multiboot
 from ..formats.multiboot2 import Multiboot2
 from ..machine.model import Machine
@@ -100,7 +101,7 @@ class UserLoad:
                        f"{', '.join(s.role for s in self.plan.segments)}")
 
 
-def build_user_load(prepared, *, initrd: bytes | None, cmdline: str | None, crash: bool, machine: Machine,
+def build_user_load(prepared, *, initrd: Buffer | None, cmdline: str | None, crash: bool, machine: Machine,
                     modules: Sequence[Module] = (), checks: bool = True, protocol: str | None = None,
                     firmware: Firmware | None = None, crash_sources: elfcore.CrashSources | None = None,
                     getrandom: Callable[[int], bytes] = os.getrandom, verbose: bool = False,
@@ -140,7 +141,7 @@ def build_user_load(prepared, *, initrd: bytes | None, cmdline: str | None, cras
                    dev_mem=None if dev_mem is None else Path(dev_mem))
     if kind == "linux":
         if isinstance(layer, BzImage):
-            return _bzimage(ctx, layer, bytes(prepared.kernel), initrd, cmdline)
+            return _bzimage(ctx, layer, prepared.kernel, initrd, cmdline)
         if isinstance(layer, Elf):
             return _vmlinux(ctx, layer, initrd, cmdline)
         raise NotLoadable(layer.format, "is not a Linux image a kexec_load can boot on x86_64 "
@@ -206,7 +207,7 @@ class _Context:
 
 # -- Linux: bzImage -------------------------------------------------------------------------------
 
-def _bzimage(ctx: _Context, layer: BzImage, data: bytes, initrd: bytes | None, cmdline: str | None) -> UserLoad:
+def _bzimage(ctx: _Context, layer: BzImage, data: Buffer, initrd: Buffer | None, cmdline: str | None) -> UserLoad:
     plan_x86.probe_user(layer, data)
     pg = purgatory.load()
     placer, walks = ctx.placer(), ctx.walks()
@@ -225,7 +226,7 @@ def _bzimage(ctx: _Context, layer: BzImage, data: bytes, initrd: bytes | None, c
               walks)
     segs = {s.role: s for s in placer.segments}
     kernel, cmdline_off = segs["kernel"], max(layer.setup_size, 4096)
-    fills: dict[str, bytes] = {"kernel": bytes(data[layer.setup_size:])}
+    fills: dict[str, Buffer] = {"kernel": memoryview(data)[layer.setup_size:]}
     nodes: list[tuple[int, zeropage.SetupData]] = []
     if e820_ext is not None:
         nodes.append((segs["setup-data-e820"].mem, e820_ext))
@@ -531,7 +532,7 @@ def parse_rsdp(raw: bytes) -> tuple[bytes | None, bytes | None]:
 
 # -- the end: purgatory, validation, kexec_load's arguments ------------------------------------------
 
-def _finish(ctx: _Context, placer: Placer, fills: dict[str, bytes], regs: dict[str, int], *, entry32: bool,
+def _finish(ctx: _Context, placer: Placer, fills: dict[str, Buffer], regs: dict[str, int], *, entry32: bool,
             cmdline: str, entry_arg: int, protocol: str, crash: _Crash | None) -> UserLoad:
     pg = purgatory.load()
     segments: list[Segment] = []
@@ -545,7 +546,7 @@ def _finish(ctx: _Context, placer: Placer, fills: dict[str, bytes], regs: dict[s
         if len(data) > seg.memsz:
             raise PlacementError(f"{seg.role} holds {len(data)} bytes but was planned with {seg.memsz}",
                                  role=seg.role, errno="EINVAL")
-        segments.append(dataclasses.replace(seg, buffer=bytes(data), bufsz=len(data)))
+        segments.append(dataclasses.replace(seg, buffer=data, bufsz=len(data)))  # no copy: views stay views
     regions = () if not ctx.checks else purgatory.regions_for(
         [s for s in segments if s.role != "purgatory"])
     backup = crash.backup if crash is not None else None

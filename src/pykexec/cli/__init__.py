@@ -188,9 +188,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-
     from .. import api
     if args.dtb is not None:
         raise UsageError("--dtb: passing a device tree is not supported yet (x86 SETUP_DTB, "
@@ -207,24 +204,34 @@ def cmd_load(args: argparse.Namespace) -> int:
     summary, report, predicted = api.load(opts, dry_run=args.dry_run, limits=_limits(args),
                                           machine=described if args.dry_run else None,
                                           advice=None if args.dry_run else described)
-    result = {**dataclasses.asdict(summary), "loaded": report is not None,
-              "syscall": report.syscall if report else None,
-              "attempts": report.attempts if report else [],
-              "plan": predicted.to_json(violations=predicted.validate()) if predicted else None}
     if args.json:
-        print(json.dumps(result))
-    else:
-        if predicted is not None:
-            print(predicted)
-        kind = "crash kernel" if summary.crash else "kernel"
-        print(f"{kind}: {summary.kernel_format}, {summary.kernel_size} bytes "
-              f"({' → '.join(summary.layers)}), passed as {summary.kernel_source}")
-        print(f"initrd: {summary.initrd_size} bytes")
-        print(f"cmdline: {summary.cmdline!r}")
-        if summary.signature:
-            print(f"signature: {summary.signature}")
-        print("dry run: nothing loaded" if report is None else f"loaded with {report.syscall}")
+        import json
+        print(json.dumps(_load_json(summary, report, predicted)))
+        return 0
+    if predicted is not None:
+        print(predicted)
+    kind = "crash kernel" if summary.crash else "kernel"
+    print(f"{kind}: {summary.kernel_format}, {summary.kernel_size} bytes "
+          f"({' → '.join(summary.layers)}), passed as {summary.kernel_source}")
+    print(f"initrd: {summary.initrd_size} bytes")
+    print(f"cmdline: {summary.cmdline!r}")
+    if summary.signature:
+        print(f"signature: {summary.signature}")
+    print("dry run: nothing loaded" if report is None else f"loaded with {report.syscall}")
     return 0
+
+
+def _load_json(summary, report, predicted) -> dict:
+    """``load --json``: the summary, what was done, and the plan with each segment's SHA-256.
+
+    Only this view hashes the segments: that reads every byte of the kernel and
+    initrd, which the text view (and kexec_file_load) never need.
+    """
+    import dataclasses
+    return {**dataclasses.asdict(summary), "loaded": report is not None,
+            "syscall": report.syscall if report else None,
+            "attempts": report.attempts if report else [],
+            "plan": predicted.to_json(violations=predicted.validate()) if predicted else None}
 
 
 def cmd_exec(args: argparse.Namespace) -> int:

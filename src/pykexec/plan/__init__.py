@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from ..errors import PlacementError, UsageError
 from ..formats.arm64_image import Arm64Image
 from ..formats.bzimage import BzImage
+from ..formats.layer import Buffer
 from ..machine.model import Machine, runs_on
 from ..receivers import TABLE, TARGETS, Entry, default_target, find, served
 from .common import LINUX_X86_64_PURGATORY, PurgatorySize
@@ -34,20 +35,24 @@ __all__ = ["plan", "default_target", "LoadPlan", "Segment", "KexecBuf", "Placer"
            "PurgatorySize", "LINUX_X86_64_PURGATORY", "KEXEC_SEGMENT_MAX", "TARGETS",
            "validate_linux", "validate_xen"]
 
-def _kernel(image: Any) -> tuple[Any, bytes, bytes | None, str | None]:
-    """(kernel layer, kernel bytes, initrd, cmdline) from a Prepared or a parsed kernel layer."""
+def _kernel(image: Any) -> tuple[Any, Buffer, Buffer | None, str | None]:
+    """(kernel layer, kernel bytes, initrd, cmdline) from a Prepared or a parsed kernel layer.
+
+    The bytes are the image's own (views, not copies): a planner reads the
+    headers, and the segments it places view the rest without reading it.
+    """
     layer = getattr(image, "kernel_layer", None)
     if layer is not None:  # pykexec.prepare.Prepared
-        return layer, bytes(image.kernel), image.initrd, image.cmdline
+        return layer, image.kernel, image.initrd, image.cmdline
     if isinstance(image, Arm64Image):
-        return image, bytes(image.kernel_bytes), None, None
+        return image, image.kernel_bytes, None, None
     if isinstance(image, BzImage):
-        return image, bytes(image.data), None, None
+        return image, image.data, None, None
     raise UsageError(f"plan() takes a Prepared image or a parsed kernel layer, not {type(image).__name__}")
 
 
 def plan(image: Any, *, machine: Machine, target: str | None = None, crash: bool = False,
-         initrd: bytes | None = None, cmdline: str | None = None,
+         initrd: Buffer | None = None, cmdline: str | None = None,
          purgatory: PurgatorySize | None = None, table: Sequence[Entry] = TABLE,
          image_name: str = "kernel") -> LoadPlan:
     """Plan loading ``image`` (a :class:`~pykexec.prepare.Prepared` or a BzImage/Arm64Image layer).
@@ -72,7 +77,6 @@ def plan(image: Any, *, machine: Machine, target: str | None = None, crash: bool
         arch = machine.arch or layer.arch
         raise PlacementError(f"no {target} planner for {layer.format} images on {arch} "
                              f"(planners: {served(table)})", errno="ENOEXEC")
-    initrd = bytes(initrd) if initrd is not None else None
     if entry.planner is None:  # only a build places this image (ELF, Multiboot): plan what a load builds
         return entry.build(image, initrd=initrd, cmdline=cmdline, crash=crash, machine=machine,
                            image_name=image_name).plan

@@ -69,7 +69,7 @@ def plan_file(layer: Arm64Image, data: bytes, *, machine: Machine, crash: bool, 
         n = 16 * len(machine.kho_scratch)
         place(placer, KexecBuf("kho-scratch", n, n, buf_align=SZ_64K, top_down=True), walks)
     kernel = KexecBuf("kernel", bufsz=len(data), memsz=layer.image_size + layer.text_offset,
-                      buf_align=MIN_KIMG_ALIGN, buf_min=0, top_down=False, buffer=bytes(data))
+                      buf_align=MIN_KIMG_ALIGN, buf_min=0, top_down=False, buffer=data)
     last_error: PlacementError | None = None
     while True:
         try:

@@ -32,7 +32,6 @@ contain buf_min/buf_max (bisection too), so 100k ranges cost one pass at most.
 from __future__ import annotations
 
 import bisect
-import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -52,7 +51,7 @@ class KexecBuf:
     buf_min: int = 0
     buf_max: int = U64_MAX
     top_down: bool = False
-    buffer: bytes | None = field(default=None, repr=False, compare=False)
+    buffer: bytes | memoryview | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -74,7 +73,7 @@ class Segment:
     mem: int
     memsz: int
     bufsz: int
-    buffer: bytes | None = field(default=None, repr=False, compare=False)
+    buffer: bytes | memoryview | None = field(default=None, repr=False, compare=False)
     null: bool = False
     offset: int = 0
 
@@ -88,19 +87,31 @@ class Segment:
 
     @property
     def buf(self) -> bytes:
-        """The bytes that are copied (``bufsz`` of ``buffer``); empty when unknown."""
+        """The bytes that are copied (``bufsz`` of ``buffer``), as a copy; empty when unknown."""
         data = self.buffer or b""
         if isinstance(data, bytes) and len(data) == self.bufsz:
             return data
         return bytes(memoryview(data)[:self.bufsz])
 
     @property
+    def view(self) -> bytes | memoryview:
+        """The same bytes as :attr:`buf` without copying them (a view of a mapped file is
+        not even read): what ``kexec_load`` points the kernel at."""
+        data = self.buffer if self.buffer is not None else b""
+        return data if len(data) == self.bufsz else memoryview(data)[:self.bufsz]
+
+    @property
     def sha256(self) -> str | None:
-        """SHA-256 of the bytes that will land: the buffer, zero-filled to memsz (as the purgatory checks)."""
+        """SHA-256 of the bytes that will land: the buffer, zero-filled to memsz (as the purgatory checks).
+
+        Computed on each use, never kept: hashing reads every page of the buffer.
+        """
         if self.buffer is None:
             return None
-        h = hashlib.sha256(bytes(self.buffer[:self.bufsz]))
-        pad = self.memsz - min(self.bufsz, len(self.buffer))
+        import hashlib  # only a view that shows hashes (--json) hashes
+        view = self.view
+        h = hashlib.sha256(view)
+        pad = self.memsz - len(view)
         chunk = bytes(min(pad, 1 << 20))
         while pad > 0:
             n = min(pad, len(chunk))

@@ -129,7 +129,7 @@ def _kernel_kbuf(layer: BzImage, data: bytes, *, buf_min: int, top_down: bool) -
         raise PlacementError("the bzImage has no init_size (protocol before 2.10)", errno="ENOEXEC")
     return KexecBuf("kernel", bufsz=len(data) - layer.setup_size, memsz=align_up(layer.init_size, PAGE_SIZE),
                     buf_align=layer.kernel_alignment, buf_min=buf_min, top_down=top_down,
-                    buffer=bytes(data[layer.setup_size:]))
+                    buffer=memoryview(data)[layer.setup_size:])
 
 
 def _check_alignment(layer: BzImage) -> None:

@@ -98,7 +98,7 @@ def plan_xen_efi(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, 
                              f"{align:#x}) but the Xen crash area ends at {area.end:#x}",
                              role="kernel", errno="EADDRNOTAVAIL")
     placer = Placer(page_size=PAGE_SIZE, exact_top_down=True, max_segments=None)
-    placer.add_fixed(Segment("kernel", mem, memsz, len(data), bytes(data), offset=offset))
+    placer.add_fixed(Segment("kernel", mem, memsz, len(data), data, offset=offset))
     # The command line gets " elfcorehdr=<KiB>K" once the elfcorehdr is placed: keep room for it.
     cmdline_len = len((cmdline or "").encode()) + 1 + MAX_ELFCOREHDR_STR_LEN
     setup_size = SIZEOF_BOOT_PARAMS + cmdline_len + SIZEOF_SETUP_DATA + RNG_SEED_LENGTH

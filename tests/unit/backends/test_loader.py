@@ -218,3 +218,37 @@ def test_initrd_over_half_of_ram_is_refused_before_it_is_read(tmp_path, sysfs):
         run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), initrds=(big,)),
                  fake, sysfs, machine=machine)
     assert fake.calls == []
+
+
+def test_a_dry_runs_plan_hashes_the_files_it_never_read(tmp_path, sysfs):
+    """The plan views the mapped files: after the load has returned (its files closed), the
+    segments still hash to the files' bytes, zero-filled to memsz as the purgatory checks."""
+    import hashlib
+    import os
+    kernel = builders.bzimage(init_size=0x800000)
+    initrd = os.urandom(3 * 4096)
+    _, _, plan = run_load(api.LoadOptions(image=write(tmp_path, "bzImage", kernel),
+                                          initrds=(write(tmp_path, "initrd", initrd),), mode="file"),
+                          FakeSyscalls(), sysfs, machine=description.load(QEMU_GUEST), dry_run=True)
+    segments = {s.role: s for s in plan.segments}
+    setup = (4 + 1) * 512  # the builder's four setup sectors and the boot sector
+    payload = kernel[setup:] + bytes(segments["kernel"].memsz - len(kernel) + setup)
+    assert segments["kernel"].sha256 == hashlib.sha256(payload).hexdigest()
+    assert segments["initrd"].sha256 == hashlib.sha256(initrd).hexdigest()
+
+
+def test_kexec_load_points_at_the_segments_without_copying():
+    """pin(): the kernel copies the segments, so a writable view (a mapped file) is passed where
+    it lies, as is a bytes object; only a read-only view of something else is copied."""
+    import ctypes
+
+    from pykexec.backends.linux.syscalls import pin
+    backing = bytearray(b"0123456789")
+    _, address = pin(memoryview(backing)[2:6])
+    ctypes.memmove(address, b"AB", 2)
+    assert backing == bytearray(b"01AB456789")
+    data = b"kernel bytes"
+    keep, address = pin(data)
+    assert ctypes.string_at(address, len(data)) == data
+    keep, address = pin(memoryview(data)[7:])
+    assert ctypes.string_at(address, 5) == b"bytes"

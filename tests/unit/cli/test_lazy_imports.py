@@ -1,10 +1,12 @@
-"""``extract`` and ``inspect`` load only what they use.
+"""``extract``, ``inspect`` and ``load`` load only what they use.
 
-Start-up is most of what a small extract costs, so each verb imports its own
-modules and each format imports its library when it parses.  These tests run
-the CLI in a fresh interpreter and list what it imported: a top-level import
-of pefile, pyelftools, unicorn, cryptography, the loader or the planner on
-this path makes them fail.
+Start-up is most of what a small extract or a dry-run load costs, so each verb
+imports its own modules and each format imports its library when it parses.
+These tests run the CLI in a fresh interpreter and list what it imported: a
+top-level import of pefile, pyelftools, unicorn, cryptography, the loader or
+the planner on the extract path, or of anything a plain bzImage's file-mode
+load does not use on the load path, makes them fail.  The load's peak memory
+is measured the same way: it must not grow with the initrd it never reads.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,21 +27,54 @@ HEAVY = ("pefile", "elftools", "unicorn", "cryptography", "lz4", "lzo", "ctypes"
          "pykexec.receivers", "pykexec.plan", "pykexec.machine", "pykexec.trust", "pykexec.efi",
          "pykexec.boot")
 
+# Never needed for `load --dry-run --mode file` of a bzImage with no signature check: the
+# kernel reads the files itself, and the text view shows no hashes.
+HEAVY_FOR_LOAD = ("pefile", "elftools", "unicorn", "cryptography", "lz4", "lzo", "zstandard",
+                  "ctypes", "hashlib", "pykexec.images", "pykexec.output", "pykexec.boot.usermode",
+                  "pykexec.boot.multiboot_info", "pykexec.boot.purgatory", "pykexec.boot.firmware",
+                  "pykexec.efi", "pykexec.trust.verify", "pykexec.trust.store",
+                  "pykexec.trust.authenticode", "pykexec.backends.linux.file",
+                  "pykexec.backends.linux.user", "pykexec.cli.emulate", "pykexec.cli.kexec")
+
 CHILD = """
 import json, sys
 from pykexec.cli import main
 rc = main(sys.argv[1:]) if len(sys.argv) > 1 else None
-print(json.dumps({"rc": rc, "modules": sorted(sys.modules)}), file=sys.stderr)
+modules = sorted(sys.modules)
+import resource
+print(json.dumps({"rc": rc, "modules": modules,
+                  "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), file=sys.stderr)
 """
+
+QEMU_GUEST = Path(__file__).parents[2] / "data" / "machines" / "qemu-pc-1g-debian6.1.iomem"
+
+
+def run_cli(*argv) -> dict:
+    """Run ``pykexec.cli.main(argv)`` in a fresh interpreter: its exit code (``rc``), the
+    modules it imported, its peak RSS in KiB (``maxrss_kib``) and its ``stdout``."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, argv)], capture_output=True,
+                          text=True, timeout=120)
+    return {**json.loads(proc.stderr.strip().splitlines()[-1]), "stdout": proc.stdout}
 
 
 def imported(*argv) -> tuple[int | None, set[str], str]:
     """Run ``pykexec.cli.main(argv)`` in a fresh interpreter: its exit code, the modules
     it imported, and its stdout."""
-    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, argv)], capture_output=True,
-                          text=True, timeout=120)
-    report = json.loads(proc.stderr.strip().splitlines()[-1])
-    return report["rc"], set(report["modules"]), proc.stdout
+    report = run_cli(*argv)
+    return report["rc"], set(report["modules"]), report["stdout"]
+
+
+def dry_run(image, initrd, *extra) -> dict:
+    """``load --dry-run`` on the described QEMU guest, with no signature required (hermetic)."""
+    return run_cli("load", "--dry-run", image, "--initrd", initrd, "--machine", QEMU_GUEST,
+                   "--no-require-signature", "--command-line", "console=ttyS0", *extra)
+
+
+def sparse(path: Path, size: int) -> Path:
+    """A file of ``size`` zero bytes that takes no disk: reading it still costs memory."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
 
 
 def loaded(modules: set[str], names) -> list[str]:
@@ -102,3 +138,41 @@ def test_the_api_is_whole():
         assert getattr(api, name) is getattr(linux, name)
     with pytest.raises(AttributeError):
         api.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("pe", [False, True], ids=["plain", "signed-pe"])
+def test_a_file_mode_dry_run_loads_only_what_it_uses(image_file, tmp_path, pe):
+    """Neither pefile nor cryptography for a bzImage, with or without an EFI stub's signed
+    PE header; no ctypes (no call is made) and no hashlib (the text view shows no hashes)."""
+    image = image_file(b.bzimage(compression="zstd", pe=pe, signed=pe, init_size=0x800000))
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"cpio" * 1024)
+    report = dry_run(image, initrd, "--mode", "file")
+    assert report["rc"] == 0, report["stdout"]
+    assert "linux-file load for x86_64" in report["stdout"]
+    assert "passed as original file" in report["stdout"]
+    assert loaded(set(report["modules"]), HEAVY_FOR_LOAD) == []
+
+
+MiB = 1 << 20
+
+
+def test_a_file_mode_dry_run_never_reads_the_initrd(image_file, tmp_path):
+    """kexec_file_load reads the initrd itself: 256 MiB more of it costs no memory here."""
+    image = image_file(b.bzimage(init_size=0x800000))
+    small = dry_run(image, sparse(tmp_path / "small", 4096), "--mode", "file")
+    large = dry_run(image, sparse(tmp_path / "large", 256 * MiB), "--mode", "file")
+    assert small["rc"] == large["rc"] == 0, large["stdout"]
+    assert "initrd: 268435456 bytes" in large["stdout"]
+    assert (large["maxrss_kib"] - small["maxrss_kib"]) * 1024 < 32 * MiB
+
+
+def test_a_user_mode_dry_run_reads_the_initrd_once(image_file, tmp_path):
+    """User mode must hash every byte (the purgatory checks them), but it keeps one image of
+    the initrd, the file's pages, and makes no copy of it."""
+    image = image_file(b.bzimage(init_size=0x800000))
+    small = dry_run(image, sparse(tmp_path / "small", 4096), "--mode", "user")
+    large = dry_run(image, sparse(tmp_path / "large", 128 * MiB), "--mode", "user")
+    assert small["rc"] == large["rc"] == 0, large["stdout"]
+    assert "linux-user load for x86_64" in large["stdout"]
+    assert (large["maxrss_kib"] - small["maxrss_kib"]) * 1024 < 1.5 * 128 * MiB

@@ -10,10 +10,8 @@ size_t memsz; }`` and the architecture in the high 16 bits of flags.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -35,16 +33,11 @@ SYSCALLS = {"x86_64": (320, 246), "aarch64": (294, 104), "riscv64": (294, 104),
             "loongarch64": (294, 104), "ppc64le": (382, 268), "s390x": (381, 277)}
 
 
-class KexecSegment(ctypes.Structure):
-    _fields_ = [("buf", ctypes.c_void_p), ("bufsz", ctypes.c_size_t),
-                ("mem", ctypes.c_ulong), ("memsz", ctypes.c_size_t)]
-
-
 @dataclass(frozen=True)
 class UserSegment:
-    """One kexec_load segment: bytes and where they go."""
+    """One kexec_load segment: bytes (or a view of them) and where they go."""
 
-    buf: bytes
+    buf: bytes | memoryview
     mem: int
     memsz: int
 
@@ -63,22 +56,29 @@ class Syscalls(Protocol):
 
 
 class LinuxSyscalls:
-    """The real system calls, raising :class:`SyscallError` with the errno."""
+    """The real system calls, raising :class:`SyscallError` with the errno.
+
+    ctypes is imported here, when a call is to be made, not with the module:
+    a dry run reads the lockdown state from this module and makes no call.
+    """
 
     def __init__(self, machine: str | None = None) -> None:
-        self.machine = machine or platform.machine()
+        import ctypes
+        self.machine = machine or os.uname().machine
         if self.machine not in SYSCALLS:
             raise SyscallError("kexec", errno.ENOSYS, f"no kexec syscall numbers for {self.machine}")
         self.libc = ctypes.CDLL(None, use_errno=True)
         self.libc.syscall.restype = ctypes.c_long
 
     def _call(self, name: str, *args) -> None:
+        import ctypes
         if self.libc.syscall(*args) != 0:
             err = ctypes.get_errno()
             raise SyscallError(name, err, os.strerror(err))
 
     def kexec_file_load(self, kernel_fd: int, initrd_fd: int, cmdline: str | None,
                         flags: int) -> None:
+        import ctypes
         raw = None if cmdline is None else cmdline.encode() + b"\0"
         self._call("kexec_file_load", ctypes.c_long(SYSCALLS[self.machine][0]),
                    ctypes.c_int(kernel_fd), ctypes.c_int(initrd_fd),
@@ -86,21 +86,50 @@ class LinuxSyscalls:
                    ctypes.c_char_p(raw), ctypes.c_ulong(flags))
 
     def kexec_load(self, entry: int, segments: Sequence[UserSegment], flags: int) -> None:
-        buffers = [ctypes.create_string_buffer(s.buf, len(s.buf)) for s in segments]
-        table = (KexecSegment * len(segments))(*[
-            KexecSegment(ctypes.cast(b, ctypes.c_void_p), len(s.buf), s.mem, s.memsz)
-            for b, s in zip(buffers, segments)])
+        import ctypes
+        pinned = [pin(s.buf) for s in segments]  # kept alive until the kernel has copied them
+        table = segment_table([(address, len(s.buf), s.mem, s.memsz)
+                               for (_, address), s in zip(pinned, segments)])
         self._call("kexec_load", ctypes.c_long(SYSCALLS[self.machine][1]), ctypes.c_ulong(entry),
                    ctypes.c_ulong(len(segments)), table if segments else None,
                    ctypes.c_ulong(flags | KEXEC_ARCH.get(self.machine, 0)))
 
     def reboot_kexec(self) -> None:
+        import ctypes
         if self.libc.reboot(ctypes.c_int(LINUX_REBOOT_CMD_KEXEC)) != 0:
             err = ctypes.get_errno()
             raise SyscallError("reboot(LINUX_REBOOT_CMD_KEXEC)", err, os.strerror(err))
 
     def sync(self) -> None:
         os.sync()
+
+
+def segment_table(entries: Sequence[tuple[int, int, int, int]]):
+    """``struct kexec_segment[]`` from (buf address, bufsz, mem, memsz) entries."""
+    import ctypes
+
+    class KexecSegment(ctypes.Structure):
+        _fields_ = [("buf", ctypes.c_void_p), ("bufsz", ctypes.c_size_t),
+                    ("mem", ctypes.c_ulong), ("memsz", ctypes.c_size_t)]
+    return (KexecSegment * len(entries))(*[KexecSegment(*e) for e in entries])
+
+
+def pin(buf: bytes | memoryview) -> tuple[object, int]:
+    """The address of ``buf``'s first byte, and the object that keeps it valid.
+
+    The kernel copies the segments itself, so they are not copied here: a
+    ``bytes`` object is pointed at where it lies, and so is a writable buffer
+    (a file mapped copy-on-write, a bytearray).  Only a read-only view of
+    something else, whose address ctypes cannot take, is copied.
+    """
+    import ctypes
+    if isinstance(buf, bytes):
+        pointer = ctypes.c_char_p(buf)
+        return pointer, ctypes.cast(pointer, ctypes.c_void_p).value or 0
+    view = memoryview(buf).cast("B")
+    array_type = ctypes.c_char * len(view)
+    array = array_type.from_buffer_copy(view) if view.readonly else array_type.from_buffer(view)
+    return array, ctypes.addressof(array)
 
 
 @dataclass(frozen=True)

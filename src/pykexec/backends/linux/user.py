@@ -27,7 +27,7 @@ class UserBackend:
 
     def execute(self, load: "UserLoad") -> int:
         flags = KEXEC_ON_CRASH if load.crash else 0
-        segments = [UserSegment(s.buf, s.mem, s.memsz) for s in load.segments]
+        segments = [UserSegment(s.view, s.mem, s.memsz) for s in load.segments]  # views, not copies
         with kernel_call(loaded_sentence(load.crash)):
             self.syscalls.kexec_load(load.entry, segments, flags)
         return flags

@@ -204,5 +204,5 @@ def regions_for(segments: Iterable, *, skip: Sequence[int] = ()) -> tuple[Region
         buf = getattr(seg, "buffer", None)
         if buf is None:
             buf = getattr(seg, "buf")
-        out.append(Region.of(seg.mem, bytes(buf[:getattr(seg, "bufsz", len(buf))]), seg.memsz))
+        out.append(Region.of(seg.mem, memoryview(buf)[:getattr(seg, "bufsz", len(buf))], seg.memsz))
     return tuple(out)
