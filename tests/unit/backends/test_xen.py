@@ -291,3 +291,17 @@ def test_dom0_own_memory_view_is_refused_for_a_real_load(tmp_path):
     with pytest.raises(LoadRefused, match="machine memory map is unknown"):
         api.load(api.LoadOptions(image=path), syscalls=fake, sysfs=sysfs, machine=machine,
                  efivars=sysfs / "no-efivars")
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_plan_target_xen_predicts_what_is_handed_to_xen(tmp_path, crash):
+    from pykexec import plan as planning
+    from pykexec.prepare import prepare
+    fake = FakeXen()
+    _, _, built = load(tmp_path, fake, crash=crash)
+    predicted = planning.plan(prepare(builders.bzimage()), machine=dom0(fake), target="xen", crash=crash,
+                              initrd=INITRD, cmdline=CMDLINE)
+    (_, _, entry, segments, _), = [c for c in fake.calls if c[0] == "load"]
+    assert predicted.entry == entry
+    assert [(s.mem, s.memsz) for s in predicted.segments] == [(s.dest_maddr, s.dest_size) for s in segments]
+    assert [s.null for s in predicted.segments] == [s.buf is None for s in segments]

@@ -74,7 +74,7 @@ def _test_move(segments: list[XenSegment], load: "UserLoad", spec: str | None) -
     except (StopIteration, ValueError):
         raise UsageError(f"{TEST_MOVE}={spec!r}: expected ROLE:MADDR with ROLE one of "
                          f"{', '.join(s.role for s in load.segments)}") from None
-    log.warning("test hook %s: moving %s from %#x to %#x", TEST_MOVE, role, segments[index].dest_maddr, dest)
+    log.info("test hook %s: moving %s from %#x to %#x", TEST_MOVE, role, segments[index].dest_maddr, dest)
     out = list(segments)
     out[index] = dataclasses.replace(out[index], dest_maddr=dest)
     return out
