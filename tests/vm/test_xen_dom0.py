@@ -286,3 +286,72 @@ mark("note-names", " ".join(f"{k}={v}" for k, v in sorted(names.items())))
         serial.fail(f"/proc/vmcore lacks Xen's per-CPU notes (\"CORE\" and \"Xen\"): {names}")
     if serial.value("pattern") != "FOUND":
         serial.fail(f"the pattern is not in /proc/vmcore: pages found {serial.value('pages-found')}")
+
+
+# -- scenario 4: Xen to Xen through the hypercall ----------------------------------------------------------
+
+STAGE2_NEW_DOM0 = h.sh_script("""
+mark cmdline "$(cat /proc/cmdline)"
+mark hypervisor2 "$(cat /sys/hypervisor/type 2>/dev/null || echo none)"
+mark xen-uuid "$(cat /sys/hypervisor/uuid 2>/dev/null || echo none)"
+mark xen-version "$(cat /sys/hypervisor/version/major 2>/dev/null).$(cat /sys/hypervisor/version/minor 2>/dev/null)"
+""")
+
+
+def test_xen_to_xen_through_the_hypercall(vm_material):
+    marker = h.token()
+    xen2_cmdline = "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=512M dom0_max_vcpus=1"
+    dom0_cmdline = f"console=hvc0 earlyprintk=xen panic=-1 stage=2 marker={marker}"
+    g = xen_guest("xen-dom0-xen")
+    g.embed("/vm/xen.gz", um.xen_gz())
+    g.embed("/vm/vmlinuz-generic", um.generic_kernel())
+    g.embed("/vm/dom0-2.img", h.busybox_initramfs(g, 2, STAGE2_NEW_DOM0))
+    g.stage(1, h.sh_script(XEN_SETUP + f"""
+run load pykexec load /vm/xen.gz --command-line "{xen2_cmdline}" --module "/vm/vmlinuz-generic,{dom0_cmdline}" --module /vm/dom0-2.img --json
+run status pykexec status --json
+run exec pykexec exec
+mark exec-returned
+"""))
+    serial = boot_xen(g)
+    expect_xen_dom0(serial)
+    h.expect_ok(serial, "load")
+    loaded = json.loads(serial.lines("load.out"))
+    if loaded["syscall"] != "KEXEC_CMD_kexec_load" or not any(
+            s["role"] == "mbi" for s in loaded["plan"]["segments"]):
+        serial.fail(f"expected Xen (Multiboot 2) loaded through the hypercall:\n{serial.command('load')}")
+    if not h.status_json(serial, "status")["loaded"]:
+        serial.fail("Xen's kexec_status does not report the new Xen loaded")
+    if serial.has("exec-returned"):
+        serial.fail(f"pykexec exec returned:\n{serial.command('exec')}")
+    text = serial.text.replace("\r", "")
+    if text.count("(XEN) Xen version 4.17") != 2 or "(XEN) Bootloader: kexec" not in text:
+        serial.fail("the second Xen did not start from pykexec's Multiboot 2 information")
+    if f"(XEN) Command line: {xen2_cmdline}\n" not in text:
+        serial.fail(f"the second Xen did not get the command line {xen2_cmdline!r}")
+    serial.expect_in_order("stage-begin 1", "stage-begin 2", "stage-end 2 rc=0")
+    if serial.value("cmdline").split() != dom0_cmdline.split():
+        serial.fail(f"the new dom0's /proc/cmdline is {serial.value('cmdline')!r}, expected {dom0_cmdline!r}")
+    if (serial.value("hypervisor2").strip(), serial.value("xen-uuid").strip(), serial.value("xen-version")) != (
+            "xen", "00000000-0000-0000-0000-000000000000", "4.17"):
+        serial.fail("the new dom0 does not run as dom0 of Xen 4.17")
+
+
+# -- the identity-map filler: does Xen 4.17 still need it? ------------------------------------------------
+
+def test_without_the_low_megabyte_filler(vm_material):
+    """The same DEFAULT load with the null segments below 1 MiB dropped (the backend's test hook)."""
+    marker, tok = h.token(), h.token()
+    next_cmdline = f"console=ttyS0 panic=-1 stage=2 marker={marker}"
+    g = xen_guest("xen-dom0-nofiller")
+    parts = [h.busybox_initramfs(g, 2, STAGE2_BARE_METAL), g.build_archive("token.cpio", {"/vm/token": tok + "\n"})]
+    g.host_file("/vm/next.img", h.concat_file(g.dir / "next.img", parts))
+    g.stage(1, h.sh_script(XEN_SETUP + f"""
+export PYKEXEC_TEST_XEN_NO_FILLER=1
+run load pykexec load /vm/vmlinuz --initrd /vm/next.img --command-line "{next_cmdline}" --json
+run exec pykexec exec
+mark exec-returned
+"""))
+    serial = boot_xen(g, timeout=600)
+    expect_xen_dom0(serial)
+    h.expect_ok(serial, "load")
+    FILLER_OUTCOME(serial, next_cmdline, tok)

@@ -305,3 +305,12 @@ def test_plan_target_xen_predicts_what_is_handed_to_xen(tmp_path, crash):
     assert predicted.entry == entry
     assert [(s.mem, s.memsz) for s in predicted.segments] == [(s.dest_maddr, s.dest_size) for s in segments]
     assert [s.null for s in predicted.segments] == [s.buf is None for s in segments]
+
+
+def test_no_filler_hook_drops_only_the_null_segments(tmp_path, monkeypatch):
+    from pykexec.backends.xen.backend import TEST_NO_FILLER
+    fake = FakeXen()
+    monkeypatch.setenv(TEST_NO_FILLER, "1")
+    _, _, plan = load(tmp_path, fake)
+    (_, _, _, segments, _), = [c for c in fake.calls if c[0] == "load"]
+    assert [(s.dest_maddr, s.dest_size) for s in segments] == [(p.mem, p.memsz) for p in plan.segments if not p.null]

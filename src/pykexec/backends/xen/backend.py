@@ -8,7 +8,9 @@ loads into a spare slot and swaps it in only when the load succeeded
 
 Test hook: ``PYKEXEC_TEST_XEN_MOVE=ROLE:MADDR`` moves the segment planned as
 ROLE to MADDR just before the hypercall, past the planner and the validator,
-so that the VM tests can see what Xen itself refuses.
+so that the VM tests can see what Xen itself refuses; ``PYKEXEC_TEST_XEN_NO_FILLER=1``
+drops the null segments (the low-1 MiB identity-map filler), so that they can
+show whether Xen still needs it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TEST_MOVE = "PYKEXEC_TEST_XEN_MOVE"
+TEST_NO_FILLER = "PYKEXEC_TEST_XEN_NO_FILLER"
 
 
 def hypercalls_from(calls: Any) -> "Hypercalls":
@@ -55,6 +58,10 @@ class XenBackend:
         segments = [XenSegment(None if s.null else bytes(s.buffer or b""), s.mem, s.memsz)
                     for s in load.segments]
         segments = _test_move(segments, load, os.environ.get(TEST_MOVE))
+        if os.environ.get(TEST_NO_FILLER) == "1":
+            log.info("test hook %s: dropping %d null segments", TEST_NO_FILLER,
+                     sum(s.buf is None for s in segments))
+            segments = [s for s in segments if s.buf is not None]
         try:
             calls = hypercalls_from(self._calls)
             with kernel_call(loaded_sentence(load.crash)):
