@@ -338,8 +338,23 @@ mark exec-returned
 
 # -- the identity-map filler: does Xen 4.17 still need it? ------------------------------------------------
 
+def filler_outcome(serial: h.Serial, next_cmdline: str, tok: str) -> None:
+    """Measured with Xen 4.17.7: Xen accepts the load, but after "Executing kexec image" the
+    machine resets (QEMU, with -no-reboot, exits) before the next kernel prints anything: code
+    run on Xen's image page tables touches the unmapped low megabyte.  So the filler stays."""
+    if serial.has("exec-returned"):
+        serial.fail(f"pykexec exec returned:\n{serial.command('exec')}")
+    text = serial.text.replace("\r", "")
+    if "(XEN) Executing kexec image on cpu0" not in text:
+        serial.fail("Xen did not execute the image loaded without the filler")
+    after = text.split("(XEN) Executing kexec image on cpu0", 1)[1]
+    if serial.has("stage-begin 2") or "Linux version" in after:
+        serial.fail("the next kernel ran without the low-1 MiB filler: Xen 4.17 no longer needs it, "
+                    "drop it from pykexec.boot.xen (seed 004)")
+
 def test_without_the_low_megabyte_filler(vm_material):
-    """The same DEFAULT load with the null segments below 1 MiB dropped (the backend's test hook)."""
+    """The same DEFAULT load as above with the null segments below 1 MiB dropped (the backend's
+    test hook): Xen takes it, but the machine dies on exec, so the filler is still needed."""
     marker, tok = h.token(), h.token()
     next_cmdline = f"console=ttyS0 panic=-1 stage=2 marker={marker}"
     g = xen_guest("xen-dom0-nofiller")
@@ -354,4 +369,4 @@ mark exec-returned
     serial = boot_xen(g, timeout=600)
     expect_xen_dom0(serial)
     h.expect_ok(serial, "load")
-    FILLER_OUTCOME(serial, next_cmdline, tok)
+    filler_outcome(serial, next_cmdline, tok)
