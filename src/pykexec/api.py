@@ -484,21 +484,41 @@ class _Handoffs:
         return built
 
 
-def status(sysfs: Path = Path("/sys")) -> Status:
-    """What is loaded now, from /sys/kernel."""
+def _under_xen(sysfs: Path) -> bool:
+    """Xen's dom0 (or a Xen guest that may be dom0), where kexec belongs to the hypervisor."""
+    from .backends.xen.probe import is_dom0, is_xen
+    return is_xen(sysfs) and is_dom0(sysfs) is not False
+
+
+def status(sysfs: Path = Path("/sys"), *, hypercalls: Any = None) -> Status:
+    """What is loaded now: from /sys/kernel, or under Xen from Xen (``kexec_status``)."""
+    if hypercalls is not None or _under_xen(sysfs):
+        from .backends.xen import control as xen
+        from .backends.xen.backend import hypercalls_from
+        return xen.status(hypercalls_from(hypercalls))
     from .backends.linux.syscalls import read_status
     return read_status(sysfs)
 
 
 def unload(*, crash: bool = False, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> str:
-    from .backends.linux import control
     from .backends.linux.policy import LoadLock
+    if _under_xen(sysfs) or hasattr(syscalls, "kexec_status"):
+        from .backends.xen import control as xen
+        from .backends.xen.backend import hypercalls_from
+        with LoadLock():
+            return xen.unload(hypercalls_from(syscalls), crash=crash)
+    from .backends.linux import control
     from .backends.linux.syscalls import LinuxSyscalls, read_lockdown
     with LoadLock():
         return control.unload(syscalls or LinuxSyscalls(), crash=crash, lockdown=read_lockdown(sysfs))
 
 
 def execute(*, sync: bool = True, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> None:
+    if _under_xen(sysfs) or hasattr(syscalls, "kexec_status"):
+        from .backends.xen import control as xen
+        from .backends.xen.backend import hypercalls_from
+        xen.execute(hypercalls_from(syscalls), sync=sync)
+        return
     from .backends.linux import control
     from .backends.linux.syscalls import LinuxSyscalls, read_status
     control.execute(syscalls or LinuxSyscalls(), loaded=read_status(sysfs).loaded, sync=sync)

@@ -27,6 +27,7 @@ STATE_KEYS = {"lockdown": (str, type(None)), "kexec_loaded": (bool, type(None)),
               "efi": (bool, type(None)), "efi_runtime_map_entries": "int?", "efi_memdesc_size": "int?",
               "fdt_size": "int?", "x86_5level": (bool, type(None))}
 LOCKDOWN_MODES = {"none", "integrity", "confidentiality"}
+XEN_KEYS = ("dom0", "crash_area", "image", "cpu_notes", "vmcoreinfo")
 
 
 def load(path: str | Path) -> Machine:
@@ -91,7 +92,10 @@ def to_json(machine: Machine) -> dict[str, Any]:
                   "efi": machine.efi, "efi_runtime_map_entries": machine.efi_runtime_map_entries,
                   "efi_memdesc_size": machine.efi_memdesc_size, "fdt_size": machine.fdt_size,
                   "x86_5level": machine.x86_5level},
-        "xen": {"crash_area": _range_json(machine.xen_crash_area)},
+        "xen": {"dom0": machine.xen_dom0, "crash_area": _range_json(machine.xen_crash_area),
+                "image": _range_json(machine.xen_image),
+                "cpu_notes": [_range_json(r) for r in machine.xen_cpu_notes],
+                "vmcoreinfo": _range_json(machine.xen_vmcoreinfo)},
         "kernel_config": dict(machine.kernel_config),
         "unreadable": [{"what": w, "why": y} for w, y in machine.unreadable],
         "notes": list(machine.notes),
@@ -212,8 +216,10 @@ def from_json(doc: Any, *, source: str = "<json>") -> Machine:
                    f"found {state['lockdown']!r}")
     xen = section("xen")
     for k in xen:
-        if k != "crash_area":
-            raise fail(f"xen.{k}", "unknown key; xen has crash_area")
+        if k not in XEN_KEYS:
+            raise fail(f"xen.{k}", f"unknown key; xen has {', '.join(XEN_KEYS)}")
+    if not isinstance(xen.get("dom0"), (bool, type(None))):
+        raise fail("xen.dom0", f"expected true, false or null, found {xen['dom0']!r}")
     config = section("kernel_config")
     for k, v in config.items():
         if not isinstance(v, str):
@@ -243,7 +249,10 @@ def from_json(doc: Any, *, source: str = "<json>") -> Machine:
         kernel_release=doc.get("kernel_release"), lockdown=state.get("lockdown"),
         kexec_loaded=state.get("kexec_loaded"), kexec_crash_loaded=state.get("kexec_crash_loaded"),
         kexec_crash_size=opt_int("kexec_crash_size"), hypervisor=state.get("hypervisor"),
-        xen_crash_area=range_of(xen.get("crash_area"), "xen.crash_area"),
+        xen_dom0=xen.get("dom0"), xen_crash_area=range_of(xen.get("crash_area"), "xen.crash_area"),
+        xen_image=range_of(xen.get("image"), "xen.image"),
+        xen_cpu_notes=range_list(xen.get("cpu_notes", []), "xen.cpu_notes"),
+        xen_vmcoreinfo=range_of(xen.get("vmcoreinfo"), "xen.vmcoreinfo"),
         possible_cpus=opt_int("possible_cpus"), mem_total=opt_int("mem_total"),
         efi=state.get("efi"), efi_runtime_map_entries=opt_int("efi_runtime_map_entries"),
         efi_memdesc_size=opt_int("efi_memdesc_size"), fdt_size=opt_int("fdt_size"),

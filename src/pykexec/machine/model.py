@@ -15,6 +15,11 @@ Which memory the kernel's hole finder walks (kernel/kexec_file.c):
   IORESOURCE_SYSRAM_DRIVER_MANAGED ones, which add_memory_driver_managed()
   names "System RAM ($DRIVER)" ("System RAM (kmem)", "System RAM
   (virtio_mem)").
+* Under Xen (``memory_source`` "xen"), ``memory`` is the machine map Xen
+  gives dom0 (``XENMEM_machine_memory_map``), in machine addresses, and the
+  ``xen_*`` fields are Xen's ``KEXEC_CMD_kexec_get_range`` ranges: the crash
+  area (``MA_CRASH``), Xen's own image (``MA_XEN``), one crash-note area per
+  physical CPU (``MA_CPU``) and Xen's vmcoreinfo (``MA_VMCOREINFO``).
 * Architectures with CONFIG_ARCH_KEEP_MEMBLOCK (arm64, loongarch, powerpc,
   ...) walk memblock's free ranges instead (``kexec_walk_memblock``):
   memblock.memory minus memblock.reserved.  From user space that is
@@ -81,7 +86,11 @@ class Machine:
     kexec_crash_loaded: bool | None = None
     kexec_crash_size: int | None = None
     hypervisor: str | None = None
+    xen_dom0: bool | None = None
     xen_crash_area: Range | None = None
+    xen_image: Range | None = None
+    xen_cpu_notes: tuple[Range, ...] = ()
+    xen_vmcoreinfo: Range | None = None
     possible_cpus: int | None = None
     mem_total: int | None = None
     efi: bool | None = None
@@ -97,7 +106,8 @@ class Machine:
 
     @property
     def under_xen(self) -> bool:
-        return self.hypervisor == "xen"
+        """Xen's dom0, where kexec belongs to the hypervisor (a guest known not to be dom0 is not)."""
+        return self.hypervisor == "xen" and self.xen_dom0 is not False
 
     def config(self, name: str, default: str | None = None) -> str | None:
         """A CONFIG_ option of the running kernel, as its config file spells the value."""

@@ -15,7 +15,8 @@ State: ``/sys/kernel/kexec_loaded``, ``kexec_crash_loaded``,
 ``kexec_crash_size`` (kernel/ksysfs.c; the size of crashk_res only),
 ``/sys/kernel/security/lockdown`` (security/lockdown/lockdown.c prints the
 modes with the active one in brackets), ``/proc/xen`` and
-``/sys/hypervisor/type`` (Xen), ``/sys/devices/system/cpu/possible`` (sizes the
+``/sys/hypervisor/type`` (Xen; ``/sys/hypervisor/uuid`` is the null handle in
+dom0), ``/sys/devices/system/cpu/possible`` (sizes the
 elfcorehdr, kernel/crash_core.c), ``/proc/meminfo`` MemTotal (totalram_pages,
 the "half of RAM" limit of sanity_check_segment_list).
 
@@ -40,6 +41,10 @@ from . import fdt as fdt_mod
 from . import iomem as iomem_mod
 from .model import ARCH_KEEP_MEMBLOCK, Machine, crash_from_iomem, normalize_arch
 from .ranges import Range, TypedRange
+
+#: Under Xen's dom0 the machine comes from the hypervisor: see
+#: :mod:`pykexec.backends.xen.probe` (``XENMEM_machine_memory_map`` and
+#: ``KEXEC_CMD_kexec_get_range``).  ``xen`` (a Hypercalls object) is injectable.
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +81,12 @@ class _Reader:
 
 
 def snapshot(*, proc: str | Path = "/proc", sys: str | Path = "/sys", boot: str | Path = "/boot",
-             arch: str | None = None, page_size: int | None = None) -> Machine:
-    """Describe the running host.  Never raises for a file it cannot read; records it."""
+             arch: str | None = None, page_size: int | None = None, xen=None) -> Machine:
+    """Describe the running host.  Never raises for a file it cannot read; records it.
+
+    In Xen's dom0 the memory map and the Xen ranges come from the hypercalls
+    ``xen`` (default: ``/dev/xen/privcmd``), and dom0's own iomem is kept
+    only when Xen cannot be asked."""
     proc, sys, boot = Path(proc), Path(sys), Path(boot)
     rd = _Reader()
     arch = normalize_arch(arch or os.uname().machine)
@@ -104,9 +113,12 @@ def snapshot(*, proc: str | Path = "/proc", sys: str | Path = "/sys", boot: str 
     hypervisor = _strip(rd.text(sys / "hypervisor/type", quiet_missing=True))
     if hypervisor is None and (proc / "xen").exists():
         hypervisor = "xen"
+    xen_fields: dict = {}
     if hypervisor == "xen":
-        rd.unreadable.append(("xen crash area", "only the KEXEC_CMD_kexec_get_range hypercall gives it "
-                              "(libxenctrl xc_kexec_get_range); describe it with --machine"))
+        xen_fields, xen_memory = _xen(rd, sys, xen)
+        if xen_memory:
+            memory, source = xen_memory, "xen"
+            crashk_res = crashk_low_res = None
 
     config = _config(rd, proc, boot, release)
     cpuinfo = rd.text(proc / "cpuinfo", quiet_missing=True) or ""
@@ -124,7 +136,7 @@ def snapshot(*, proc: str | Path = "/proc", sys: str | Path = "/sys", boot: str 
         kernel_release=release, lockdown=_lockdown(rd, sys),
         kexec_loaded=_bool(rd.text(sys / "kernel/kexec_loaded", what="absent (kernel without CONFIG_KEXEC_CORE)")),
         kexec_crash_loaded=_bool(rd.text(sys / "kernel/kexec_crash_loaded", quiet_missing=True)),
-        kexec_crash_size=crash_size, hypervisor=hypervisor,
+        kexec_crash_size=crash_size, hypervisor=hypervisor, **xen_fields,
         possible_cpus=_cpu_count(rd.text(sys / "devices/system/cpu/possible")),
         mem_total=_meminfo(rd.text(proc / "meminfo")),
         efi=efi, efi_runtime_map_entries=efi_entries, efi_memdesc_size=memdesc,
@@ -132,6 +144,30 @@ def snapshot(*, proc: str | Path = "/proc", sys: str | Path = "/sys", boot: str 
         x86_5level=(la57 and config.get("CONFIG_X86_5LEVEL") == "y") if la57 is not None and config else la57,
         kernel_config=tuple(sorted(config.items())),
         unreadable=tuple(rd.unreadable), notes=tuple(rd.notes))
+
+
+def _xen(rd: _Reader, sys: Path, calls) -> tuple[dict, tuple[TypedRange, ...]]:
+    """dom0 or not, and in dom0 what Xen says (Machine fields, machine memory map)."""
+    from ..backends.xen import probe
+    from ..errors import SyscallError
+    dom0 = probe.is_dom0(sys)
+    fields: dict = {"xen_dom0": dom0}
+    if dom0 is False:
+        return fields, ()
+    try:
+        if calls is None:
+            from ..backends.xen.hypercalls import PrivcmdHypercalls
+            calls = PrivcmdHypercalls()
+        view = probe.read_view(calls)
+    except SyscallError as e:
+        rd.unreadable.append(("xen", e.advice or str(e)))
+        rd.unreadable.append(("xen crash area", "only the KEXEC_CMD_kexec_get_range hypercall gives it; "
+                              "describe it with --machine"))
+        return fields, ()
+    rd.unreadable.extend(view.unreadable)
+    fields.update(xen_crash_area=view.crash_area, xen_image=view.xen_image, xen_cpu_notes=view.cpu_notes,
+                  xen_vmcoreinfo=view.vmcoreinfo)
+    return fields, view.memory
 
 
 def _page_size() -> int:

@@ -31,6 +31,12 @@ def format_machine(machine: Machine, *, max_rows: int = MAX_ROWS) -> str:
     lines.append(f"  crashk_low_res  {_range(machine.crashk_low_res)}")
     if machine.xen_crash_area is not None:
         lines.append(f"  xen crash area  {_range(machine.xen_crash_area)}")
+    if machine.xen_image is not None:
+        lines.append(f"  xen image       {_range(machine.xen_image)}")
+    if machine.xen_vmcoreinfo is not None:
+        lines.append(f"  xen vmcoreinfo  {_range(machine.xen_vmcoreinfo)}")
+    for cpu, notes in enumerate(machine.xen_cpu_notes):
+        lines.append(f"  xen cpu{cpu} notes {_range(notes)}")
     lines.append("kexec handover (KHO):")
     lines.append(f"  active          {_yesno(machine.kho_active)}")
     for r in machine.kho_scratch:
