@@ -1228,7 +1228,10 @@ _ARM64_SKIP = frozenset({
 #: members of a package never copied into a guest tree
 _ARM64_TREE_EXCLUDE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
                        "usr/share/lintian", "usr/share/bug", "usr/share/bash-completion",
-                       "usr/share/doc-base", "usr/share/binfmts", "usr/share/gdb")
+                       "usr/share/doc-base", "usr/share/binfmts", "usr/share/gdb",
+                       "usr/lib/aarch64-linux-gnu/gconv")  # iconv modules: Python does not use them
+#: bump when what goes into an arm64 tree changes (part of its cache key)
+_ARM64_TREE_LAYOUT = 2
 
 
 def _arch_spec(apt: _Apt, pkg: str) -> tuple:
@@ -1305,7 +1308,7 @@ def _arm64_tree(kind: str, roots: Sequence[str]) -> Path:
     """
     closure = arm64_closure(roots)
     listing = "".join(f"{pkg} {ver}\n" for pkg, (_spec, ver) in closure.items())
-    key = hashlib.sha256(listing.encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{_ARM64_TREE_LAYOUT}\n{listing}".encode()).hexdigest()[:16]
     final = cache_root() / "arm64" / f"{kind}_{key}"
     if _done(final):
         return final / "root"
