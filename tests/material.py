@@ -1300,8 +1300,9 @@ def _merge_into(tree: Path, root: Path) -> None:
                     shutil.copy2(src, dst)
 
 
-def _arm64_tree(kind: str, roots: Sequence[str]) -> Path:
-    """The packages of arm64_closure(roots) extracted into one merged-/usr tree.
+def _arm64_tree(kind: str, roots: Sequence[str], links: Mapping[str, str] = {}) -> Path:
+    """The packages of arm64_closure(roots) extracted into one merged-/usr tree, plus
+    the symlinks ``links`` ({path in the tree: target}).
 
     Cached as ``arm64/<kind>_<hash of every package and version>/root``; the
     packages and versions are listed in ``packages.txt`` beside it.
@@ -1325,6 +1326,9 @@ def _arm64_tree(kind: str, roots: Sequence[str]) -> Path:
             for link in ("bin", "sbin", "lib"):
                 (root / "usr" / link).mkdir(parents=True, exist_ok=True)
                 os.symlink(f"usr/{link}", root / link)
+            for path, target in links.items():
+                if not os.path.lexists(root / path):
+                    os.symlink(target, root / path)
             (stage / "packages.txt").write_text(listing)
             _mark_done(stage)
             _publish(stage, final)
@@ -1341,14 +1345,9 @@ def arm64_python_tree() -> Path:
     ``root/usr/bin/python3.13`` is the interpreter; ``root/usr/bin/python3`` links to it.
     ``packages_of(tree)`` lists the packages and versions.
     """
-    root = _arm64_tree("python", ARM64_PYTHON_ROOTS)
-    py3 = root / "usr" / "bin" / "python3"
+    root = _arm64_tree("python", ARM64_PYTHON_ROOTS, {"usr/bin/python3": "python3.13"})
     if not (root / "usr" / "bin" / "python3.13").is_file():
         raise _fail(f"{root} has no usr/bin/python3.13")
-    if not os.path.lexists(py3):
-        with _lock("arm64-python3-link"):
-            if not os.path.lexists(py3):
-                os.symlink("python3.13", py3)
     return root
 
 
