@@ -1,7 +1,8 @@
 """Real boot images for the tests: fetched from Debian, built, and cached.
 
 Plain functions, no pytest at import time.  Every public function returns a
-``pathlib.Path`` (``arm64_zboot`` returns a pair) and raises ``RuntimeError``
+``pathlib.Path`` (``arm64_zboot`` returns a pair; ``arm64_closure`` and
+``packages_of`` describe the arm64 guest's packages) and raises ``RuntimeError``
 with a message that says what could not be fetched or built.  Tests that use
 this material must fail, never skip, when it is missing.
 

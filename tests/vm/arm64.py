@@ -26,6 +26,18 @@ Everything in the guest is Debian's own arm64 build, extracted with
 * ``embed`` layer (per boot, uncompressed): ``/vm/Image``, the kernel the
   guest booted, and whatever big files a scenario embeds.
 
+QEMU: ``qemu-system-aarch64 -accel tcg -M virt -cpu max,pauth-impdef=on``
+(``$PYKEXEC_VM_ARM64_CPU`` overrides the CPU; plain ``max`` emulates pointer
+authentication with QARMA and is 2-3x slower), ``console=ttyAMA0`` (PL011),
+no firmware: the kernel gets QEMU's DTB.  ``$PYKEXEC_VM_TIMEOUT_SCALE``
+applies as in the x86 guest.
+
+Timing, TCG on a loaded 2-core machine: the guest reaches ``/init`` in
+10-20 s (a 24 MB base layer, the 48 MB Image embedded); each pykexec
+command takes 4-6 s.  kexec-tools' own arm64 purgatory checks the SHA-256
+of every segment with the MMU off, which costs about a minute and a half of
+TCG time for the 48 MB Image (``kexec -i`` skips the check).
+
 Material that cannot be had raises :class:`harness.VmError`: a test fails
 with the reason and never skips.
 """
@@ -417,33 +429,11 @@ class Guest(h.Guest):
     """
 
     def __init__(self, scenario: str) -> None:
-        # h.Guest.__init__ would fetch the x86 kernel: set up the same state here
-        self.scenario = scenario
-        safe = re.sub(r"[^\w.-]", "_", scenario)
-        runs = h.cache_dir() / "runs"
-        runs.mkdir(exist_ok=True)
-        for old in sorted(runs.glob(f"{safe}.*"), key=lambda p: p.stat().st_mtime)[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=f"{safe}.{time.strftime('%H%M%S')}.", dir=runs))
-        self.layer = Cpio()
-        self.embedded = Cpio()
-        self._inner: Optional[Path] = None
-        self.kernel = kernel()
-        self.layer.data("/vm/scenario/name", scenario + "\n")
+        super().__init__(scenario, image=kernel())
+        self.init_text = init_script()
 
-    def initrd(self) -> Path:
-        """base + pykexec + scenario (host path)."""
-        if self._inner is None:
-            for d, mode in (("/proc", 0o755), ("/sys", 0o755), ("/dev", 0o755), ("/tmp", 0o1777),
-                            ("/run", 0o755), ("/root", 0o700), ("/mnt", 0o755)):
-                self.layer.dir(d, mode)
-            self.layer.chardev("/dev/console", 5, 1)
-            self.layer.data("/init", init_script(), mode=0o755)
-            self.layer.data("/vm/lib.sh", h.LIB_SH)
-            scen = self.layer.write_file(self.dir / "scenario.cpio.gz", compress=True)
-            parts = [base_layer(), pykexec_layer(), scen]
-            self._inner = atomic_write(self.dir / "initrd.img", lambda f: h.concat(parts, f))
-        return self._inner
+    def layers(self) -> list:
+        return [base_layer(), pykexec_layer()]
 
     def stage2_initrd(self, script: str, *, files: Optional[dict] = None, stage: int = 2) -> Path:
         """A small busybox-only arm64 initramfs that runs ``script`` as ``stage`` (host path),

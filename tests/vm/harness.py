@@ -794,7 +794,11 @@ class Guest:
         assert g.boot().value("hello") == "world"
     """
 
-    def __init__(self, scenario: str) -> None:
+    #: the guest's /init (tests/vm/arm64.py puts a prelude in front)
+    init_text: Optional[str] = None  # None: INIT
+
+    def __init__(self, scenario: str, image: Optional[PathLike] = None) -> None:
+        """``image``: the kernel to boot (default: :func:`kernel`, the x86 guest's)."""
         self.scenario = scenario
         safe = re.sub(r"[^\w.-]", "_", scenario)
         runs = cache_dir() / "runs"
@@ -807,7 +811,7 @@ class Guest:
         self.layer = Cpio()
         self.embedded = Cpio()
         self._inner: Optional[Path] = None
-        self.kernel = kernel()
+        self.kernel = kernel() if image is None else Path(image)
         self.layer.data("/vm/scenario/name", scenario + "\n")
 
     # -- building
@@ -838,12 +842,16 @@ class Guest:
                             ("/run", 0o755), ("/root", 0o700), ("/mnt", 0o755)):
                 self.layer.dir(d, mode)
             self.layer.chardev("/dev/console", 5, 1)
-            self.layer.data("/init", INIT, mode=0o755)
+            self.layer.data("/init", self.init_text or INIT, mode=0o755)
             self.layer.data("/vm/lib.sh", LIB_SH)
             scen = self.layer.write_file(self.dir / "scenario.cpio.gz", compress=True)
-            parts = [base_layer(), pykexec_layer(), scen]
+            parts = [*self.layers(), scen]
             self._inner = atomic_write(self.dir / "initrd.img", lambda f: concat(parts, f))
         return self._inner
+
+    def layers(self) -> list:
+        """The cached archives under the scenario layer (the arm64 guest has its own)."""
+        return [base_layer(), pykexec_layer()]
 
     def archive(self, path: str, files: dict, *, compress: Union[bool, str] = False) -> Path:
         """Put a separate archive, made of ``{guest path: bytes|str}``, at ``path`` in the
