@@ -32,11 +32,12 @@ authentication with QARMA and is 2-3x slower), ``console=ttyAMA0`` (PL011),
 no firmware: the kernel gets QEMU's DTB.  ``$PYKEXEC_VM_TIMEOUT_SCALE``
 applies as in the x86 guest.
 
-Timing, TCG on a loaded 2-core machine: the guest reaches ``/init`` in
-10-20 s (a 24 MB base layer, the 48 MB Image embedded); each pykexec
-command takes 4-6 s.  kexec-tools' own arm64 purgatory checks the SHA-256
-of every segment with the MMU off, which costs about a minute and a half of
-TCG time for the 48 MB Image (``kexec -i`` skips the check).
+Timing (TCG, 2 cores, idle): the guest reaches ``/init`` in 5-6 s (a 24 MB
+base layer, the 48 MB Image embedded); ``import pykexec`` with its
+dependencies takes 1.2 s and each pykexec command 2-3.5 s.  kexec-tools' own
+arm64 purgatory checks the SHA-256 of every segment with the MMU off: about
+15 s of TCG time for the 48 MB Image (``kexec -i`` skips the check).  On a
+machine loaded by other jobs, every figure grows 2-4x.
 
 Material that cannot be had raises :class:`harness.VmError`: a test fails
 with the reason and never skips.
