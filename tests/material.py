@@ -1,7 +1,8 @@
 """Real boot images for the tests: fetched from Debian, built, and cached.
 
 Plain functions, no pytest at import time.  Every public function returns a
-``pathlib.Path`` (``arm64_zboot`` returns a pair) and raises ``RuntimeError``
+``pathlib.Path`` (``arm64_zboot`` returns a pair; ``arm64_closure`` and
+``packages_of`` describe the arm64 guest's packages) and raises ``RuntimeError``
 with a message that says what could not be fetched or built.  Tests that use
 this material must fail, never skip, when it is missing.
 
@@ -15,7 +16,8 @@ Nothing is committed to the repository: everything lives in the cache,
                                 system's Debian mirror), lists/, cache/, empty
                                 status and preferences.  sid: amd64 + arm64;
                                 <codename>-arm64: arm64 packages of the
-                                system's own suite
+                                system's own suite; trixie-arm64: trixie's
+                                arm64 packages (the arm64 guest's userland)
     deb/<pkg>_<version>_<arch>/ the members needed from one .deb (the .deb is
                                 not kept), e.g. boot/vmlinuz-*; linux-source
                                 is unpacked there as linux/ (the kernel tree)
@@ -27,6 +29,10 @@ Nothing is committed to the repository: everything lives in the cache,
                                 Image + vmlinuz.efi (+ the .config) per compression
     zboot/arm64-debian_<pkg>_<linux-source key>_<compression>/
                                 the same, wrapping Debian's arm64 Image
+    arm64/<kind>_<hash>/root    an arm64 guest tree: trixie packages merged into
+                                one merged-/usr root (files hard-linked from
+                                deb/), keyed by every package and version
+                                (listed in packages.txt beside root/)
     locks/                      fcntl lock files, one per cache entry
     tmp/                        staging; finished work is renamed into place
 
@@ -82,6 +88,15 @@ __all__ = [
     "arm64_zboot_debian",
     "xen_hypervisor_gz",
     "ipxe_lkrn",
+    "sid_arm64_image",
+    "sid_arm64_config",
+    "ARM64_PYTHON_ROOTS",
+    "ARM64_KEXEC_TOOLS_ROOTS",
+    "arm64_closure",
+    "arm64_python_tree",
+    "arm64_kexec_tools_tree",
+    "arm64_busybox",
+    "packages_of",
     "fetch_all",
 ]
 
@@ -109,6 +124,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 _SYSTEM = "system"
 _SID = "sid"
+#: trixie's arm64 packages (the arm64 guest's userland: Python 3.13 and the
+#: python3-* packages built for it; sid has moved on to 3.14)
+_TRIXIE_ARM64 = "trixie-arm64"
 
 
 # --------------------------------------------------------------------------
@@ -351,6 +369,17 @@ def _sid_lines() -> list:
     )
 
 
+def _trixie_arm64_lines() -> list:
+    """trixie main (arm64), from the Debian mirror that the system already uses."""
+    code = _codename()
+    for e in _system_sources():
+        if code in e["suites"] and "main" in e["components"] and e["uris"]:
+            return [_one_line(e["uris"][0], "trixie", ["main"], e["signed-by"], "arm64")]
+    raise _fail(
+        f"no Debian mirror found in /etc/apt/sources.list(.d) (wanted an entry for {code} main)"
+    )
+
+
 class _Apt:
     """One apt configuration: the system's own, or a private one under the cache."""
 
@@ -368,6 +397,8 @@ class _Apt:
     def _source_lines(self) -> list:
         if self.name == _SID:
             return _sid_lines()
+        if self.name == _TRIXIE_ARM64 and _codename() != "trixie":
+            return _trixie_arm64_lines()
         if self.name.endswith("-arm64"):
             return _suite_lines("arm64")
         raise AssertionError(self.name)
@@ -1157,6 +1188,191 @@ def arm64_zboot_debian(compression: str = "gzip") -> tuple:
 
 
 # --------------------------------------------------------------------------
+# the arm64 guest: sid's 7.x kernel, trixie's arm64 userland
+
+
+def sid_arm64_image() -> Path:
+    """The newest arm64 kernel of sid (7.x): ``usr/lib/modules/<ver>/vmlinuz`` of
+    linux-binary-*-arm64, an uncompressed Image with a PE header (the arm64 guest's kernel)."""
+    return _vmlinuz(_apt(_SID), "linux-image-arm64", "arm64")
+
+
+def sid_arm64_config() -> Path:
+    """The ``.config`` of sid_arm64_image(): 7.x ships it in linux-base-<ver>-arm64, beside
+    the binary package (``usr/lib/modules/<ver>/config``)."""
+    binary = _kernel_package(_apt(_SID), "linux-image-arm64", "arm64")
+    name = binary.split(":")[0]
+    if not name.startswith("linux-binary-"):
+        raise _fail(f"sid's linux-image-arm64 resolves to {name}, not a linux-binary-* package")
+    base = "linux-base-" + name[len("linux-binary-"):] + ":arm64"
+    tree = _package(_apt(_SID), base, ["./usr/lib/modules/*/config"])
+    return _one(tree, "usr/lib/modules/*/config", base)
+
+
+#: what the arm64 guest runs, from trixie (arm64): Python 3.13 and pykexec's
+#: dependencies as Debian packages (see pyproject.toml for the minimums)
+ARM64_PYTHON_ROOTS = (
+    "python3.13-minimal", "libpython3.13-minimal", "libpython3.13-stdlib",
+    "python3-pefile", "python3-pyelftools", "python3-zstandard", "python3-lz4",
+    "python3-lzo", "python3-cryptography", "python3-cffi-backend", "python3-libfdt",
+)
+ARM64_KEXEC_TOOLS_ROOTS = ("kexec-tools",)
+
+#: dependencies never followed into a guest tree: package machinery and data an
+#: initramfs does not use (the guest gets /usr/bin/python3 as a plain link)
+_ARM64_SKIP = frozenset({
+    "dpkg", "debconf", "perl-base", "python3", "python3-minimal", "libpython3-stdlib",
+    "readline-common", "tzdata", "media-types", "netbase", "ca-certificates",
+    "python3-bcrypt",  # Depends of python3-cryptography, never imported by pykexec
+})
+
+#: members of a package never copied into a guest tree
+_ARM64_TREE_EXCLUDE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
+                       "usr/share/lintian", "usr/share/bug", "usr/share/bash-completion",
+                       "usr/share/doc-base", "usr/share/binfmts", "usr/share/gdb",
+                       "usr/lib/aarch64-linux-gnu/gconv")  # iconv modules: Python does not use them
+#: bump when what goes into an arm64 tree changes (part of its cache key)
+_ARM64_TREE_LAYOUT = 2
+
+
+def _arch_spec(apt: _Apt, pkg: str) -> tuple:
+    """(spec, info) for ``pkg`` as an arm64 package, or as an Architecture: all one."""
+    info = apt.show(f"{pkg}:arm64")
+    if info is not None:
+        return f"{pkg}:arm64", info
+    info = apt.show(pkg)
+    if info is None or info.get("Architecture") not in ("all", "arm64"):
+        apt.ensure_lists(refresh=True)
+        info = apt.show(pkg)
+    if info is None or info.get("Architecture") not in ("all", "arm64"):
+        raise _fail(f"package {pkg} (arm64 or all) is not known to the {apt.name} apt sources")
+    return pkg, info
+
+
+def arm64_closure(roots: Sequence[str]) -> dict:
+    """{package: (spec, version)} for ``roots`` and everything they depend on (Depends and
+    Pre-Depends, every alternative apt names), in trixie for arm64, without _ARM64_SKIP."""
+    apt = _apt(_TRIXIE_ARM64)
+    todo = list(roots)
+    out: dict = {}
+    while todo:
+        pkg = todo.pop(0).split(":")[0]
+        if pkg in out or pkg in _ARM64_SKIP:
+            continue
+        spec, info = _arch_spec(apt, pkg)
+        out[pkg] = (spec, info["Version"])
+        todo += [d.split(":")[0] for d in apt.depends(spec)]
+    return dict(sorted(out.items()))
+
+
+def _merge_into(tree: Path, root: Path) -> None:
+    """Link (or copy) the files of one extracted package into ``root``, as a merged-/usr
+    system holds them: top-level bin, sbin, lib go under usr/."""
+    for dirpath, dirnames, filenames in os.walk(tree):
+        rel = Path(dirpath).relative_to(tree)
+        parts = rel.parts
+        if parts and parts[0] in ("bin", "sbin", "lib", "lib64"):
+            parts = ("usr",) + parts
+        drel = PurePosixPath(*parts) if parts else PurePosixPath(".")
+        if any(str(drel) == e or str(drel).startswith(e + "/") for e in _ARM64_TREE_EXCLUDE):
+            dirnames[:] = []
+            continue
+        dest = root.joinpath(*parts)
+        for d in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)):
+                dirnames.remove(d)
+                filenames.append(d)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            if not parts and name in (".package", ".complete"):
+                continue
+            src = os.path.join(dirpath, name)
+            dst = dest / name
+            if os.path.lexists(dst):
+                if os.path.isdir(dst) and not os.path.islink(dst):
+                    raise _fail(f"{src}: a directory {dst} is in the way")
+                dst.unlink()
+            if os.path.islink(src):
+                os.symlink(os.readlink(src), dst)
+            else:
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+
+
+def _arm64_tree(kind: str, roots: Sequence[str], links: Mapping[str, str] = {}) -> Path:
+    """The packages of arm64_closure(roots) extracted into one merged-/usr tree, plus
+    the symlinks ``links`` ({path in the tree: target}).
+
+    Cached as ``arm64/<kind>_<hash of every package and version>/root``; the
+    packages and versions are listed in ``packages.txt`` beside it.
+    """
+    closure = arm64_closure(roots)
+    listing = "".join(f"{pkg} {ver}\n" for pkg, (_spec, ver) in closure.items())
+    key = hashlib.sha256(f"{_ARM64_TREE_LAYOUT}\n{listing}".encode()).hexdigest()[:16]
+    final = cache_root() / "arm64" / f"{kind}_{key}"
+    if _done(final):
+        return final / "root"
+    trees = [_package(_apt(_TRIXIE_ARM64), spec) for spec, _ver in closure.values()]
+    with _lock("arm64-" + final.name):
+        if _done(final):
+            return final / "root"
+        stage = _staging(final.name)
+        try:
+            root = stage / "root"
+            root.mkdir()
+            for t in trees:
+                _merge_into(t, root)
+            for link in ("bin", "sbin", "lib"):
+                (root / "usr" / link).mkdir(parents=True, exist_ok=True)
+                os.symlink(f"usr/{link}", root / link)
+            for path, target in links.items():
+                if not os.path.lexists(root / path):
+                    os.symlink(target, root / path)
+            (stage / "packages.txt").write_text(listing)
+            _mark_done(stage)
+            _publish(stage, final)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return final / "root"
+
+
+def arm64_python_tree() -> Path:
+    """trixie's arm64 Python 3.13 with pykexec's dependencies (python3-pefile,
+    -pyelftools, -zstandard, -lz4, -lzo, -cryptography, -cffi-backend, -libfdt) and
+    every library they need, extracted into one merged-/usr tree (never installed).
+
+    ``root/usr/bin/python3.13`` is the interpreter; ``root/usr/bin/python3`` links to it.
+    ``packages_of(tree)`` lists the packages and versions.
+    """
+    root = _arm64_tree("python", ARM64_PYTHON_ROOTS, {"usr/bin/python3": "python3.13"})
+    if not (root / "usr" / "bin" / "python3.13").is_file():
+        raise _fail(f"{root} has no usr/bin/python3.13")
+    return root
+
+
+def arm64_kexec_tools_tree() -> Path:
+    """trixie's kexec-tools:arm64 and its libraries (libxen*, ...), as arm64_python_tree()."""
+    root = _arm64_tree("kexec-tools", ARM64_KEXEC_TOOLS_ROOTS)
+    if not (root / "usr" / "sbin" / "kexec").is_file():
+        raise _fail(f"{root} has no usr/sbin/kexec")
+    return root
+
+
+def arm64_busybox() -> Path:
+    """trixie's busybox-static:arm64 (a static busybox for the arm64 guest)."""
+    tree = _package(_apt(_TRIXIE_ARM64), "busybox-static:arm64", ["./bin/busybox", "./usr/bin/busybox"])
+    return _one(tree, "**/busybox", "busybox-static:arm64")
+
+
+def packages_of(tree: PathLike) -> dict:
+    """{package: version} of an arm64 guest tree (arm64_python_tree(), arm64_kexec_tools_tree())."""
+    text = (Path(tree).parent / "packages.txt").read_text()
+    return dict(line.split(" ", 1) for line in text.splitlines() if line)
+
+
+# --------------------------------------------------------------------------
 
 
 def fetch_all(progress=None) -> dict:
@@ -1182,6 +1398,11 @@ def fetch_all(progress=None) -> dict:
         (f"arm64_zboot({c})", (lambda c=c: arm64_zboot(c))) for c in ZBOOT_COMPRESSIONS
     ] + [
         ("arm64_zboot_debian(gzip)", lambda: arm64_zboot_debian("gzip")),
+        ("sid_arm64_image", sid_arm64_image),
+        ("sid_arm64_config", sid_arm64_config),
+        ("arm64_python_tree", arm64_python_tree),
+        ("arm64_kexec_tools_tree", arm64_kexec_tools_tree),
+        ("arm64_busybox", arm64_busybox),
     ]
     results = {}
     for name, fn in steps:

@@ -647,9 +647,10 @@ def sh_script(body: str) -> str:
     return "#!/bin/sh\n. /vm/lib.sh\n" + body.lstrip("\n")
 
 
-def py_script(body: str) -> str:
-    """A Python stage script run by the guest's copy of the test interpreter."""
-    return f"#!{GUEST_PYTHON}\n" + PY_HELPERS + body.lstrip("\n")
+def py_script(body: str, python: str = GUEST_PYTHON) -> str:
+    """A Python stage script run by the guest's copy of the test interpreter
+    (or by ``python``: the arm64 guest's is ``/usr/bin/python3``)."""
+    return f"#!{python}\n" + PY_HELPERS + body.lstrip("\n")
 
 
 # --------------------------------------------------------------------------
@@ -740,11 +741,19 @@ def _record_timing(record: dict) -> None:
 
 def run_qemu(*, kernel: PathLike, initrd: PathLike, append: str, log_path: Path, scenario: str,
              memory: int = DEFAULT_MEMORY, timeout: float = DEFAULT_TIMEOUT, smp: int = 1,
-             extra_args: Sequence[str] = ()) -> Serial:
-    """Boot once; return the serial console.  Times out (killing QEMU) with the log tail."""
-    tools = host_tools()
+             extra_args: Sequence[str] = (), qemu: Optional[PathLike] = None,
+             cpu: Optional[str] = None) -> Serial:
+    """Boot once; return the serial console.  Times out (killing QEMU) with the log tail.
+
+    ``qemu`` and ``cpu`` default to the x86 guest's (qemu-system-x86_64,
+    ``$PYKEXEC_VM_CPU`` or ``max``); the arm64 guest (tests/vm/arm64.py) passes its own.
+    """
+    if qemu is None:
+        qemu = host_tools()["qemu"]
+    if cpu is None:
+        cpu = os.environ.get("PYKEXEC_VM_CPU", "max")
     timeout *= float(os.environ.get("PYKEXEC_VM_TIMEOUT_SCALE", "1"))
-    cmd = [tools["qemu"], "-accel", "tcg", "-cpu", os.environ.get("PYKEXEC_VM_CPU", "max"), "-m", str(memory), "-smp", str(smp),
+    cmd = [os.fspath(qemu), "-accel", "tcg", "-cpu", cpu, "-m", str(memory), "-smp", str(smp),
            "-nographic", "-no-reboot", "-nic", "none",
            "-kernel", os.fspath(kernel), "-initrd", os.fspath(initrd), "-append", append, *extra_args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -785,7 +794,11 @@ class Guest:
         assert g.boot().value("hello") == "world"
     """
 
-    def __init__(self, scenario: str) -> None:
+    #: the guest's /init (tests/vm/arm64.py puts a prelude in front)
+    init_text: Optional[str] = None  # None: INIT
+
+    def __init__(self, scenario: str, image: Optional[PathLike] = None) -> None:
+        """``image``: the kernel to boot (default: :func:`kernel`, the x86 guest's)."""
         self.scenario = scenario
         safe = re.sub(r"[^\w.-]", "_", scenario)
         runs = cache_dir() / "runs"
@@ -798,7 +811,7 @@ class Guest:
         self.layer = Cpio()
         self.embedded = Cpio()
         self._inner: Optional[Path] = None
-        self.kernel = kernel()
+        self.kernel = kernel() if image is None else Path(image)
         self.layer.data("/vm/scenario/name", scenario + "\n")
 
     # -- building
@@ -829,12 +842,16 @@ class Guest:
                             ("/run", 0o755), ("/root", 0o700), ("/mnt", 0o755)):
                 self.layer.dir(d, mode)
             self.layer.chardev("/dev/console", 5, 1)
-            self.layer.data("/init", INIT, mode=0o755)
+            self.layer.data("/init", self.init_text or INIT, mode=0o755)
             self.layer.data("/vm/lib.sh", LIB_SH)
             scen = self.layer.write_file(self.dir / "scenario.cpio.gz", compress=True)
-            parts = [base_layer(), pykexec_layer(), scen]
+            parts = [*self.layers(), scen]
             self._inner = atomic_write(self.dir / "initrd.img", lambda f: concat(parts, f))
         return self._inner
+
+    def layers(self) -> list:
+        """The cached archives under the scenario layer (the arm64 guest has its own)."""
+        return [base_layer(), pykexec_layer()]
 
     def archive(self, path: str, files: dict, *, compress: Union[bool, str] = False) -> Path:
         """Put a separate archive, made of ``{guest path: bytes|str}``, at ``path`` in the
@@ -880,20 +897,29 @@ def concat_file(path: Path, parts: Sequence[Path]) -> Path:
 
 
 def busybox_initramfs(g: "Guest", stage: int, script: str, *, files: Optional[dict] = None,
-                      applets: Optional[Sequence[str]] = None) -> Path:
+                      applets: Optional[Sequence[str]] = None,
+                      busybox: Optional[PathLike] = None) -> Path:
     """A gzip'd newc initramfs of static busybox alone that runs ``script`` as ``stage``.
 
     For images that carry their own initrd (a UKI's .initrd), where the base
     layer's Python would make them large.  ``applets`` are linked in /bin;
     without them every applet busybox lists, at its own path.  ``files`` maps
-    guest paths to contents.
+    guest paths to contents.  ``busybox``: another architecture's static
+    busybox (a host file, put at /bin/busybox; ``applets`` must then be given,
+    as it cannot run here to list them).
     """
     c = Cpio()
     for d in ("/bin", "/sbin", "/usr/bin", "/usr/sbin", "/lib", "/lib64"):
         if os.path.islink(d):          # merged /usr: keep the links the guest expects
             c.host_path(d)
-    busybox = host_tools()["busybox"]
-    c.host_path(busybox)
+    if busybox is not None:
+        if applets is None:
+            raise ValueError("busybox_initramfs(busybox=...) needs applets=")
+        c.file("/bin/busybox", busybox, mode=0o755)
+        busybox = "/bin/busybox"
+    else:
+        busybox = host_tools()["busybox"]
+        c.host_path(busybox)
     if applets is None:
         listed = subprocess.run([busybox, "--list-full"], stdout=subprocess.PIPE, text=True,
                                 check=True).stdout.split()
