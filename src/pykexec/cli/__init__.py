@@ -33,7 +33,7 @@ class Parser(argparse.ArgumentParser):
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     p.add_argument("--max-output", type=lambda s: byte_count(s, "--max-output"), metavar="BYTES",
-                   help="cap on decompressed output (default 2 GiB, or $PYKEXEC_MAX_OUTPUT)")
+                   help="cap on decompressed output (default 512 MiB, or $PYKEXEC_MAX_OUTPUT)")
 
 
 # name: (help, [(flags, kwargs), ...])

@@ -196,7 +196,7 @@ def test_default_load_goes_to_xen_with_the_low_megabyte_mapped(tmp_path):
     initrd = next(p for p in plan.segments if p.role == "initrd")
     assert by_dest[initrd.mem].buf == INITRD
     # boot_params carry the machine map, not dom0's
-    from pykexec.boot.zeropage import read_zero_page
+    from tests.usermode_helpers import read_zero_page
     params = next(p for p in plan.segments if p.role == "boot-params")
     e820 = read_zero_page(params.buffer)["e820"]
     assert any(e.addr == 0x100000 and e.size == 0x7fee0000 and e.type == 1 for e in e820)
@@ -217,7 +217,7 @@ def test_crash_load_lives_in_xen_crash_area_with_xen_notes(tmp_path):
     loads = [p for p in phdrs if p["p_type"] == elfcore.PT_LOAD]
     assert not any(p["p_paddr"] < start + size and p["p_paddr"] + p["p_memsz"] > start for p in loads)
     backup = next(p for p in plan.segments if p.role == "backup")
-    assert next(s for s in segments if s.dest_maddr == backup.mem).buf == bytes(backup.memsz)
+    assert next(s for s in segments if s.dest_maddr == backup.mem).buf == bytes(backup.bufsz)
     assert f"elfcorehdr={elf.mem >> 10}K" in plan.cmdline
 
 
