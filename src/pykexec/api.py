@@ -22,7 +22,7 @@ from .formats import pe
 from .limits import Limits
 from .machine.model import Machine, runs_on
 from .plan.loadplan import FileLoad, LoadPlan
-from .prepare import Prepared, join_initrds, prepare
+from .formats.prepare import Prepared, join_initrds, prepare
 from .receivers import MODES, RECEIVERS, TABLE, Entry, backend_for, find, served
 
 if TYPE_CHECKING:  # the syscalls load only when used

@@ -13,7 +13,7 @@ from typing import BinaryIO
 from . import formats
 from .limits import Limits
 from .output import OutputDir
-from .prepare import Prepared, prepare, vmlinux_written
+from .formats.prepare import Prepared, prepare, vmlinux_written
 
 
 def read_image(path: str | Path) -> bytes:

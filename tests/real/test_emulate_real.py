@@ -45,7 +45,7 @@ from pykexec import efi
 from pykexec.cli import emulate as efi_cli
 from pykexec.formats import pe
 from pykexec.limits import Limits
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 
 from .helpers import material
 

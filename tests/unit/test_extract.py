@@ -10,7 +10,7 @@ from pykexec import api
 from pykexec.errors import FormatError, LimitExceeded
 from pykexec.limits import Limits
 from pykexec.output import OutputDir
-from pykexec.prepare import prepare, vmlinux_written
+from pykexec.formats.prepare import prepare, vmlinux_written
 from tests import builders as b
 
 from .contract import outcome

@@ -20,7 +20,7 @@ from pykexec.machine import Range, TypedRange
 from pykexec.machine.model import Machine, normalize_arch, runs_on
 from pykexec.plan import LoadPlan, Segment, plan
 from pykexec.plan.common import PurgatorySize
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from pykexec.receivers import TABLE, Entry, default_target, find
 from tests import builders
 

@@ -109,7 +109,7 @@ def build_user_load(prepared, *, initrd: Buffer | None, cmdline: str | None, cra
                     pass_memmap_cmdline: bool = False,
                     image_name: str = "kernel", sys_root: str | Path = "/sys",
                     proc_root: str | Path = "/proc", dev_mem: str | Path | None = "/dev/mem") -> UserLoad:
-    """Build a kexec_load for ``prepared`` (a :class:`pykexec.prepare.Prepared`) on ``machine``.
+    """Build a kexec_load for ``prepared`` (a :class:`pykexec.formats.prepare.Prepared`) on ``machine``.
 
     ``checks=False`` makes the purgatory skip the SHA-256 checks (``kexec -i``);
     ``on_failure`` is what it does after a mismatch: "halt" (as kexec-tools) or "reset".

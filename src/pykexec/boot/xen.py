@@ -59,7 +59,7 @@ def crash_sources(machine) -> elfcore.CrashSources:
 
 def build_xen_load(prepared, *, initrd, cmdline, crash: bool, machine, identity_map: bool = True,
                    **kw) -> UserLoad:
-    """Build a Xen load of ``prepared`` (a :class:`pykexec.prepare.Prepared`) on ``machine``.
+    """Build a Xen load of ``prepared`` (a :class:`pykexec.formats.prepare.Prepared`) on ``machine``.
 
     ``kw`` goes to :func:`build_user_load` (modules, checks, image_name, ...).
     ``identity_map=False`` leaves out the null segments below 1 MiB.

@@ -42,7 +42,7 @@ def _kernel(image: Any) -> tuple[Any, Buffer, Buffer | None, str | None]:
     headers, and the segments it places view the rest without reading it.
     """
     layer = getattr(image, "kernel_layer", None)
-    if layer is not None:  # pykexec.prepare.Prepared
+    if layer is not None:  # pykexec.formats.prepare.Prepared
         return layer, image.kernel, image.initrd, image.cmdline
     if isinstance(image, Arm64Image):
         return image, image.kernel_bytes, None, None
@@ -55,7 +55,7 @@ def plan(image: Any, *, machine: Machine, target: str | None = None, crash: bool
          initrd: Buffer | None = None, cmdline: str | None = None,
          purgatory: PurgatorySize | None = None, table: Sequence[Entry] = TABLE,
          image_name: str = "kernel") -> LoadPlan:
-    """Plan loading ``image`` (a :class:`~pykexec.prepare.Prepared` or a BzImage/Arm64Image layer).
+    """Plan loading ``image`` (a :class:`~pykexec.formats.prepare.Prepared` or a BzImage/Arm64Image layer).
 
     ``initrd``/``cmdline`` default to what the image carries (a UKI's
     .initrd/.cmdline).  ``purgatory`` overrides the size of the purgatory the

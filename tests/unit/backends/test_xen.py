@@ -296,7 +296,7 @@ def test_dom0_own_memory_view_is_refused_for_a_real_load(tmp_path):
 @pytest.mark.parametrize("crash", [False, True])
 def test_plan_target_xen_predicts_what_is_handed_to_xen(tmp_path, crash):
     from pykexec import plan as planning
-    from pykexec.prepare import prepare
+    from pykexec.formats.prepare import prepare
     fake = FakeXen()
     _, _, built = load(tmp_path, fake, crash=crash)
     predicted = planning.plan(prepare(builders.bzimage()), machine=dom0(fake), target="xen", crash=crash,

@@ -16,7 +16,7 @@ from pykexec.formats.bzimage import SETUP_HEADER
 from pykexec.machine import Range
 from pykexec.plan import plan
 from pykexec.plan.validate import validate_linux
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from tests import builders
 from tests.usermode_helpers import corrupted, read_zero_page
 

@@ -9,7 +9,7 @@ from pykexec.boot.firmware import Firmware
 from pykexec.boot.multiboot_info import Module, parse_multiboot2_info
 from pykexec.formats.bzimage import SETUP_HEADER
 from pykexec.plan.validate import validate_linux
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from tests import material
 from tests.usermode_helpers import read_zero_page
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from ...errors import KernelRefused, LoadRefused, PykexecError, SyscallError
 
 if TYPE_CHECKING:
-    from ...prepare import Prepared
+    from ...formats.prepare import Prepared
 
 log = logging.getLogger(__name__)
 

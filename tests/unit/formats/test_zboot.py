@@ -12,10 +12,10 @@ from pykexec.errors import FormatError, LimitExceeded
 from pykexec.limits import Limits
 from pykexec.formats import zboot
 from pykexec.formats.zboot import Zboot
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from tests import builders as b
 
-from .contract import parse_or_error, truncations, unwrap_or_error
+from ..contract import parse_or_error, truncations, unwrap_or_error
 
 pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
 

@@ -17,10 +17,10 @@ import pytest
 
 from pykexec import formats
 from pykexec.errors import FormatError, NotLoadable
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from tests import builders as b
 
-from .contract import parse_or_error, truncations, unwrap_or_error
+from ..contract import parse_or_error, truncations, unwrap_or_error
 
 OVMF = Path("/usr/share/OVMF/OVMF_CODE.fd")
 

@@ -10,7 +10,7 @@ from pykexec.formats import loongarch_image
 from pykexec.formats.loongarch_image import LoongarchImage
 from tests import builders as b
 
-from .contract import parse_or_error, truncations, unwrap_or_error
+from ..contract import parse_or_error, truncations, unwrap_or_error
 
 pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
 

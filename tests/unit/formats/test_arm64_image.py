@@ -8,10 +8,10 @@ from pykexec import formats
 from pykexec.errors import FormatError
 from pykexec.formats import arm64_image, pe
 from pykexec.formats.arm64_image import Arm64Image
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from tests import builders as b
 
-from .contract import parse_or_error, truncations, unwrap_or_error
+from ..contract import parse_or_error, truncations, unwrap_or_error
 
 pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
 

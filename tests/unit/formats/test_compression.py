@@ -22,7 +22,7 @@ from pykexec.formats.compression import Compressed
 from pykexec.limits import Limits
 from tests import builders as b
 
-from .contract import parse_or_error, truncations, unwrap_or_error
+from ..contract import parse_or_error, truncations, unwrap_or_error
 
 ALGORITHMS = b.ALGORITHMS
 #: not compressible, so every codec's output is about the input's size

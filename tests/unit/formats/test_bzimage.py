@@ -10,10 +10,10 @@ from pykexec import formats
 from pykexec.errors import FormatError, LimitExceeded
 from pykexec.formats import bzimage
 from pykexec.formats.bzimage import BzImage
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from tests import builders as b
 
-from .contract import parse_or_error, truncations, unwrap_or_error
+from ..contract import parse_or_error, truncations, unwrap_or_error
 
 pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
 

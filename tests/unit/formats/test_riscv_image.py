@@ -10,7 +10,7 @@ from pykexec.formats import riscv_image
 from pykexec.formats.riscv_image import RiscvImage
 from tests import builders as b
 
-from .contract import parse_or_error, truncations, unwrap_or_error
+from ..contract import parse_or_error, truncations, unwrap_or_error
 
 pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from pykexec.errors import NotLoadable, UsageError
-from pykexec.prepare import Prepared, join_initrds, prepare
+from pykexec.formats.prepare import Prepared, join_initrds, prepare
 from tests import builders as b
 
-from .contract import outcome
+from ..contract import outcome
 
 pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
 

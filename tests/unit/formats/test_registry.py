@@ -10,7 +10,7 @@ from pykexec.formats.layer import Format, Layer
 from pykexec.limits import Limits
 from tests import builders as b
 
-from .contract import unwrap_or_error
+from ..contract import unwrap_or_error
 
 pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
 

@@ -8,10 +8,10 @@ from pykexec import formats
 from pykexec.errors import FormatError, UsageError
 from pykexec.formats import uki
 from pykexec.formats.uki import Uki
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from tests import builders as b
 
-from .contract import outcome, parse_or_error, truncations, unwrap_or_error
+from ..contract import outcome, parse_or_error, truncations, unwrap_or_error
 
 pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
 

@@ -13,10 +13,10 @@ from pykexec import formats
 from pykexec.errors import FormatError
 from pykexec.formats import elf
 from pykexec.formats.elf import Elf
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from tests import builders as b
 
-from .contract import parse_or_error, truncations, unwrap_or_error
+from ..contract import parse_or_error, truncations, unwrap_or_error
 
 KINDS = [(64, "little"), (64, "big"), (32, "little"), (32, "big")]
 
@@ -175,7 +175,7 @@ def test_zero_phentsize_with_many_headers_is_refused_at_once():
     from pykexec.errors import FormatError
     from pykexec.formats import elf as elf_format
 
-    seed = Path(__file__).parents[1] / "fuzz" / "corpus" / "elf" / "phentsize-zero-54784-phdrs.bin"
+    seed = Path(__file__).parents[2] / "fuzz" / "corpus" / "elf" / "phentsize-zero-54784-phdrs.bin"
     start = time.monotonic()
     with pytest.raises(FormatError, match="e_phentsize"):
         elf_format.parse(seed.read_bytes())

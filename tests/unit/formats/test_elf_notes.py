@@ -18,7 +18,7 @@ from pykexec.errors import FormatError
 from pykexec.formats import elf
 from tests import builders as b
 
-from .contract import parse_or_error
+from ..contract import parse_or_error
 
 
 @pytest.mark.parametrize("owner, n_type, name", [

@@ -9,10 +9,10 @@ from pykexec.errors import FormatError
 from pykexec.formats import multiboot, multiboot2
 from pykexec.formats.multiboot import Multiboot
 from pykexec.formats.multiboot2 import Multiboot2
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from tests import builders as b
 
-from .contract import parse_or_error, truncations, unwrap_or_error
+from ..contract import parse_or_error, truncations, unwrap_or_error
 
 # ---------------------------------------------------------------- Multiboot 1
 

@@ -21,16 +21,16 @@ from hypothesis import strategies as st
 
 from pykexec import formats
 from pykexec.errors import FormatError, PykexecError
-from pykexec.prepare import Prepared, prepare
+from pykexec.formats.prepare import Prepared, prepare
 from tests import builders as b
 
-from .contract import FUZZ_LIMITS, outcome, unwrap_or_error
+from ..contract import FUZZ_LIMITS, outcome, unwrap_or_error
 
 pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
 
 EXAMPLES = int(os.environ.get("PYKEXEC_FUZZ_EXAMPLES", "25"))
 DERANDOMIZE = "PYKEXEC_FUZZ_EXAMPLES" not in os.environ
-CORPUS = Path(__file__).resolve().parent.parent / "fuzz" / "corpus"
+CORPUS = Path(__file__).resolve().parents[2] / "fuzz" / "corpus"
 SEEDS = {**b.samples(),
          "uki-profiles": b.uki(b.zboot(), machine=0xAA64, initrd=b"i" * 9, ucode=b"u",
                                profiles=[{"cmdline": "a"}, {"linux": b.arm64_image(), "initrd": b"j"}]),

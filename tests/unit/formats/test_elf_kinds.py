@@ -14,7 +14,7 @@ import pytest
 from pykexec import formats
 from pykexec.errors import NotLoadable
 from pykexec.formats.elf import Elf, ElfNotKernel
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from tests import builders as b
 
 

@@ -17,18 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from . import formats
-from .errors import NotLoadable, PykexecError, UsageError
-from .formats.bzimage import BzImage
-from .formats.compression import Compressed
-from .formats.elf import Elf
-from .formats.kernel_image import KernelImage
-from .formats.layer import Buffer, Layer
-from .formats.multiboot import Multiboot
-from .formats.multiboot2 import Multiboot2
-from .formats.uki import Uki
-from .formats.uki_addon import UkiAddon
-from .limits import Limits
+from .. import formats
+from ..errors import NotLoadable, PykexecError, UsageError
+from .bzimage import BzImage
+from .compression import Compressed
+from .elf import Elf
+from .kernel_image import KernelImage
+from .layer import Buffer, Layer
+from .multiboot import Multiboot
+from .multiboot2 import Multiboot2
+from .uki import Uki
+from .uki_addon import UkiAddon
+from ..limits import Limits
 
 KERNEL_LAYERS = (BzImage, KernelImage, Elf, Multiboot2, Multiboot)
 INITRD_ALIGN = 4

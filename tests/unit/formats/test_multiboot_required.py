@@ -17,7 +17,7 @@ from pykexec import formats
 from pykexec.errors import NotLoadable
 from pykexec.formats.multiboot import Multiboot
 from pykexec.formats.multiboot2 import Multiboot2
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from tests import builders as b
 
 ADDRESS = b.mb2_tag(2, (0x200000, 0x200000, 0x201000, 0))

@@ -13,7 +13,7 @@ from pykexec.formats import pe
 from pykexec.formats.pe import PeImage
 from tests import builders as b
 
-from .contract import outcome, parse_or_error, truncations, unwrap_or_error
+from ..contract import outcome, parse_or_error, truncations, unwrap_or_error
 
 pytestmark = pytest.mark.usefixtures("frozen_gc")  # pefile gc.collect()s on every rejection
 

@@ -14,7 +14,7 @@ import pytest
 from pykexec import formats
 from pykexec.errors import FormatError
 from pykexec.formats.bzimage import BzImage
-from pykexec.prepare import prepare
+from pykexec.formats.prepare import prepare
 from tests import builders as b
 
 SETUP = 5 * 512  # setup_sects 4
