@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import FormatError, NotLoadable, PlacementError, UsageError, UserLoadRefused
-from ..formats.bzimage import BzImage
-from ..formats.bzimage import XLF_EFI_KEXEC
+from ..formats.bzimage import STARTUP_64_OFFSET, XLF_EFI_KEXEC, BzImage
 from ..formats.elf import Elf
 from ..formats.layer import Buffer
 from ..formats.multiboot import Multiboot
@@ -54,7 +53,6 @@ from .multiboot_info import Module, MultibootImage, PlacedModule
 
 log = logging.getLogger(__name__)
 
-LINUX_ENTRY64_OFFSET = 0x200          # boot.rst: "the 64-bit entry point is at the kernel's load address + 0x200"
 X86_PHYSICAL_ALIGN = 0x200000        # CONFIG_PHYSICAL_ALIGN, what __startup_64 requires of a moved vmlinux
 FOUR_GIB = 1 << 32
 PROTOCOLS = ("linux", "multiboot2", "multiboot")
@@ -243,7 +241,7 @@ def _bzimage(ctx: _Context, layer: BzImage, data: Buffer, initrd: Buffer | None,
     fills["boot-params"] = _params_segment(params.pack(), cmdline_off, final, setup.bufsz)
     if initrd is not None:
         fills["initrd"] = initrd
-    regs = {"rsi": setup.mem, "rip": kernel.mem + LINUX_ENTRY64_OFFSET}
+    regs = {"rsi": setup.mem, "rip": kernel.mem + STARTUP_64_OFFSET}
     return _finish(ctx, placer, fills, regs, entry32=False, cmdline=final, entry_arg=setup.mem,
                    protocol="linux", crash=crash)
 
