@@ -253,7 +253,7 @@ class _Files:
 
 def _check_policy(opts: LoadOptions, files: _Files, lockdown: str | None, efivars: Path | None):
     """The signature policy (``trust.policy``): refuses before anything is prepared."""
-    from .trust.esl import EFIVARS
+    from .trust.efivars import EFIVARS
     from .trust.policy import check_load
     image, initrds, addons = files.image, files.initrds, files.addons
     return check_load(

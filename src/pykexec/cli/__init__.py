@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Callable
 
 from .. import __version__
 from ..errors import PykexecError, UsageError
-from ..limits import byte_count
 
 if TYPE_CHECKING:
     from ..limits import Limits
 
 # Each verb imports what it uses when it runs: ``extract`` and ``inspect`` need
 # the format parsers only, not the loader, the syscall backend or the planner.
+# Only the verb on the command line has its options built (all of them only for
+# --help), so that ``--version`` and a usage error import no verb's module.
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,6 +32,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
+    from ..limits import byte_count
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     p.add_argument("--max-output", type=lambda s: byte_count(s, "--max-output"), metavar="BYTES",
                    help="cap on decompressed output (default 512 MiB, or $PYKEXEC_MAX_OUTPUT)")
@@ -121,7 +123,8 @@ def handler(name: str) -> Callable[[argparse.Namespace], int]:
 
 
 def build_parser(wanted: str | None = None) -> Parser:
-    """The parser; with ``wanted``, only that verb's options are built (and imported)."""
+    """The parser; with ``wanted``, only that verb's options are built (and imported), and
+    with ``""`` none: the verbs are only named, for argparse's usage errors."""
     parser = Parser(prog="pykexec", description="Understand, plan and load kexec boot images.")
     parser.add_argument("--version", action="version", version=f"pykexec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -129,7 +132,8 @@ def build_parser(wanted: str | None = None) -> Parser:
                    add_help=False)
     for name in (*COMMANDS, *EXTERNAL):
         if wanted not in (None, name):
-            sub.add_parser(name, add_help=False)  # a placeholder: never parses, never shown
+            if not wanted:
+                sub.add_parser(name, add_help=False)  # a placeholder: never parses, never shown
             continue
         help_text, options = _command(name)
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -279,6 +283,17 @@ def _configure_logging(debug: bool) -> None:
                         format="pykexec: %(message)s")
 
 
+def _wanted(argv: list[str]) -> str | None:
+    """The verb whose options to build: the first word when it is a verb and no top-level
+    help comes before it; every verb's for the top-level help; else none (``--version``,
+    a usage error)."""
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    if any(a == "-h" or (len(a) > 2 and "--help".startswith(a)) for a in argv[:at]):
+        return None
+    word = argv[at] if at < len(argv) else None
+    return word if word in COMMANDS or word in EXTERNAL else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -288,9 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["kexec"]:
             from . import kexec
             return stop.finish(kexec.main(argv[1:]))
-        wanted = next((a for a in argv if not a.startswith("-")), None)
-        known = wanted in COMMANDS or wanted in EXTERNAL
-        args = build_parser(wanted if known else None).parse_args(argv)
+        args = build_parser(_wanted(argv)).parse_args(argv)
         gc.freeze()  # pefile runs gc.collect() on every image it rejects; spare it the start-up heap
         if args.command not in UNLOGGED:
             _configure_logging(args.debug)

@@ -3,21 +3,22 @@
 ``COMMANDS`` has cli.py's shape (name -> (help, [(flags, kwargs), ...])) and
 ``HANDLERS`` maps each name to ``function(args) -> int``.  Errors are raised
 as PykexecError subclasses; cli.main prints them and returns their exit code.
+The ``load`` verb takes ``--machine`` and :func:`load_machine` from here; the
+loader API, the planner and machine descriptions are imported by the handlers
+that use them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from .. import api
 from ..errors import UsageError
-from ..machine import description, format_machine, snapshot, to_json
-from ..machine.model import Machine
-from ..plan import plan
 from ..receivers import TARGETS
+
+if TYPE_CHECKING:
+    from ..machine.model import Machine
 
 MACHINE_OPTION = (("--machine",), {"metavar": "FILE",
                                    "help": "a machine description (JSON from 'pykexec machine --json', or a "
@@ -46,14 +47,21 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
 def load_machine(args: argparse.Namespace) -> Machine | None:
     """The machine ``--machine FILE`` describes, or None for this host."""
     path = getattr(args, "machine", None)
-    return description.load(path) if path else None
+    if not path:
+        return None
+    from ..machine import description
+    return description.load(path)
 
 
 def _machine(args: argparse.Namespace) -> Machine:
+    from ..machine import snapshot
     return load_machine(args) or snapshot()
 
 
 def cmd_machine(args: argparse.Namespace) -> int:
+    import json
+
+    from ..machine import format_machine, to_json
     machine = _machine(args)
     if args.json:
         print(json.dumps(to_json(machine), indent=2))
@@ -62,13 +70,29 @@ def cmd_machine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mapped(path: str) -> bytes | memoryview:
+    """A file's bytes, mapped as ``load`` maps them: the planner reads the headers it parses,
+    and only ``--json`` (each segment's SHA-256) or a user-mode build reads the rest.  What
+    cannot be mapped (a pipe) is read."""
+    from ..api import open_file
+    try:
+        opened = open_file(path)
+    except UsageError:  # not a regular file
+        return Path(path).read_bytes()
+    opened.close()  # the map outlives the descriptor
+    return opened.data
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from .. import api
+    from ..formats.prepare import prepare
+    from ..limits import Limits
+    from ..plan import plan
     machine = _machine(args)
-    prepared = api.prepare_file(args.image, profile=args.profile)
-    initrd = None
-    if args.initrd:
-        with open(args.initrd, "rb") as f:
-            initrd = f.read()
+    prepared = prepare(_mapped(args.image), profile=args.profile, limits=Limits.from_env())
+    initrd = _mapped(args.initrd) if args.initrd else None
     cmdline = api.compose_cmdline(prepared.cmdline, command_line=args.command_line, append=args.append)
     result = plan(prepared, machine=machine, target=args.target, crash=args.crash, initrd=initrd,
                   cmdline=cmdline, image_name=Path(args.image).name)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import SignatureRejected
-from ..trust.esl import EFIVARS
+from ..trust.efivars import EFIVARS
 
 if TYPE_CHECKING:  # cryptography loads only when `verify` runs
     from ..trust.store import TrustStore

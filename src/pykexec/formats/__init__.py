@@ -15,32 +15,57 @@ UKI → zboot → gzip → arm64 Image is followed to the end.
 
 from __future__ import annotations
 
-from typing import BinaryIO, Callable
+import importlib
+from typing import BinaryIO, Callable, Iterator
 
 from ..errors import FormatError, LimitExceeded, UnknownFormat
 from ..limits import Limits
-from . import (arm64_image, arm_zimage, bzimage, compression, cpio, elf, loongarch_image,
-               multiboot, multiboot2, pe, riscv_image, uefi_fv, uki, uki_addon, zboot)
 from .layer import Buffer, Format, Layer
 
-FORMATS: tuple[Format, ...] = (
-    zboot.FORMAT,
-    bzimage.FORMAT,
-    arm64_image.FORMAT,
-    riscv_image.FORMAT,
-    uki.FORMAT,
-    uki_addon.FORMAT,
-    loongarch_image.FORMAT,
-    arm_zimage.FORMAT,
-    uefi_fv.FORMAT,
-    cpio.FORMAT,
-    pe.FORMAT,
-    elf.FORMAT,
-    multiboot2.FORMAT,
-    multiboot.FORMAT,
-    *compression.FORMATS,
+# The registry: the modules that declare the formats, in the order their formats are
+# tried.  Each module declares ``FORMAT`` (compression declares ``FORMATS``, one per
+# codec, in its ``CODECS`` order).  A module is imported when the registry first reaches
+# it, so that identifying a bzImage imports the zboot and bzimage modules and no other
+# parser; ``FORMATS`` and ``NAMES`` import them all.
+REGISTRY: tuple[str, ...] = (
+    "zboot",
+    "bzimage",
+    "arm64_image",
+    "riscv_image",
+    "uki",
+    "uki_addon",
+    "loongarch_image",
+    "arm_zimage",
+    "uefi_fv",
+    "cpio",
+    "pe",
+    "elf",
+    "multiboot2",
+    "multiboot",
+    "compression",
 )
-NAMES = tuple(f.name for f in FORMATS)
+
+
+def _module(name: str):
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def registered() -> Iterator[Format]:
+    """The formats in registry order, each module imported only when reached."""
+    for name in REGISTRY:
+        module = _module(name)
+        yield from getattr(module, "FORMATS", None) or (module.FORMAT,)
+
+
+def __getattr__(name: str):
+    """``FORMATS`` and ``NAMES`` (every format, in order), and the format modules by name."""
+    if name == "FORMATS":
+        return tuple(registered())
+    if name == "NAMES":
+        return tuple(f.name for f in registered())
+    if name in REGISTRY:
+        return _module(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _accepts(fmt: Format, data: Buffer) -> bool:
@@ -57,12 +82,15 @@ def identify(data: Buffer, limits: Limits = Limits(), *, where: str = "image",
     ``out``: when that format is a compressed stream, decode it into this file
     instead of into memory (the layer then holds no bytes).
     """
-    for fmt in FORMATS:
+    for fmt in registered():
         if _accepts(fmt, data):
-            if out is not None and fmt.name in compression.CODECS:
-                return compression.decompress(fmt.name, data, limits, out)
+            if out is not None:
+                from . import compression
+                if fmt.name in compression.CODECS:
+                    return compression.decompress(fmt.name, data, limits, out)
             return fmt.parse(data, limits)
-    raise UnknownFormat({f.name: f"needs {f.needs}" for f in FORMATS}, bytes(data[:8]), layer=where)
+    raise UnknownFormat({f.name: f"needs {f.needs}" for f in registered()}, bytes(data[:8]),
+                        layer=where)
 
 
 def unwrap(data: Buffer, limits: Limits = Limits(),
@@ -103,11 +131,14 @@ def unwrap_from(layers: list[Layer], limits: Limits = Limits(),
 def _check_declared_size(outer: Layer, layer: Layer) -> None:
     """A decompressed payload must have the size its container declares."""
     declared = outer.inner_size()
-    if declared is None or not isinstance(layer, compression.Compressed):
+    if declared is None:
+        return
+    from .compression import Compressed
+    if not isinstance(layer, Compressed):
         return
     if layer.decompressed_size % (1 << 32) != declared:
         raise FormatError(outer.format, f"payload decompresses to {layer.decompressed_size} bytes "
                           f"but the header declares {declared}", field="decompressed size")
 
 
-__all__ = ["FORMATS", "NAMES", "Layer", "identify", "unwrap", "unwrap_from"]
+__all__ = ["FORMATS", "NAMES", "REGISTRY", "Layer", "identify", "registered", "unwrap", "unwrap_from"]

@@ -134,6 +134,7 @@ class BzImage(Layer):
     """The setup header of a bzImage, with its payload located."""
 
     FORMAT = "bzimage"
+    KERNEL = True
     version: str = "2.00"
     protocol: int = 0x200
     setup_sects: int = 4

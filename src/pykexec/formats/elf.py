@@ -128,6 +128,8 @@ class ElfFile(Layer):
 class Elf(ElfFile):
     """An ELF executable that identifies itself as a kernel (Linux or Xen notes, Multiboot)."""
 
+    KERNEL = True
+
     def refusal(self) -> NotLoadable | None:
         """A kernel without a Linux note boots by its Multiboot header (Multiboot2 first, as
         GRUB and the loader prefer it): one that requires what pykexec lacks is refused."""

@@ -19,6 +19,8 @@ from . import pe
 class KernelImage(Layer):
     """Fields common to arm64/riscv/LoongArch Image headers."""
 
+    KERNEL = True
+
     text_offset: int = 0
     image_size: int = 0
     flags: int = 0

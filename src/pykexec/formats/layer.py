@@ -31,6 +31,9 @@ class Layer:
     """Common shape of a parsed layer: its format name, architecture and bytes."""
 
     FORMAT: ClassVar[str] = ""
+    #: A kernel that a loader takes as it is: kexec_file_load probes it, or a user-mode
+    #: load is built from it (a bzImage, an Image, an ELF, a Multiboot kernel).
+    KERNEL: ClassVar[bool] = False
     arch: str | None
     data: Buffer = raw()
 

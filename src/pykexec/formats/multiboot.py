@@ -56,6 +56,7 @@ class Multiboot(Layer):
     """An image recognised by its Multiboot header alone (not an ELF)."""
 
     FORMAT = "multiboot"
+    KERNEL = True
     header: MultibootHeader | None = None
 
     def refusal(self) -> NotLoadable | None:

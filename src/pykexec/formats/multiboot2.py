@@ -103,6 +103,7 @@ class Multiboot2(Layer):
     """An image recognised by its Multiboot2 header alone (not an ELF)."""
 
     FORMAT = "multiboot2"
+    KERNEL = True
     header: Multiboot2Header | None = None
     #: the information the header asks for (3.1.4), as ``name(type)``; "optional" last when
     #: the request tag is optional

@@ -15,22 +15,22 @@ then the add-ons' ``.initrd`` archives in order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .. import formats
 from ..errors import NotLoadable, PykexecError, UsageError
 from .bzimage import BzImage
-from .compression import Compressed
-from .elf import Elf
 from .kernel_image import KernelImage
 from .layer import Buffer, Layer
-from .multiboot import Multiboot
-from .multiboot2 import Multiboot2
 from .uki import Uki
-from .uki_addon import UkiAddon
 from ..limits import Limits
 
-KERNEL_LAYERS = (BzImage, KernelImage, Elf, Multiboot2, Multiboot)
+if TYPE_CHECKING:
+    from .uki_addon import UkiAddon
+
+# Compressed streams and add-ons are imported where they are met (a plain bzImage's
+# load parses neither), and the kernel layers a loader takes say so themselves
+# (Layer.KERNEL), so that preparing a bzImage imports no ELF or Multiboot parser.
 INITRD_ALIGN = 4
 
 
@@ -104,10 +104,11 @@ def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, .
 
 
 def _is_kernel(layer: Layer) -> bool:
-    return isinstance(layer, KERNEL_LAYERS)
+    return layer.KERNEL
 
 
 def _is_compressed(layer: Layer) -> bool:
+    from .compression import Compressed
     return isinstance(layer, Compressed)
 
 
@@ -122,10 +123,11 @@ def _on_to_vmlinux(layers: list[Layer], limits: Limits, vmlinux: bool | BinaryIO
 
 def vmlinux_written(prepared: Prepared) -> bool:
     """Whether ``prepare(vmlinux=file)`` decoded a vmlinux into the file."""
-    return any(isinstance(x, Compressed) and x.data is None for x in prepared.layers)
+    return any(_is_compressed(x) and x.data is None for x in prepared.layers)
 
 
 def _addon(data: Buffer, limits: Limits) -> UkiAddon:
+    from .uki_addon import UkiAddon
     layer = formats.identify(data, limits, where="add-on")
     if not isinstance(layer, UkiAddon):
         raise UsageError(f"an add-on must be a UKI add-on PE; this one is {layer.format}")
@@ -133,13 +135,13 @@ def _addon(data: Buffer, limits: Limits) -> UkiAddon:
 
 
 def _from_kernel_chain(layers: tuple[Layer, ...], data: Buffer) -> Prepared:
-    kernel_layer = next((x for x in layers if isinstance(x, KERNEL_LAYERS)), None)
+    kernel_layer = next((x for x in layers if x.KERNEL), None)
     if kernel_layer is None:
         chain = " → ".join(x.format for x in layers)
         raise NotLoadable(layers[-1].format, f"holds no kernel a loader can take (layers: {chain})")
     kernel = kernel_layer.kernel_bytes if isinstance(kernel_layer, KernelImage) else kernel_layer.data
     vmlinux = None
-    if isinstance(kernel_layer, BzImage):
-        vmlinux = next((x.data for x in reversed(layers) if isinstance(x, Compressed)), None)
+    if isinstance(kernel_layer, BzImage) and len(layers) > 1:  # a bzImage alone decoded nothing
+        vmlinux = next((x.data for x in reversed(layers) if _is_compressed(x)), None)
     return Prepared(layers=layers, kernel_layer=kernel_layer, kernel=kernel, vmlinux=vmlinux,
                     kernel_is_input=kernel is data)

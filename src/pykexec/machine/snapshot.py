@@ -30,14 +30,13 @@ them say so.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import FormatError, MachineDescriptionError
-from . import fdt as fdt_mod
 from . import iomem as iomem_mod
 from .model import ARCH_KEEP_MEMBLOCK, Machine, crash_from_iomem, normalize_arch
 from .ranges import Range, TypedRange
@@ -45,6 +44,9 @@ from .ranges import Range, TypedRange
 #: Under Xen's dom0 the machine comes from the hypervisor: see
 #: :mod:`pykexec.backends.xen.probe` (``XENMEM_machine_memory_map`` and
 #: ``KEXEC_CMD_kexec_get_range``).  ``xen`` (a Hypercalls object) is injectable.
+
+if TYPE_CHECKING:
+    from .fdt import FdtMemory
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,7 @@ def snapshot(*, proc: str | Path = "/proc", sys: str | Path = "/sys", boot: str 
         possible_cpus=_cpu_count(rd.text(sys / "devices/system/cpu/possible")),
         mem_total=_meminfo(rd.text(proc / "meminfo")),
         efi=efi, efi_runtime_map_entries=efi_entries, efi_memdesc_size=memdesc,
-        fdt_size=fdt_mod.packed_size(fdt_blob) if fdt_blob else None,
+        fdt_size=_fdt().packed_size(fdt_blob) if fdt_blob else None,
         x86_5level=(la57 and config.get("CONFIG_X86_5LEVEL") == "y") if la57 is not None and config else la57,
         kernel_config=tuple(sorted(config.items())),
         unreadable=tuple(rd.unreadable), notes=tuple(rd.notes))
@@ -226,12 +228,18 @@ def _firmware_memmap(rd: _Reader, root: Path) -> tuple[TypedRange, ...]:
     return tuple(sorted(out))
 
 
+def _fdt():
+    """The DTB reader (and libfdt), imported only where firmware hands over a device tree."""
+    from . import fdt
+    return fdt
+
+
 def _memory_from_fdt(blob: bytes) -> tuple[TypedRange, ...]:
-    parsed = fdt_mod.parse(blob)
+    parsed = _fdt().parse(blob)
     return memory_from_fdt(parsed)
 
 
-def memory_from_fdt(parsed: fdt_mod.FdtMemory) -> tuple[TypedRange, ...]:
+def memory_from_fdt(parsed: FdtMemory) -> tuple[TypedRange, ...]:
     """Memory nodes as "System RAM", reservations nested inside them as "reserved"."""
     ram = [TypedRange(r.start, r.size, "System RAM", 0) for r in parsed.memory]
     holes = [r for _, r in parsed.reserved_memory] + list(parsed.memreserve)
@@ -304,6 +312,7 @@ def _config(rd: _Reader, proc: Path, boot: Path, release: str | None) -> dict[st
     if release:
         text = rd.text(boot / f"config-{release}", quiet_missing=True)
     if text is None:
+        import gzip
         try:
             text = gzip.decompress((proc / "config.gz").read_bytes()).decode(errors="replace")
         except (OSError, EOFError):

@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..errors import PlacementError, UsageError
-from ..formats.arm64_image import Arm64Image
 from ..formats.bzimage import BzImage
 from ..formats.layer import Buffer
 from ..machine.model import Machine, runs_on
@@ -44,6 +43,7 @@ def _kernel(image: Any) -> tuple[Any, Buffer, Buffer | None, str | None]:
     layer = getattr(image, "kernel_layer", None)
     if layer is not None:  # pykexec.formats.prepare.Prepared
         return layer, image.kernel, image.initrd, image.cmdline
+    from ..formats.arm64_image import Arm64Image
     if isinstance(image, Arm64Image):
         return image, image.kernel_bytes, None, None
     if isinstance(image, BzImage):

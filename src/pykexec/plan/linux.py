@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..boot import elfcore
 from ..machine.model import Machine
 from ..machine.ranges import PAGE_SIZE, Range, align_up, subtract, MiB
 
@@ -113,6 +112,7 @@ def elfcorehdr_size(machine: Machine, nr_ranges: int, behaviour: KernelBehaviour
     sized for 2 + CONFIG_NR_CPUS_DEFAULT + (CONFIG_CRASH_MAX_MEMORY_RANGES with
     memory hotplug, else nr_ranges) headers.
     """
+    from ..boot import elfcore  # crash loads only
     nr_phdr = elfcore.phnum(machine.possible_cpus or 1, nr_ranges)
     bufsz = align_up(elfcore.EHDR.size + nr_phdr * elfcore.PHDR.size, ELF_CORE_HEADER_ALIGN)
     memsz = bufsz
@@ -128,6 +128,7 @@ def user_elfcorehdr_size(machine: Machine) -> tuple[int, int]:
     :func:`pykexec.boot.elfcore.build` makes for the machine's CPUs and RAM ranges (the
     low 1 MiB included: user mode backs it up instead), in a segment of
     :func:`pykexec.boot.elfcore.user_memsz`."""
+    from ..boot import elfcore  # crash loads only
     nr = elfcorehdr_ranges(machine, exclude_low_1m=False)
     bufsz = elfcore.header_size(elfcore.phnum(machine.possible_cpus or 1, nr))
     return bufsz, elfcore.user_memsz(bufsz, machine.page_size)

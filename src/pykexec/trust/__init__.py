@@ -6,7 +6,7 @@ What is implemented, and against which specification:
   (PE/COFF specification; Microsoft's Authenticode PE format) and the PKCS #7
   SignedData inside it (RFC 2315, RFC 5652), parsed by :mod:`.der`;
 * :mod:`.esl`: EFI signature lists (UEFI 2.10 §32.4.1), the format of ``db``,
-  ``dbx`` and ``MokListRT``;
+  ``dbx`` and ``MokListRT``; :mod:`.efivars`: where efivarfs is, and its file names;
 * :mod:`.store`: trust anchors and revocations from ``--trust`` files and
   from efivarfs;
 * :mod:`.verify`: the decision, by UEFI's rules (partial chains, no time
@@ -26,7 +26,7 @@ import importlib
 _EXPORTS = {
     "LoadTrust": "policy", "check_load": "policy", "default_required": "policy",
     "read_secure_boot": "policy", "require_signature": "policy", "writable_warning": "policy",
-    "EFIVARS": "esl", "TrustedCertificate": "store", "TrustStore": "store",
+    "EFIVARS": "efivars", "TrustedCertificate": "store", "TrustStore": "store",
     "CertInfo": "verify", "SignatureReport": "verify", "Verdict": "verify",
     "verify_image": "verify",
 }

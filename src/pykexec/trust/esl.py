@@ -29,13 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FormatError
-
-EFIVARS = Path("/sys/firmware/efi/efivars")
-
-
-def efivar_name(name: str, guid) -> str:
-    """An efivarfs file name: ``Name-GUID``."""
-    return f"{name}-{guid}"
+from . import efivars
+from .efivars import ATTRIBUTES_SIZE, EFIVARS, efivar_name
 
 LAYER = "efi signature list"
 HEADER = struct.Struct("<16sIII")
@@ -67,10 +62,9 @@ FIXED_SIZES = {
     EFI_CERT_SHA512_GUID: OWNER_SIZE + 64,
 }
 
-EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
-EFI_IMAGE_SECURITY_DATABASE = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
-SHIM_LOCK_GUID = uuid.UUID("605dab50-e046-4300-abb6-3dd810dd8b23")
-ATTRIBUTES_SIZE = 4
+EFI_GLOBAL_VARIABLE = uuid.UUID(efivars.EFI_GLOBAL_VARIABLE)
+EFI_IMAGE_SECURITY_DATABASE = uuid.UUID(efivars.EFI_IMAGE_SECURITY_DATABASE)
+SHIM_LOCK_GUID = uuid.UUID(efivars.SHIM_LOCK_GUID)
 
 
 @dataclass(frozen=True)

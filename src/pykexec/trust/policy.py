@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..errors import FormatError, SignatureRejected
 from ..formats import pe
-from . import esl
-from .esl import EFIVARS, efivar_name
+from .efivars import ATTRIBUTES_SIZE, EFI_GLOBAL_VARIABLE, EFIVARS, efivar_name
 
 if TYPE_CHECKING:  # cryptography is imported only when a signature is checked
     from .store import TrustStore
@@ -33,7 +32,7 @@ if TYPE_CHECKING:  # cryptography is imported only when a signature is checked
 
 log = logging.getLogger(__name__)
 
-SECURE_BOOT = efivar_name("SecureBoot", esl.EFI_GLOBAL_VARIABLE)
+SECURE_BOOT = efivar_name("SecureBoot", EFI_GLOBAL_VARIABLE)
 ADVICE = ("sign it (e.g. sbsign) with a key whose certificate you pass with --trust, or enrol "
           "the signing CA in db or MOK (mokutil --import); --no-require-signature skips this "
           "check and leaves it to the kernel")
@@ -49,7 +48,7 @@ def read_secure_boot(efivars: Path = EFIVARS) -> bool | None:
         return False if efivars.is_dir() else None
     except OSError:
         return None
-    return len(raw) > esl.ATTRIBUTES_SIZE and raw[esl.ATTRIBUTES_SIZE] == 1
+    return len(raw) > ATTRIBUTES_SIZE and raw[ATTRIBUTES_SIZE] == 1
 
 
 def default_required(lockdown: str | None, secure_boot: bool | None) -> bool:

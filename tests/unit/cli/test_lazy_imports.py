@@ -5,8 +5,11 @@ imports its own modules and each format imports its library when it parses.
 These tests run the CLI in a fresh interpreter and list what it imported: a
 top-level import of pefile, pyelftools, unicorn, cryptography, the loader or
 the planner on the extract path, or of anything a plain bzImage's file-mode
-load does not use on the load path, makes them fail.  The load's peak memory
-is measured the same way: it must not grow with the initrd it never reads.
+load does not use on the load path (a parser the registry never reaches, a
+decompressor for a payload the kernel decompresses itself), makes them fail;
+so does any verb's module on ``--version``.  The load path is checked on
+synthetic images here and on Debian's kernels (``-m real``).  The load's peak
+memory is measured the same way: it must not grow with the initrd it never reads.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests import builders as b
+from tests import material
 
 # Never needed to extract or inspect a bzImage whose payload is zstd.
 HEAVY = ("pefile", "elftools", "unicorn", "cryptography", "lz4", "lzo", "ctypes", "logging",
@@ -34,12 +38,29 @@ HEAVY_FOR_LOAD = ("pefile", "elftools", "unicorn", "cryptography", "lz4", "lzo",
                   "pykexec.boot.multiboot_info", "pykexec.boot.purgatory", "pykexec.boot.firmware",
                   "pykexec.efi", "pykexec.trust.verify", "pykexec.trust.store",
                   "pykexec.trust.authenticode", "pykexec.backends.linux.file",
-                  "pykexec.backends.linux.user", "pykexec.cli.emulate", "pykexec.cli.kexec")
+                  "pykexec.backends.linux.user", "pykexec.cli.emulate", "pykexec.cli.kexec",
+                  # the registry stops at bzimage: no later format's module is imported
+                  "pykexec.formats.arm64_image", "pykexec.formats.riscv_image",
+                  "pykexec.formats.uki_addon", "pykexec.formats.loongarch_image",
+                  "pykexec.formats.arm_zimage", "pykexec.formats.uefi_fv", "pykexec.formats.cpio",
+                  "pykexec.formats.elf", "pykexec.formats.multiboot2", "pykexec.formats.multiboot",
+                  "pykexec.formats.compression",
+                  # no signature list is read, no device tree, no crash header
+                  "uuid", "pykexec.trust.esl", "libfdt", "pykexec.machine.fdt",
+                  "pykexec.boot.elfcore", "pykexec.machine.text")
+
+# Never needed for `--version`: it builds no verb's options, so it imports no verb's module.
+HEAVY_FOR_VERSION = (*HEAVY, "zstandard", "uuid", "pykexec.images", "pykexec.formats",
+                     "pykexec.cli.plan", "pykexec.cli.verify", "pykexec.cli.emulate",
+                     "pykexec.limits")
 
 CHILD = """
 import json, sys
 from pykexec.cli import main
-rc = main(sys.argv[1:]) if len(sys.argv) > 1 else None
+try:
+    rc = main(sys.argv[1:]) if len(sys.argv) > 1 else None
+except SystemExit as e:  # --version, --help
+    rc = e.code
 modules = sorted(sys.modules)
 import resource
 print(json.dumps({"rc": rc, "modules": modules,
@@ -91,6 +112,14 @@ def test_importing_the_cli_loads_no_format(tmp_path):
     rc, modules, _ = imported()
     assert rc is None
     assert loaded(modules, ("pykexec.images", "pykexec.formats", *HEAVY)) == []
+
+
+def test_version_loads_no_verb():
+    """``pykexec --version`` builds no verb's options: no parser, planner, loader or
+    signature code, and none of the libraries they use."""
+    rc, modules, out = imported("--version")
+    assert rc == 0 and out.startswith("pykexec ")
+    assert loaded(modules, HEAVY_FOR_VERSION) == []
 
 
 def test_extract_loads_only_the_parsers_it_uses(bzimage_zstd, tmp_path):
@@ -151,6 +180,28 @@ def test_a_file_mode_dry_run_loads_only_what_it_uses(image_file, tmp_path, pe):
     assert report["rc"] == 0, report["stdout"]
     assert "linux-file load for x86_64" in report["stdout"]
     assert "passed as original file" in report["stdout"]
+    assert loaded(set(report["modules"]), HEAVY_FOR_LOAD) == []
+
+
+@pytest.fixture(scope="module", params=["bookworm-cloud", "bookworm-signed", "sid-cloud"])
+def debian_bzimage(request):
+    """Debian's bzImages: 6.1 cloud (EFI stub, unsigned), 6.1 signed (Authenticode) and
+    sid's 7.x cloud (zstd payload)."""
+    return {"bookworm-cloud": material.bookworm_cloud_bzimage,
+            "bookworm-signed": material.bookworm_signed_bzimage,
+            "sid-cloud": material.sid_cloud_bzimage}[request.param]()
+
+
+@pytest.mark.real
+def test_a_file_mode_dry_run_of_a_debian_kernel_loads_only_what_it_uses(debian_bzimage, tmp_path):
+    """A real kernel's dry run: no pefile, cryptography, unicorn or elftools, no decompressor
+    (the kernel decompresses its own payload), and no parser after bzimage in the registry."""
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"07070" * 4096)
+    report = dry_run(debian_bzimage, initrd, "--mode", "file")
+    assert report["rc"] == 0, report["stdout"]
+    assert "linux-file load for x86_64" in report["stdout"]
+    assert "kernel: bzimage" in report["stdout"] and "passed as original file" in report["stdout"]
     assert loaded(set(report["modules"]), HEAVY_FOR_LOAD) == []
 
 
