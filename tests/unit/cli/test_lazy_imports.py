@@ -1,4 +1,4 @@
-"""``extract``, ``inspect`` and ``load`` load only what they use.
+"""``--version``, ``extract``, ``inspect``, ``load`` and ``plan`` load only what they use.
 
 Start-up is most of what a small extract or a dry-run load costs, so each verb
 imports its own modules and each format imports its library when it parses.
@@ -8,8 +8,9 @@ the planner on the extract path, or of anything a plain bzImage's file-mode
 load does not use on the load path (a parser the registry never reaches, a
 decompressor for a payload the kernel decompresses itself), makes them fail;
 so does any verb's module on ``--version``.  The load path is checked on
-synthetic images here and on Debian's kernels (``-m real``).  The load's peak
-memory is measured the same way: it must not grow with the initrd it never reads.
+synthetic images here and on Debian's kernels (``-m real``).  The peak memory
+of a load and of a plan is measured the same way: it must not grow with the
+initrd neither reads.
 """
 
 from __future__ import annotations
@@ -215,6 +216,17 @@ def test_a_file_mode_dry_run_never_reads_the_initrd(image_file, tmp_path):
     large = dry_run(image, sparse(tmp_path / "large", 256 * MiB), "--mode", "file")
     assert small["rc"] == large["rc"] == 0, large["stdout"]
     assert "initrd: 268435456 bytes" in large["stdout"]
+    assert (large["maxrss_kib"] - small["maxrss_kib"]) * 1024 < 32 * MiB
+
+
+def test_plan_never_reads_the_initrd(image_file, tmp_path):
+    """``plan`` maps its files as ``load`` does: the text view needs the initrd's size only."""
+    image = image_file(b.bzimage(init_size=0x800000))
+    small, large = (run_cli("plan", image, "--initrd", sparse(tmp_path / name, size),
+                            "--machine", QEMU_GUEST)
+                    for name, size in (("small", 4096), ("large", 256 * MiB)))
+    assert small["rc"] == large["rc"] == 0, large["stdout"]
+    assert "linux-file load for x86_64" in large["stdout"]
     assert (large["maxrss_kib"] - small["maxrss_kib"]) * 1024 < 32 * MiB
 
 
