@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -72,6 +71,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..trust.verify import verify_image
     verdict = verify_image(data, trust, what=args.image)
     if args.json:
+        import json
         print(json.dumps({**verdict.to_json(), "trust": trust.describe()}, indent=2))
         return 0 if verdict.verified else 2
     print(render(verdict, trust))

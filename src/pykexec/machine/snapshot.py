@@ -312,9 +312,10 @@ def _config(rd: _Reader, proc: Path, boot: Path, release: str | None) -> dict[st
     if release:
         text = rd.text(boot / f"config-{release}", quiet_missing=True)
     if text is None:
-        import gzip
         try:
-            text = gzip.decompress((proc / "config.gz").read_bytes()).decode(errors="replace")
+            packed = (proc / "config.gz").read_bytes()
+            import gzip  # only for a kernel that has /proc/config.gz
+            text = gzip.decompress(packed).decode(errors="replace")
         except (OSError, EOFError):
             text = None
     if text is None:
