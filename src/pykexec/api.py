@@ -102,6 +102,19 @@ def addon_dir(image: str | Path) -> list[Path]:
     return sorted(extra.glob("*.addon.efi")) if extra.is_dir() else []
 
 
+def read_dtb(path: str | Path | None) -> bytes | None:
+    """The bytes of a ``--dtb FILE``, read with a bound (an arm64 kernel takes at most 2 MiB)."""
+    from .machine.fdt import MAX_FDT_SIZE
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        data = f.read(MAX_FDT_SIZE + 1)
+    if len(data) > MAX_FDT_SIZE:
+        raise UsageError(f"--dtb {path}: larger than {MAX_FDT_SIZE} bytes, the most an arm64 kernel "
+                         "takes (booting.rst)")
+    return data
+
+
 def reuse_cmdline(proc_cmdline: Path = PROC_CMDLINE) -> str:
     """The running kernel's command line without BOOT_IMAGE= and initrd= (kexec --reuse-cmdline)."""
     words = proc_cmdline.read_text().split()
@@ -147,6 +160,7 @@ class LoadOptions:
     modules: tuple[str, ...] = ()
     checks: bool = True
     via_emulator: bool = False
+    dtb: str | Path | None = None
 
 
 @dataclass(frozen=True)
@@ -195,7 +209,7 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
         prepared = _prepare_or_emulate(files.image.data, opts, tuple(f.data for f in files.addons),
                                        limits or Limits.from_env(), host)
         _refuse_foreign(prepared, host)
-        req = _request(opts, files, prepared, host)
+        req = _request(opts, files, prepared, host, sysfs)
         names = receivers_for(opts.mode, host)
         handoffs = _Handoffs(req, table, advice)
         first = handoffs.get(names[0])
@@ -379,6 +393,8 @@ class Request:
     initrd_fd: int | None
     initrd_data: Any
     cmdline: str | None
+    dtb: Any = None
+    sysfs: Path = Path("/sys")
 
     @property
     def crash(self) -> bool:
@@ -389,7 +405,7 @@ class Request:
         return self.prepared.kernel_layer
 
 
-def _request(opts: LoadOptions, files: _Files, prepared: Prepared, machine: Machine) -> Request:
+def _request(opts: LoadOptions, files: _Files, prepared: Prepared, machine: Machine, sysfs: Path) -> Request:
     initrds = files.initrds
     if not prepared.initrds and len(initrds) == 1:
         initrd, initrd_fd = None, initrds[0].fd
@@ -400,7 +416,8 @@ def _request(opts: LoadOptions, files: _Files, prepared: Prepared, machine: Mach
     return Request(opts=opts, prepared=prepared, machine=machine,
                    kernel_fd=files.image.fd if prepared.kernel_is_input else None,
                    initrd=initrd, initrd_fd=initrd_fd,
-                   initrd_data=initrd if initrd_fd is None else initrds[0].data, cmdline=cmdline)
+                   initrd_data=initrd if initrd_fd is None else initrds[0].data, cmdline=cmdline,
+                   dtb=read_dtb(opts.dtb) if opts.dtb is not None else prepared.dtb, sysfs=sysfs)
 
 
 class _Handoffs:
@@ -478,7 +495,8 @@ class _Handoffs:
         built = entry.build(req.prepared, initrd=req.initrd_data, cmdline=req.cmdline, crash=req.crash,
                             machine=req.machine,
                             modules=tuple(load_module(m) for m in req.opts.modules),
-                            checks=req.opts.checks, image_name=Path(req.opts.image).name)
+                            checks=req.opts.checks, image_name=Path(req.opts.image).name, dtb=req.dtb,
+                            sys_root=req.sysfs)
         if self.advice is not None:
             self._predict(target)
         return built

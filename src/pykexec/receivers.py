@@ -8,7 +8,9 @@ one machine architecture and the kernel layers it boots there:
 
 * the **planner**, which predicts where the receiver puts each segment;
 * the **builder**, which makes every byte of a user-mode load (and whose
-  plan is then the load itself);
+  plan is then the load itself); every builder takes ``(prepared, *,
+  initrd, cmdline, crash, machine, modules, checks, image_name, dtb,
+  sys_root)``;
 * the **purgatory**, whose size and entry the planner must find room for;
 * **accepts**, the receiver's own probe (``bzImage64_probe``), which picks
   the default receiver for an image.
@@ -142,6 +144,7 @@ TABLE: tuple[Entry, ...] = (
           purgatory=_X86_PURGATORY),
     Entry("x86_64", frozenset({"bzimage"}), "xen-efi", planner="pykexec.plan.xen:plan_xen_efi"),
     Entry("arm64", frozenset({"arm64-image"}), "linux-file", planner="pykexec.plan.arm64:plan_file"),
+    Entry("arm64", frozenset({"arm64-image"}), "linux-user", builder="pykexec.boot.arm64:build_arm64_load"),
 )
 
 

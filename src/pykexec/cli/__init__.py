@@ -87,7 +87,7 @@ def _load_options() -> list[tuple[tuple[str, ...], dict]]:
         (("--profile",), {"type": int, "metavar": "N", "help": "UKI profile @N (default @0)"}),
         (("--addon",), {"action": "append", "metavar": "FILE",
                         "help": "UKI add-on; default: <uki>.extra.d/*.addon.efi"}),
-        (("--dtb",), {"metavar": "FILE", "help": "device tree to pass (user mode only)"}),
+        plan_cli.DTB_OPTION,
         (("--crash",), {"action": "store_true", "help": "load a crash (kdump) kernel"}),
         (("--module",), {"action": "append", "default": [], "metavar": "FILE[,ARGS]",
                          "help": "Multiboot module (Xen: dom0 kernel, initrd), kexec_load only"}),
@@ -189,16 +189,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     from .. import api
-    if args.dtb is not None:
-        raise UsageError("--dtb: passing a device tree is not supported yet (x86 SETUP_DTB, "
-                         "arm64 kexec_load)")
     opts = api.LoadOptions(
         image=args.image, initrds=tuple(args.initrd), command_line=args.command_line,
         append=args.append, reuse_cmdline=args.reuse_cmdline, profile=args.profile,
         addons=None if args.addon is None else tuple(args.addon), crash=args.crash,
         mode=args.mode, debug=args.debug_syscall, require_signature=args.require_signature,
         trust=tuple(args.trust), modules=tuple(args.module), checks=not args.no_checks,
-        via_emulator=args.via_emulator)
+        via_emulator=args.via_emulator, dtb=args.dtb)
     from .plan import load_machine
     described = load_machine(args)  # the machine to plan for in a dry run; advice for a real load
     summary, report, predicted = api.load(opts, dry_run=args.dry_run, limits=_limits(args),

@@ -98,6 +98,7 @@ class Machine:
     efi_memdesc_size: int | None = None
     fdt_size: int | None = None  # the boot DTB's size once packed (fdt_pack)
     x86_5level: bool | None = None
+    cpu_page_sizes: tuple[int, ...] | None = None  # arm64: the granules ID_AA64MMFR0_EL1 lists
     kernel_config: tuple[tuple[str, str], ...] = ()
     unreadable: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()

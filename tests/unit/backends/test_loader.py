@@ -17,7 +17,9 @@ from pykexec.errors import LoadRefused, SignatureRejected, SyscallError, UsageEr
 
 from pykexec.machine import description
 from pykexec.machine.model import Machine
+from pykexec.machine.ranges import TypedRange
 from tests import builders
+from tests.unit.machine.dtb import arm64_virt
 
 from .fakes import FakeSyscalls
 
@@ -95,12 +97,40 @@ def test_signature_errors_never_fall_back(tmp_path, sysfs, err):
     assert info.value.errno_value == err and info.value.advice
 
 
+ARM64_RAM = Machine(arch="arm64", memory=(TypedRange(0x40000000, 0x40000000, "System RAM", 0),),
+                   memory_source="description")
+
+
 @pytest.mark.parametrize("err", sorted(policy.FALLBACK_ERRNOS))
-def test_fallback_errnos_try_user_mode(tmp_path, sysfs, err):
+def test_fallback_errnos_build_an_arm64_kexec_load(tmp_path, sysfs, err):
+    (sysfs / "firmware").mkdir()
+    (sysfs / "firmware" / "fdt").write_bytes(arm64_virt())
     fake = FakeSyscalls(fail={"kexec_file_load": err})
-    with pytest.raises(LoadRefused, match="kexec_load"):
-        run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), fake, sysfs)
+    _, report, _ = run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()),
+                                            command_line="console=ttyAMA0 marker=7"), fake, sysfs,
+                            machine=ARM64_RAM)
+    assert [c[0] for c in fake.calls] == ["kexec_file_load", "kexec_load"]
+    (_, entry, segments, flags) = fake.calls[1]
+    assert report.syscall == "kexec_load" and flags == 0
+    assert any(bytes(s.buf).startswith(b"\xd0\x0d\xfe\xed") and b"console=ttyAMA0 marker=7" in bytes(s.buf)
+               for s in segments)
+    assert any(s.mem <= entry < s.mem + s.memsz for s in segments)
+
+
+def test_arm64_fallback_without_a_device_tree_says_so(tmp_path, sysfs):
+    fake = FakeSyscalls(fail={"kexec_file_load": errno.ENOSYS})
+    with pytest.raises(LoadRefused, match="no device tree.*pass --dtb FILE"):
+        run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), fake, sysfs, machine=ARM64_RAM)
     assert [c[0] for c in fake.calls] == ["kexec_file_load"]
+
+
+def test_arm64_user_mode_takes_the_dtb_given(tmp_path, sysfs):
+    fake = FakeSyscalls()
+    dtb = write(tmp_path, "board.dtb", arm64_virt())
+    run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), mode="user", dtb=dtb,
+                             command_line="from-the-file"), fake, sysfs, machine=ARM64_RAM)
+    (_, _, segments, _), = fake.calls
+    assert any(b"from-the-file" in bytes(s.buf) for s in segments)
 
 
 def test_fallback_builds_a_kexec_load_on_x86(tmp_path, sysfs):
