@@ -1150,8 +1150,8 @@ def arm64_zboot(compression: str = "gzip") -> tuple:
     return final / "vmlinuz.efi", final / "Image"
 
 
-def arm64_zboot_debian(compression: str = "gzip") -> tuple:
-    """A zboot whose payload is Debian's own arm64 Image (arm64_image(), ~35 MiB).
+def arm64_zboot_debian(compression: str = "gzip", image: Optional[PathLike] = None) -> tuple:
+    """A zboot whose payload is Debian's own arm64 Image (``image``, default arm64_image(), ~35 MiB).
 
     The kernel's zboot rules (drivers/firmware/efi/libstub/Makefile.zboot) wrap
     whatever arch/arm64/boot/Image holds, so the build tree of arm64_zboot() wraps
@@ -1162,10 +1162,11 @@ def arm64_zboot_debian(compression: str = "gzip") -> tuple:
     """
     if compression not in ZBOOT_COMPRESSIONS:
         raise ValueError(f"compression must be one of {sorted(ZBOOT_COMPRESSIONS)}, not {compression!r}")
-    debian = arm64_image()
+    debian = Path(image) if image is not None else arm64_image()
     src = linux_source_tree()
     srckey = src.parent.name
-    final = cache_root() / "zboot" / f"arm64-debian_{debian.parents[1].name}_{srckey}_{compression}"
+    package = _safe("_".join(package_of(debian)))
+    final = cache_root() / "zboot" / f"arm64-debian_{package}_{srckey}_{compression}"
     if _done(final):
         return final / "vmlinuz.efi", final / "Image"
     with _lock("zboot-build-" + srckey):

@@ -10,8 +10,10 @@ formats layer unwraps (Image.gz, EFI zboot, an aa64 UKI):
   linear map of a kernel without the "anywhere" placement flag), with room
   for ``text_offset + image_size``; the segment starts at base +
   ``text_offset``, and that is the entry.  Little-endian only, a non-zero
-  ``image_size`` (3.17+), and a page size the CPU supports
-  (``ID_AA64MMFR0_EL1``, :mod:`pykexec.machine.cpuid`).
+  ``image_size`` (3.17+), and a page size the CPU supports where that is
+  known (``Machine.cpu_page_sizes``, from ``ID_AA64MMFR0_EL1``: a machine
+  description can say; Linux hides the register's granule fields from user
+  space, so on the host only the running kernel's own page size is certain).
 * **initrd, DTB, purgatory**: top-down above the kernel and below
   ``round_down(base, 1 GiB) + 32 GiB``, as kexec-tools'
   ``arm64_load_other_segments`` and the kernel's own kexec_file loader place
@@ -108,7 +110,7 @@ def build_arm64_load(prepared: Any, *, initrd: Buffer | None, cmdline: str | Non
                           "pykexec loads arm64 kdump kernels only where kexec_file_load exists (--mode file)")
     kernel = getattr(prepared, "kernel", None)
     kernel = layer.kernel_bytes if kernel is None else kernel
-    _check_kernel(layer, machine)
+    notes = _check_kernel(layer, machine)
     require_memory(machine)
     placer = Placer(page_size=machine.page_size, exact_top_down=True, max_segments=None)
     walks = [Walk("memblock free", machine.memblock_free_ranges())]
@@ -126,7 +128,7 @@ def build_arm64_load(prepared: Any, *, initrd: Buffer | None, cmdline: str | Non
     pg = purgatory.load()
     size = pg.size(machine.page_size)
     pseg = place(placer, KexecBuf("purgatory", size.bufsz, size.memsz, **above), walks)
-    notes = [str(tree)]
+    notes.append(str(tree))
     uart = _uart(tree.blob, notes)
     segments = [s for s in placer.segments if s is not pseg]
     params = purgatory.Params(entry=kseg.mem, x0=dseg.mem, regions=regions_for(segments) if checks else (),
@@ -143,8 +145,8 @@ def build_arm64_load(prepared: Any, *, initrd: Buffer | None, cmdline: str | Non
     return UserLoad(plan=plan, protocol="linux")
 
 
-def _check_kernel(layer: Arm64Image, machine: Machine) -> None:
-    """What booting.rst requires of the Image, and what this CPU can run."""
+def _check_kernel(layer: Arm64Image, machine: Machine) -> list[str]:
+    """What booting.rst requires of the Image, and what this CPU can run; notes on what is unknown."""
     if not layer.image_size:
         raise PlacementError("the Image header's image_size is 0 (a kernel before 3.17): how much memory "
                              "it needs is unknown", role="kernel", errno="ENOEXEC")
@@ -156,6 +158,11 @@ def _check_kernel(layer: Arm64Image, machine: Machine) -> None:
         raise PlacementError(f"the Image runs with {wanted // 1024}K pages, but this CPU supports only "
                              f"{', '.join(f'{s // 1024}K' for s in cpu)} (ID_AA64MMFR0_EL1)",
                              role="kernel", errno="ENOEXEC")
+    if wanted and cpu is None and wanted != machine.page_size:
+        return [f"the Image runs with {wanted // 1024}K pages and this kernel with {machine.page_size // 1024}K; "
+                "whether the CPU has that granule is unknown (Linux hides ID_AA64MMFR0_EL1's granule fields "
+                "from user space): a CPU without it cannot boot the Image"]
+    return []
 
 
 def _place_kernel(placer: Placer, layer: Arm64Image, kernel: Buffer, walks: list) -> Segment:

@@ -15,8 +15,7 @@ from typing import Any
 
 from ..errors import MachineDescriptionError
 from . import iomem as iomem_mod
-from .cpuid import GRANULES
-from .model import Machine, crash_from_iomem, normalize_arch
+from .model import ARM64_GRANULES, Machine, crash_from_iomem, normalize_arch
 from .ranges import Range, TypedRange
 
 SCHEMA_VERSION = 1
@@ -214,8 +213,8 @@ def from_json(doc: Any, *, source: str = "<json>") -> Machine:
             integer(v, f"state.{k}", optional=True)
         elif not isinstance(v, STATE_KEYS[k]):
             raise fail(f"state.{k}", f"unexpected value {v!r}")
-    if any(v not in GRANULES for v in state.get("cpu_page_sizes") or ()):
-        raise fail("state.cpu_page_sizes", f"expected page sizes among {', '.join(map(str, GRANULES))}, "
+    if any(v not in ARM64_GRANULES for v in state.get("cpu_page_sizes") or ()):
+        raise fail("state.cpu_page_sizes", f"expected page sizes among {', '.join(map(str, ARM64_GRANULES))}, "
                    f"found {state['cpu_page_sizes']!r}")
     if state.get("lockdown") not in LOCKDOWN_MODES | {None}:
         raise fail("state.lockdown", f"expected one of {', '.join(sorted(LOCKDOWN_MODES))}, "

@@ -37,7 +37,6 @@ import re
 from pathlib import Path
 
 from ..errors import FormatError, MachineDescriptionError
-from . import cpuid
 from . import fdt as fdt_mod
 from . import iomem as iomem_mod
 from .model import ARCH_KEEP_MEMBLOCK, Machine, crash_from_iomem, normalize_arch
@@ -143,7 +142,6 @@ def snapshot(*, proc: str | Path = "/proc", sys: str | Path = "/sys", boot: str 
         efi=efi, efi_runtime_map_entries=efi_entries, efi_memdesc_size=memdesc,
         fdt_size=fdt_mod.packed_size(fdt_blob) if fdt_blob else None,
         x86_5level=(la57 and config.get("CONFIG_X86_5LEVEL") == "y") if la57 is not None and config else la57,
-        cpu_page_sizes=_cpu_page_sizes(arch),
         kernel_config=tuple(sorted(config.items())),
         unreadable=tuple(rd.unreadable), notes=tuple(rd.notes))
 
@@ -170,14 +168,6 @@ def _xen(rd: _Reader, sys: Path, calls) -> tuple[dict, tuple[TypedRange, ...]]:
     fields.update(xen_crash_area=view.crash_area, xen_image=view.xen_image, xen_cpu_notes=view.cpu_notes,
                   xen_vmcoreinfo=view.vmcoreinfo)
     return fields, view.memory
-
-
-def _cpu_page_sizes(arch: str | None) -> tuple[int, ...] | None:
-    """The page sizes this CPU can run (arm64, where user space can read ID_AA64MMFR0_EL1)."""
-    if arch != "arm64":
-        return None
-    mmfr0 = cpuid.read_id_aa64mmfr0()
-    return None if mmfr0 is None else cpuid.granules(mmfr0)
 
 
 def _page_size() -> int:

@@ -243,3 +243,9 @@ def test_kdump_modules_and_foreign_images_are_refused():
     other = SimpleNamespace(kernel_layer=SimpleNamespace(format="bzimage"), kernel=b"", dtb=None)
     with pytest.raises(NotLoadable, match="not an arm64 Image"):
         builder.build_arm64_load(other, initrd=None, cmdline="", crash=False, machine=machine(), dtb=virt_dtb())
+
+
+def test_an_unknown_granule_is_a_note_not_a_refusal():
+    load = build(image(flags=0x4 | 0x8, payload=bytes(4096)))     # 16K pages, the CPU's granules unknown
+    assert any("16K pages" in n and "4K" in n and "unknown" in n for n in load.notes)
+    assert not any("pages" in n for n in build().notes)           # 4K on a 4K kernel: nothing to say
