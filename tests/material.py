@@ -875,6 +875,7 @@ def build_uki(
     initrd: Optional[PathLike] = None,
     ucode: Optional[PathLike] = None,
     dtb: Optional[PathLike] = None,
+    dtbauto: Sequence[PathLike] = (),
     profiles: Iterable[Mapping] = (),
     osrel: Union[None, str, bytes, PathLike] = None,
     uname: Optional[str] = None,
@@ -884,7 +885,8 @@ def build_uki(
     """Build a UKI at ``out`` with sid's ukify.
 
     ``cmdline`` is the text of .cmdline (str or bytes, written verbatim);
-    ``initrd``, ``ucode``, ``dtb`` are files; ``osrel`` is text or a file
+    ``initrd``, ``ucode``, ``dtb`` are files, ``dtbauto`` files for .dtbauto
+    sections (ukify ``--devicetree-auto``); ``osrel`` is text or a file
     (default: ukify's default, the host's os-release); ``uname`` the .uname
     text.
 
@@ -913,6 +915,8 @@ def build_uki(
             args += ["--microcode", os.fspath(ucode)]
         if dtb is not None:
             args += ["--devicetree", os.fspath(dtb)]
+        for auto in dtbauto:
+            args += ["--devicetree-auto", os.fspath(auto)]
         o = _blob_arg(osrel, tmp, "os-release")
         if o is not None:
             args += ["--os-release", "@" + o]

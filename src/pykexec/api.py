@@ -383,6 +383,8 @@ class Request:
     ``initrd`` is the joined initrd when pykexec made one (UKI sections,
     several files); otherwise the user's one initrd is passed as
     ``initrd_fd`` and read only by a receiver that needs its bytes.
+    ``dtb`` is the ``--dtb`` file's bytes and ``sysfs`` where the running
+    kernel's own device tree is read (firmware/fdt), for the arm64 builder.
     """
 
     opts: LoadOptions
@@ -417,7 +419,7 @@ def _request(opts: LoadOptions, files: _Files, prepared: Prepared, machine: Mach
                    kernel_fd=files.image.fd if prepared.kernel_is_input else None,
                    initrd=initrd, initrd_fd=initrd_fd,
                    initrd_data=initrd if initrd_fd is None else initrds[0].data, cmdline=cmdline,
-                   dtb=read_dtb(opts.dtb) if opts.dtb is not None else prepared.dtb, sysfs=sysfs)
+                   dtb=read_dtb(opts.dtb), sysfs=sysfs)
 
 
 class _Handoffs:

@@ -19,8 +19,9 @@ formats layer unwraps (Image.gz, EFI zboot, an aa64 UKI):
   ``arm64_load_other_segments`` and the kernel's own kexec_file loader place
   them.
 * **the device tree** (:func:`device_tree`): ``--dtb FILE``, else the UKI's
-  ``.dtb``, else the running kernel's /sys/firmware/fdt, with /chosen
-  edited as drivers/of/kexec.c ``of_kexec_alloc_and_setup_fdt`` edits it.
+  matching ``.dtbauto`` or its ``.dtb``, else the running kernel's
+  /sys/firmware/fdt, with /chosen edited as drivers/of/kexec.c
+  ``of_kexec_alloc_and_setup_fdt`` edits it.
 * **the purgatory** (:mod:`.purgatory.arm64`): checks every segment's
   SHA-256, reports a mismatch on the console ``/chosen/stdout-path`` names,
   and enters the kernel with x0 = the DTB.
@@ -92,8 +93,8 @@ def build_arm64_load(prepared: Any, *, initrd: Buffer | None, cmdline: str | Non
     """Build a kexec_load of ``prepared`` (a :class:`~pykexec.formats.prepare.Prepared` or an
     :class:`Arm64Image`) on the arm64 ``machine``.
 
-    ``dtb`` is the device tree to start from (default: the UKI's ``.dtb``,
-    else ``sys_root``/firmware/fdt); ``cmdline`` None keeps its bootargs.
+    ``dtb`` is the device tree to start from (``--dtb``; default: see
+    :func:`_dtb_start`); ``cmdline`` None keeps its bootargs.
     ``checks=False`` makes the purgatory skip its SHA-256 checks (``kexec
     -i``); ``verbose`` makes it report on the console even when all is well.
     ``image_name`` is unused here (a Multiboot loader's), taken so that every
@@ -121,7 +122,7 @@ def build_arm64_load(prepared: Any, *, initrd: Buffer | None, cmdline: str | Non
     iseg = None
     if initrd is not None:
         iseg = place(placer, KexecBuf("initrd", len(initrd), len(initrd), **above, buffer=initrd), walks)
-    start = _dtb_start(dtb if dtb is not None else getattr(prepared, "dtb", None), Path(sys_root))
+    start = _dtb_start(dtb, prepared, Path(sys_root))
     tree = device_tree(start[0], source=start[1], cmdline=cmdline,
                        initrd=None if iseg is None else (iseg.mem, iseg.mem + len(initrd)), getrandom=getrandom)
     dseg = place(placer, KexecBuf("dtb", len(tree.blob), len(tree.blob), **above, buffer=tree.blob), walks)
@@ -176,14 +177,36 @@ def _place_kernel(placer: Placer, layer: Arm64Image, kernel: Buffer, walks: list
     return placer.add_fixed(seg)
 
 
-def _dtb_start(given: Buffer | None, sys_root: Path) -> tuple[bytes, str]:
-    """The DTB to edit and where it came from: the one given, else the running kernel's."""
+def _dtb_start(given: Buffer | None, prepared: Any, sys_root: Path) -> tuple[bytes, str]:
+    """The DTB to edit and where it came from, as systemd-stub would choose for a UKI.
+
+    ``--dtb`` first; then the UKI's first ``.dtbauto`` whose root compatible
+    matches the running DTB's; then the UKI's ``.dtb``; then the running
+    kernel's own (/sys/firmware/fdt).
+    """
     if given is not None:
         return bytes(given), "the DTB given"
+    auto, uki_dtb = getattr(prepared, "dtbauto", ()), getattr(prepared, "dtb", None)
+    running = None
+    if auto or uki_dtb is None:
+        running = _running_dtb(sys_root, required=uki_dtb is None)
+    if auto and running is not None:
+        compat = fdt.first_compatible(running[0])
+        for i, candidate in enumerate(auto):
+            if compat is not None and fdt.first_compatible(bytes(candidate)) == compat:
+                return bytes(candidate), f"the UKI's .dtbauto #{i} ({compat})"
+    if uki_dtb is not None:
+        return bytes(uki_dtb), "the UKI's .dtb"
+    return running
+
+
+def _running_dtb(sys_root: Path, *, required: bool) -> tuple[bytes, str] | None:
     path = sys_root / "firmware/fdt"
     try:
         return path.read_bytes(), str(path)
     except OSError as e:
+        if not required:
+            return None
         who = " (only root reads it)" if e.errno in (errno.EACCES, errno.EPERM) else ""
         raise LoadRefused(f"no device tree for the new kernel: {path}: {e.strerror}{who}; "
                           "pass --dtb FILE") from None

@@ -190,6 +190,16 @@ def chosen(dtb: bytes) -> dict | None:
     return {name: _value(name, raw) for name, raw in _props(f, off)}
 
 
+def first_compatible(dtb: bytes) -> str | None:
+    """The first string of the root node's ``compatible``: what systemd-stub compares to pick a
+    UKI's ``.dtbauto`` (src/boot/devicetree.c); None when there is none."""
+    f = _open(dtb, lambda why: FormatError(LAYER, why, field="magic", offset=0))
+    raw = f.getprop(0, "compatible", (libfdt.NOTFOUND,))
+    if isinstance(raw, int):
+        return None
+    return bytes(raw).split(b"\0", 1)[0].decode("ascii", "replace") or None
+
+
 class FdtEditor:
     """A DTB being edited: properties set and deleted, nodes made, the blob grown as needed.
 

@@ -249,3 +249,25 @@ def test_an_unknown_granule_is_a_note_not_a_refusal():
     load = build(image(flags=0x4 | 0x8, payload=bytes(4096)))     # 16K pages, the CPU's granules unknown
     assert any("16K pages" in n and "4K" in n and "unknown" in n for n in load.notes)
     assert not any("pages" in n for n in build().notes)           # 4K on a 4K kernel: nothing to say
+
+
+def _board(compatible: bytes, bootargs: bytes) -> bytes:
+    return dtb({"/": {"#address-cells": u32(2), "#size-cells": u32(2), "compatible": compatible},
+                "/chosen": {"bootargs": bootargs}})
+
+
+@pytest.mark.parametrize("auto, expected, source", [
+    # systemd-stub compares the first root compatible strings: the first .dtbauto that matches wins
+    ((b"acme,other\0", b"linux,dummy-virt\0acme,x\0", b"linux,dummy-virt\0"), b"auto1", ".dtbauto #1"),
+    ((b"acme,other\0", b"acme,x\0linux,dummy-virt\0"), b"uki", ".dtb"),   # a later string does not count
+])
+def test_dtbauto_is_chosen_by_the_running_trees_compatible(tmp_path, auto, expected, source):
+    (tmp_path / "firmware").mkdir()
+    (tmp_path / "firmware" / "fdt").write_bytes(virt_dtb())
+    prepared = dataclasses.replace(
+        prepare(image(payload=bytes(4096))), dtb=_board(b"acme,uki\0", b"uki\0"),
+        dtbauto=tuple(_board(c, b"auto%d\0" % i) for i, c in enumerate(auto)))
+    load = builder.build_arm64_load(prepared, initrd=None, cmdline=None, crash=False, machine=machine(),
+                                    getrandom=seeds, sys_root=tmp_path)
+    assert chosen(bytes(load.segment("dtb").buf))["bootargs"] == expected + b"\0"
+    assert source in load.plan.device_tree.source
