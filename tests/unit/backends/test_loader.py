@@ -282,3 +282,12 @@ def test_kexec_load_points_at_the_segments_without_copying():
     assert ctypes.string_at(address, len(data)) == data
     keep, address = pin(memoryview(data)[7:])
     assert ctypes.string_at(address, 5) == b"bytes"
+
+
+def test_arm64_user_mode_under_lockdown_is_refused_before_anything_is_built(tmp_path, sysfs):
+    (sysfs / "kernel" / "security" / "lockdown").write_text("none [integrity] confidentiality\n")
+    fake = FakeSyscalls()
+    with pytest.raises(LoadRefused, match="lockdown is 'integrity': the kernel refuses kexec_load"):
+        run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), mode="user",
+                                 require_signature=False), fake, sysfs, machine=ARM64_RAM)
+    assert fake.calls == []
