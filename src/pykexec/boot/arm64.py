@@ -126,18 +126,24 @@ def build_arm64_load(prepared: Any, *, initrd: Buffer | None, cmdline: str | Non
     tree = device_tree(start[0], source=start[1], cmdline=cmdline,
                        initrd=None if iseg is None else (iseg.mem, iseg.mem + len(initrd)), getrandom=getrandom)
     dseg = place(placer, KexecBuf("dtb", len(tree.blob), len(tree.blob), **above, buffer=tree.blob), walks)
+    notes.append(str(tree))
+    return _finish(placer, walks, above, machine, kernel=kseg, dtb=dseg, tree=tree, notes=notes,
+                   checks=checks, verbose=verbose)
+
+
+def _finish(placer: Placer, walks: list, above: dict, machine: Machine, *, kernel: Segment, dtb: Segment,
+            tree: DeviceTree, notes: list[str], checks: bool, verbose: bool) -> UserLoad:
+    """Place the purgatory, give it every other segment's digest, and validate the whole load."""
     pg = purgatory.load()
     size = pg.size(machine.page_size)
     pseg = place(placer, KexecBuf("purgatory", size.bufsz, size.memsz, **above), walks)
-    notes.append(str(tree))
-    uart = _uart(tree.blob, notes)
     segments = [s for s in placer.segments if s is not pseg]
-    params = purgatory.Params(entry=kseg.mem, x0=dseg.mem, regions=regions_for(segments) if checks else (),
-                              uart=uart, skip_checks=not checks, verbose=verbose)
+    params = purgatory.Params(entry=kernel.mem, x0=dtb.mem, regions=regions_for(segments) if checks else (),
+                              uart=_uart(tree.blob, notes), skip_checks=not checks, verbose=verbose)
     image = pg.patched(params)
     pseg = dataclasses.replace(pseg, buffer=image, bufsz=len(image))
     plan = LoadPlan(target="linux-user", crash=False, entry=pseg.mem, cmdline=fdt.chosen(tree.blob).get("bootargs"),
-                    segments=(*segments, pseg), arch="arm64", machine=machine, entry_arg=dseg.mem,
+                    segments=(*segments, pseg), arch="arm64", machine=machine, entry_arg=dtb.mem,
                     notes=tuple(notes), device_tree=tree)
     violations = plan.validate()
     if violations:
