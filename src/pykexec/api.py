@@ -23,7 +23,7 @@ from .limits import Limits
 from .machine.model import Machine, runs_on
 from .plan.loadplan import FileLoad, LoadPlan
 from .formats.prepare import Prepared, join_initrds, prepare
-from .receivers import MODES, RECEIVERS, TABLE, Entry, backend_for, find, served
+from .receivers import MODES, RECEIVERS, TABLE, XEN_MODES, Entry, backend_for, find, served
 
 if TYPE_CHECKING:  # the syscalls load only when used
     from .backends.linux.syscalls import Status, Syscalls
@@ -228,12 +228,16 @@ def _plan_of(handoff: Any) -> LoadPlan | None:
 
 
 def receivers_for(mode: str, machine: Machine) -> tuple[str, ...]:
-    """The receivers ``mode`` tries, in order; under Xen, ``auto`` means the hypervisor."""
+    """The receivers ``mode`` tries, in order; under Xen, the hypervisor's kexec."""
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode == "auto" and machine.under_xen:
-        return ("xen",)
-    return MODES[mode]
+    if not machine.under_xen:
+        return MODES[mode]
+    if not XEN_MODES[mode]:
+        raise UsageError(f"--mode {mode}: under Xen kexec belongs to the hypervisor, and kexec_file_load "
+                         "would load into dom0's Linux, which cannot take over the machine; use --mode "
+                         "auto or user (the kexec hypercall)")
+    return XEN_MODES[mode]
 
 
 class _Files:

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 TARGETS = ("linux-file", "linux-user", "xen", "xen-efi")
 #: ``load --mode``: the receivers tried, in order (auto falls back as kexec-tools' -a does)
 MODES = {"file": ("linux-file",), "user": ("linux-user",), "auto": ("linux-file", "linux-user")}
+#: the same under Xen, where kexec belongs to the hypervisor: user space builds the load (as for
+#: kexec_load) and hands it to the hypercall; there is no file mode (kexec-tools refuses -s there)
+XEN_MODES = {"file": (), "user": ("xen",), "auto": ("xen",)}
 
 
 @dataclass(frozen=True)
