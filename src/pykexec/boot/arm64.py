@@ -47,9 +47,10 @@ from ..formats.layer import Buffer
 from ..machine import fdt
 from ..machine.model import Machine
 from ..machine.ranges import GiB, align_down, align_up
-from ..plan.common import place, require_memory
+from ..plan.common import crash_walk, place, require_memory
 from ..plan.kexec_buf import KexecBuf, Placer, Segment, Walk
 from ..plan.loadplan import LoadPlan
+from . import elfcore
 from .purgatory import arm64 as purgatory
 from .purgatory import regions_for
 from .usermode import UserLoad
@@ -89,7 +90,8 @@ def build_arm64_load(prepared: Any, *, initrd: Buffer | None, cmdline: str | Non
                      machine: Machine, modules: Sequence[Any] = (), checks: bool = True,
                      image_name: str = "kernel", dtb: Buffer | None = None, verbose: bool = False,
                      getrandom: Callable[[int], bytes] = os.getrandom,
-                     sys_root: str | Path = "/sys") -> UserLoad:
+                     sys_root: str | Path = "/sys", proc_root: str | Path = "/proc",
+                     crash_sources: elfcore.CrashSources | None = None) -> UserLoad:
     """Build a kexec_load of ``prepared`` (a :class:`~pykexec.formats.prepare.Prepared` or an
     :class:`Arm64Image`) on the arm64 ``machine``.
 
@@ -98,7 +100,9 @@ def build_arm64_load(prepared: Any, *, initrd: Buffer | None, cmdline: str | Non
     ``checks=False`` makes the purgatory skip its SHA-256 checks (``kexec
     -i``); ``verbose`` makes it report on the console even when all is well.
     ``image_name`` is unused here (a Multiboot loader's), taken so that every
-    builder takes the same arguments.
+    builder takes the same arguments.  ``crash`` loads a capture kernel into
+    the crash region, with an ELF core header made from ``crash_sources``
+    (default: read from ``sys_root`` and ``proc_root``).
     """
     layer = getattr(prepared, "kernel_layer", prepared)
     if not isinstance(layer, Arm64Image):
@@ -106,33 +110,49 @@ def build_arm64_load(prepared: Any, *, initrd: Buffer | None, cmdline: str | Non
                           "(and what unwraps to one: Image.gz, EFI zboot, UKI)")
     if modules:
         raise UsageError("--module is for Multiboot images (Xen on x86); an arm64 kernel takes an initrd")
-    if crash:
-        raise LoadRefused("an arm64 crash (kdump) load through kexec_load is not built yet; "
-                          "pykexec loads arm64 kdump kernels only where kexec_file_load exists (--mode file)")
     kernel = getattr(prepared, "kernel", None)
     kernel = layer.kernel_bytes if kernel is None else kernel
     notes = _check_kernel(layer, machine)
     require_memory(machine)
     placer = Placer(page_size=machine.page_size, exact_top_down=True, max_segments=None)
-    walks = [Walk("memblock free", machine.memblock_free_ranges())]
+    walks = [crash_walk(machine)] if crash else [Walk("memblock free", machine.memblock_free_ranges())]
     kseg = _place_kernel(placer, layer, kernel, walks)
     base = kseg.mem - layer.text_offset
     above = dict(buf_align=machine.page_size, buf_min=kseg.end, buf_max=align_down(base, GiB) + 32 * GiB - 1,
                  top_down=True)
+    elf = None
+    if crash:
+        sources = crash_sources or elfcore.read_sources(sys=sys_root, proc=proc_root, machine=machine,
+                                                        arch="arm64")
+        elf = _elfcorehdr(placer, walks, above, machine, sources, notes)
     iseg = None
     if initrd is not None:
         iseg = place(placer, KexecBuf("initrd", len(initrd), len(initrd), **above, buffer=initrd), walks)
     start = _dtb_start(dtb, prepared, Path(sys_root))
     tree = device_tree(start[0], source=start[1], cmdline=cmdline,
-                       initrd=None if iseg is None else (iseg.mem, iseg.mem + len(initrd)), getrandom=getrandom)
+                       initrd=None if iseg is None else (iseg.mem, iseg.mem + len(initrd)), getrandom=getrandom,
+                       elfcorehdr=None if elf is None else (elf.mem, elf.bufsz),
+                       usable=[(r.start, r.size) for r in reversed(machine.crash_regions())] if crash else ())
     dseg = place(placer, KexecBuf("dtb", len(tree.blob), len(tree.blob), **above, buffer=tree.blob), walks)
     notes.append(str(tree))
     return _finish(placer, walks, above, machine, kernel=kseg, dtb=dseg, tree=tree, notes=notes,
-                   checks=checks, verbose=verbose)
+                   checks=checks, verbose=verbose, crash=crash)
+
+
+def _elfcorehdr(placer: Placer, walks: list, above: dict, machine: Machine, sources: elfcore.CrashSources,
+                notes: list[str]) -> Segment:
+    """The ELF core header of the memory the capture kernel may read (System RAM minus the crash
+    regions, the CPUs' crash notes, vmcoreinfo), in the crash region above the kernel."""
+    notes.extend(f"crash: {path}: {why}" for path, why in sources.unreadable)
+    if not sources.cpu_notes:
+        notes.append("crash: no CPU crash notes found; the dump will have no register state")
+    header = elfcore.build(elfcore.crash_ranges(machine), sources=sources, machine=elfcore.EM_AARCH64)
+    memsz = align_up(len(header), machine.page_size)
+    return place(placer, KexecBuf("elfcorehdr", len(header), memsz, **above, buffer=header), walks)
 
 
 def _finish(placer: Placer, walks: list, above: dict, machine: Machine, *, kernel: Segment, dtb: Segment,
-            tree: DeviceTree, notes: list[str], checks: bool, verbose: bool) -> UserLoad:
+            tree: DeviceTree, notes: list[str], checks: bool, verbose: bool, crash: bool) -> UserLoad:
     """Place the purgatory, give it every other segment's digest, and validate the whole load."""
     pg = purgatory.load()
     size = pg.size(machine.page_size)
@@ -142,7 +162,7 @@ def _finish(placer: Placer, walks: list, above: dict, machine: Machine, *, kerne
                               uart=_uart(tree.blob, notes), skip_checks=not checks, verbose=verbose)
     image = pg.patched(params)
     pseg = dataclasses.replace(pseg, buffer=image, bufsz=len(image))
-    plan = LoadPlan(target="linux-user", crash=False, entry=pseg.mem, cmdline=fdt.chosen(tree.blob).get("bootargs"),
+    plan = LoadPlan(target="linux-user", crash=crash, entry=pseg.mem, cmdline=fdt.chosen(tree.blob).get("bootargs"),
                     segments=(*segments, pseg), arch="arm64", machine=machine, entry_arg=dtb.mem,
                     notes=tuple(notes), device_tree=tree)
     violations = plan.validate()
@@ -219,17 +239,24 @@ def _running_dtb(sys_root: Path, *, required: bool) -> tuple[bytes, str] | None:
 
 
 def device_tree(blob: bytes, *, source: str, cmdline: str | None, initrd: tuple[int, int] | None,
-                getrandom: Callable[[int], bytes] = os.getrandom) -> DeviceTree:
+                getrandom: Callable[[int], bytes] = os.getrandom, elfcorehdr: tuple[int, int] | None = None,
+                usable: Sequence[tuple[int, int]] = ()) -> DeviceTree:
     """``blob`` with /chosen made ready for the next kernel.
 
     ``bootargs`` (kept when ``cmdline`` is None), ``linux,initrd-start``/``-end``
     (removed without an initrd), fresh ``kaslr-seed`` and ``rng-seed`` so that
     the next kernel randomises its layout and seeds its RNG, and the running
-    kernel's kdump and IMA properties removed.  ``linux,kho-*`` are left to the
-    kernel.  The result is packed and at most 2 MiB.
+    kernel's kdump and IMA properties removed.  A capture kernel gets
+    ``linux,elfcorehdr`` (address, size) and ``linux,usable-memory-range``
+    (``usable``: the crash regions, high first) instead.  ``linux,kho-*`` are
+    left to the kernel.  The result is packed and at most 2 MiB.
     """
     ed = fdt.FdtEditor(blob)
     written, removed = [], []
+    if elfcorehdr is not None:
+        ed.set_reg("/chosen", "linux,elfcorehdr", [elfcorehdr])
+        ed.set_reg("/chosen", "linux,usable-memory-range", list(usable))
+        written += ["linux,elfcorehdr", "linux,usable-memory-range"]
     if cmdline is not None:
         ed.set_string("/chosen", "bootargs", cmdline)
         written.append("bootargs")
@@ -237,7 +264,8 @@ def device_tree(blob: bytes, *, source: str, cmdline: str | None, initrd: tuple[
         ed.set_u64("/chosen", "linux,initrd-start", initrd[0])
         ed.set_u64("/chosen", "linux,initrd-end", initrd[1])
         written += ["linux,initrd-start", "linux,initrd-end"]
-    for name in (() if initrd is not None else ("linux,initrd-start", "linux,initrd-end")) + STALE_PROPERTIES:
+    stale = STALE_PROPERTIES if elfcorehdr is None else tuple(p for p in STALE_PROPERTIES if p not in written)
+    for name in (() if initrd is not None else ("linux,initrd-start", "linux,initrd-end")) + stale:
         if ed.delete("/chosen", name):
             removed.append(name)
     ed.set("/chosen", "kaslr-seed", getrandom(KASLR_SEED_SIZE))

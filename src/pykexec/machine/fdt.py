@@ -225,6 +225,13 @@ class FdtEditor:
     def set_u64(self, path: str, name: str, value: int) -> None:
         self.set(path, name, struct.pack(">Q", value))
 
+    def set_reg(self, path: str, name: str, ranges: list[tuple[int, int]]) -> None:
+        """Set ``name`` to (address, size) pairs in the root's ``#address-cells``/``#size-cells``,
+        as the kernel's ``fdt_appendprop_addrrange`` writes ``linux,elfcorehdr`` and
+        ``linux,usable-memory-range``."""
+        ac, sc = _node_cells(self._fdt, 0)
+        self.set(path, name, b"".join(a.to_bytes(4 * ac, "big") + n.to_bytes(4 * sc, "big") for a, n in ranges))
+
     def delete(self, path: str, name: str) -> bool:
         """Delete ``name`` from the node at ``path``; False when either is not there."""
         offset = self._fdt.path_offset(path, (libfdt.NOTFOUND,))

@@ -19,12 +19,13 @@ import libfdt
 import pytest
 
 from pykexec.boot import arm64 as builder
+from pykexec.boot import elfcore
 from pykexec.boot.purgatory import arm64 as pg
 from pykexec.errors import LoadRefused, NotLoadable, PlacementError, UsageError
 from pykexec.formats import arm64_image
 from pykexec.formats.prepare import prepare
 from pykexec.machine.model import Machine
-from pykexec.machine.ranges import TypedRange
+from pykexec.machine.ranges import Range, TypedRange
 from pykexec.receivers import find
 from tests.unit.boot.purgatory_arm64_host import PL011_BASE, RAM, RAM_SIZE, Emulated
 from tests.unit.machine.dtb import dtb, reg, u32
@@ -234,10 +235,41 @@ def test_a_device_tree_over_2mib_is_refused():
         build(tree=big)
 
 
-def test_kdump_modules_and_foreign_images_are_refused():
-    with pytest.raises(LoadRefused, match="kdump"):
+CRASH = (RAM + 0x2000000, 0x1000000)                            # 16 MiB at RAM + 32 MiB
+
+
+def test_a_crash_load_lives_in_the_crash_region_and_the_tree_says_where_the_dump_is():
+    crash_machine = dataclasses.replace(machine(), crashk_res=Range(*CRASH), memory=machine().memory + (
+        TypedRange(*CRASH, "Crash kernel", 1),))
+    sources = elfcore.synthetic_sources(2, base=RAM + 0x3F00000)
+    load = builder.build_arm64_load(prepare(image(image_size=4 * MiB, payload=bytes(4096))),
+                                    initrd=b"capture-initrd", cmdline="console=ttyAMA0 capture", crash=True,
+                                    machine=crash_machine, dtb=virt_dtb(), getrandom=seeds, crash_sources=sources)
+    assert load.crash and load.plan.validate() == ()
+    for s in load.segments:
+        assert CRASH[0] <= s.mem and s.end <= CRASH[0] + CRASH[1], s.role
+    assert load.segment("kernel").mem % (2 * MiB) == 0
+    elf = load.segment("elfcorehdr")
+    ehdr, phdrs = elfcore.parse(bytes(elf.buf))
+    assert ehdr["e_machine"] == 183                                 # EM_AARCH64
+    assert [p["p_offset"] for p in phdrs if p["p_type"] == elfcore.PT_NOTE] == \
+        [n.paddr for n in sources.cpu_notes] + [sources.vmcoreinfo.paddr]
+    loads = sorted((p["p_paddr"], p["p_memsz"]) for p in phdrs if p["p_type"] == elfcore.PT_LOAD)
+    # all of RAM but the crash region (the running kernel's own pages are in the dump)
+    assert loads == [(RAM, CRASH[0] - RAM), (CRASH[0] + CRASH[1], RAM + RAM_SIZE - CRASH[0] - CRASH[1])]
+    props = chosen(bytes(load.segment("dtb").buf))
+    assert struct.unpack(">QQ", props["linux,elfcorehdr"]) == (elf.mem, len(elf.buf))
+    assert struct.unpack(">QQ", props["linux,usable-memory-range"]) == CRASH
+    assert props["bootargs"] == b"console=ttyAMA0 capture\0"
+
+
+def test_a_crash_load_without_a_crash_region_is_one_line():
+    with pytest.raises(PlacementError, match="crashkernel=SIZE"):
         builder.build_arm64_load(prepare(image(payload=bytes(64))), initrd=None, cmdline="", crash=True,
-                                 machine=machine(), dtb=virt_dtb())
+                                 machine=machine(), dtb=virt_dtb(), crash_sources=elfcore.synthetic_sources(1))
+
+
+def test_modules_and_foreign_images_are_refused():
     with pytest.raises(UsageError, match="--module"):
         build(modules=("xen",))
     other = SimpleNamespace(kernel_layer=SimpleNamespace(format="bzimage"), kernel=b"", dtb=None)
