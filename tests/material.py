@@ -89,6 +89,7 @@ __all__ = [
     "xen_hypervisor_gz",
     "ipxe_lkrn",
     "sid_arm64_image",
+    "sid_arm64_16k_image",
     "sid_arm64_config",
     "ARM64_PYTHON_ROOTS",
     "ARM64_KEXEC_TOOLS_ROOTS",
@@ -1202,6 +1203,12 @@ def sid_arm64_image() -> Path:
     return _vmlinuz(_apt(_SID), "linux-image-arm64", "arm64")
 
 
+def sid_arm64_16k_image() -> Path:
+    """sid's arm64 kernel built for 16K pages (``linux-image-arm64-16k``): its Image header
+    says 16K, and a 4K first kernel loads it through kexec_load."""
+    return _vmlinuz(_apt(_SID), "linux-image-arm64-16k", "arm64")
+
+
 def sid_arm64_config() -> Path:
     """The ``.config`` of sid_arm64_image(): 7.x ships it in linux-base-<ver>-arm64, beside
     the binary package (``usr/lib/modules/<ver>/config``)."""
@@ -1403,7 +1410,10 @@ def fetch_all(progress=None) -> dict:
         (f"arm64_zboot({c})", (lambda c=c: arm64_zboot(c))) for c in ZBOOT_COMPRESSIONS
     ] + [
         ("arm64_zboot_debian(gzip)", lambda: arm64_zboot_debian("gzip")),
+        *((f"arm64_zboot_debian({c}, sid)", (lambda c=c: arm64_zboot_debian(c, image=sid_arm64_image())))
+          for c in ("gzip", "zstd")),
         ("sid_arm64_image", sid_arm64_image),
+        ("sid_arm64_16k_image", sid_arm64_16k_image),
         ("sid_arm64_config", sid_arm64_config),
         ("arm64_python_tree", arm64_python_tree),
         ("arm64_kexec_tools_tree", arm64_kexec_tools_tree),

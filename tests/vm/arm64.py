@@ -96,7 +96,7 @@ INIT_PRELUDE = r"""#!/bin/busybox sh
 
 #: applets the busybox-only stage-2 initramfs links (harness.INIT, lib.sh, STAGE2_REPORT)
 STAGE2_APPLETS = ("sh", "mount", "umount", "mkdir", "cat", "cut", "echo", "sync", "poweroff",
-                  "sleep", "uname", "awk", "[", "test", "ls", "dmesg", "grep", "tr")
+                  "sleep", "uname", "awk", "[", "test", "ls", "dmesg", "grep", "tr", "od")
 
 
 def init_script() -> str:
