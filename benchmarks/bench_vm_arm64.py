@@ -9,7 +9,7 @@ The guest is tests/vm/arm64.py's: sid's 7.x arm64 Image under
 Python 3.13 running pykexec, and Debian's kexec-tools (kexec_load: Debian's
 arm64 kernels have no ``KEXEC_FILE``) called by its full path.  Both loaders
 load the same files: the guest's own Image (``/vm/Image``, 48 MB), the same
-initrd (~66 MB, below) and the same command line.
+initrd (64.3 MB, below) and the same command line.
 
 (a) **load**: in the first kernel, ``pykexec load --mode user`` and
     ``kexec -l`` load them alternately, RUNS times each; each load is followed
@@ -55,6 +55,10 @@ initrd (~66 MB, below) and the same command line.
     ``--same-work`` (default): before each hop's load the kernel also runs the
     other loader's load (then ``kexec -u``), so the kernel before every hop
     ran the same programs (see bench_vm_usermode.py for why).
+
+A full run (``--runs 3``: 6 loads in the first kernel, 6 hops each with
+both loads) takes about 7 minutes on the 2-core machine; kexec-tools'
+purgatory is most of it (50-66 s per hop against 3 s for ours).
 
 Run:  .venv/bin/python benchmarks/bench_vm_arm64.py [--runs 3] [--memory 2048] [--no-same-work] [--json]
 """
