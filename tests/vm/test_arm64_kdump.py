@@ -42,24 +42,14 @@ def test_kdump_through_kexec_load_finds_the_pattern():
     arm64.prepare()
     seed = h.token()
     capture_cmdline = f"console={arm64.CONSOLE} stage=2 panic=-1 nr_cpus=1 marker={h.token()}"
-    pattern = kp.pattern_code(seed)
     g = arm64.Guest("arm64-kdump-user")
-    g.file("/vm/holder.py", f"#!{arm64.GUEST_PYTHON}\n" + pattern + kp.HOLDER, mode=0o755)
+    pattern = kp.add_holder(g, seed, python=arm64.GUEST_PYTHON)
     g.stage(1, h.sh_script(f"""
 mark crash-size "$(cat /sys/kernel/kexec_crash_size)"
 show iomem1 /proc/iomem
 run load pykexec load --mode user --crash {arm64.GUEST_IMAGE} --initrd {h.GUEST_INITRD} --command-line "{capture_cmdline}" --json || exit 1
 mark crash-loaded "$(cat /sys/kernel/kexec_crash_loaded)"
-/vm/holder.py &
-i=0
-while [ ! -f /tmp/holder.ready ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
-[ -f /tmp/holder.ready ] || {{ mark holder-not-ready; exit 1; }}
-mark holder-ready "$(cat /tmp/holder.ready)"
-echo 1 > /proc/sys/kernel/sysrq
-mark crashing
-echo c > /proc/sysrq-trigger
-mark still-alive
-"""))
+""" + kp.PANIC))
     g.stage(2, arm64.py_script(pattern + """
 mark("cmdline", open("/proc/cmdline").read().strip())
 for line in open("/proc/iomem"):
