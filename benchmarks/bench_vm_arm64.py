@@ -81,7 +81,7 @@ if str(ROOT) not in sys.path:
 from tests.vm import arm64  # noqa: E402
 from tests.vm import harness as h  # noqa: E402
 from tests.vm import usermode_support as um  # noqa: E402
-from bench_vm_usermode import hops  # noqa: E402
+from bench_vm_usermode import hops, report_hops, report_loads  # noqa: E402
 from vmmeasure import MEASURE  # noqa: E402
 
 #: QEMU virt's PL011 (the new kernel's early console)
@@ -240,7 +240,6 @@ def main(argv: list[str] | None = None) -> int:
     for k, r in failed:
         print(f"FAILED {k}: rc={r['rc']} {r['err'].strip()}", file=sys.stderr)
 
-    med = um.median
     sizes = {v.split()[1] for v in serial.values("initrd-bytes")}
     images = {v.split()[1] for v in serial.values("image-bytes")}
     print(f"guest: {args.memory} MiB, TCG (-cpu {os.environ.get('PYKEXEC_VM_ARM64_CPU', arm64.DEFAULT_CPU)}), "
@@ -248,38 +247,13 @@ def main(argv: list[str] | None = None) -> int:
           f"initrd {', '.join(sorted(sizes))} bytes, {args.runs} runs each; "
           f"QEMU {serial.seconds:.0f} s, whole benchmark {wall:.0f} s")
     print()
-    print("(a) load: whole process, medians")
-    print(f"{'case':<28} {'wall s':>8} {'min':>7} {'max':>7} {'user s':>8} {'sys s':>7} {'peak RSS MiB':>13}")
-    for key, rs in loads.items():
-        walls = [r["wall"] for r in rs]
-        print(f"{key:<28} {med(walls):8.2f} {min(walls):7.2f} {max(walls):7.2f} "
-              f"{med([r['utime'] for r in rs]):8.2f} {med([r['stime'] for r in rs]):7.2f} "
-              f"{med([r['maxrss_kib'] for r in rs]) / 1024:13.1f}")
-    p, k = loads["pykexec load --mode user"], loads["kexec -l"]
-    print(f"pykexec / kexec-tools: wall x{med([r['wall'] for r in p]) / med([r['wall'] for r in k]):.2f}, "
-          f"peak RSS x{med([r['maxrss_kib'] for r in p]) / med([r['maxrss_kib'] for r in k]):.2f}"
-          "  (target: wall <= 1.5x)")
+    report_loads(loads, "kexec -l", "  (target: wall <= 1.5x)")
     context = json.loads(serial.value("bench-context"))
     for key, r in context.items():
         print(f"  {key:<26} {r['wall']:8.2f} {'(once)':>15} {r['utime']:8.2f} {r['stime']:7.2f} "
               f"{r['maxrss_kib'] / 1024:13.1f}")
     print()
-    print("(b) exec -> next kernel, host seconds from 'Starting new kernel' (per hop, then medians)")
-    print(f"{'hop':>3} {'loader':<12} {'first line':>10} {'Linux version':>14} {'/init':>8} {'unpack*':>8}"
-          "  first line")
-    for r in chain:
-        print(f"{r['stage']:>3} {r['loader']:<12} {r['to_first']:10.2f} {r['to_version']:14.2f} "
-              f"{r['to_init']:8.2f} {r['unpack']:8.2f}  {r['first_line']}")
-    by = {name: [r for r in chain if r["loader"] == name] for name in ("pykexec", "kexec-tools")}
-    for name, rs in by.items():
-        print(f"    {name:<12} {med([r['to_first'] for r in rs]):10.2f} "
-              f"{med([r['to_version'] for r in rs]):14.2f} {med([r['to_init'] for r in rs]):8.2f} "
-              f"{med([r['unpack'] for r in rs]):8.2f}  (median)")
-    print("    * unpack: 'Trying to unpack rootfs' to 'Freeing initrd memory', by the new kernel's printk clock")
-    pf, kf = (med([r["to_first"] for r in by[n]]) for n in ("pykexec", "kexec-tools"))
-    pi, ki = (med([r["to_init"] for r in by[n]]) for n in ("pykexec", "kexec-tools"))
-    print(f"pykexec / kexec-tools: to first line x{pf / kf:.2f} ({pf - kf:+.2f} s), "
-          f"to /init x{pi / ki:.2f} ({pi - ki:+.2f} s)  (target: first line <= 1.0x)")
+    report_hops(chain, "  (target: first line <= 1.0x)")
     print(f"serial log with host stamps: {g.dir / 'serial.stamped'}")
     return 1 if failed else 0
 

@@ -240,18 +240,31 @@ def main(argv: list[str] | None = None) -> int:
           f"{serial.value('kexec-tools')}, initrd {', '.join(sorted(sizes))} bytes, "
           f"{args.runs} runs each; whole chain {serial.seconds:.0f} s")
     print()
+    report_loads(loads, "kexec -c -l")
+    print()
+    report_hops(chain)
+    print(f"serial log with host stamps: {g.dir / 'serial.stamped'}")
+    return 1 if failed else 0
+
+
+def report_loads(loads: dict, peer: str, target: str = "") -> None:
+    """Part (a)'s table: per loader the medians of wall, user, sys and peak RSS; then the ratios."""
+    med = um.median
     print("(a) load: whole process, medians")
     print(f"{'case':<28} {'wall s':>8} {'min':>7} {'max':>7} {'user s':>8} {'sys s':>7} {'peak RSS MiB':>13}")
-    med = um.median
     for key, rs in loads.items():
         walls = [r["wall"] for r in rs]
         print(f"{key:<28} {med(walls):8.2f} {min(walls):7.2f} {max(walls):7.2f} "
               f"{med([r['utime'] for r in rs]):8.2f} {med([r['stime'] for r in rs]):7.2f} "
               f"{med([r['maxrss_kib'] for r in rs]) / 1024:13.1f}")
-    p, k = loads["pykexec load --mode user"], loads["kexec -c -l"]
+    p, k = loads["pykexec load --mode user"], loads[peer]
     print(f"pykexec / kexec-tools: wall x{med([r['wall'] for r in p]) / med([r['wall'] for r in k]):.2f}, "
-          f"peak RSS x{med([r['maxrss_kib'] for r in p]) / med([r['maxrss_kib'] for r in k]):.2f}")
-    print()
+          f"peak RSS x{med([r['maxrss_kib'] for r in p]) / med([r['maxrss_kib'] for r in k]):.2f}{target}")
+
+
+def report_hops(chain: list[dict], target: str = "") -> None:
+    """Part (b)'s table: per hop the host seconds from 'Starting new kernel', then medians and ratios."""
+    med = um.median
     print("(b) exec -> next kernel, host seconds from 'Starting new kernel' (per hop, then medians)")
     print(f"{'hop':>3} {'loader':<12} {'first line':>10} {'Linux version':>14} {'/init':>8} {'unpack*':>8}"
           "  first line")
@@ -267,9 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     pf, kf = (med([r["to_first"] for r in by[n]]) for n in ("pykexec", "kexec-tools"))
     pi, ki = (med([r["to_init"] for r in by[n]]) for n in ("pykexec", "kexec-tools"))
     print(f"pykexec / kexec-tools: to first line x{pf / kf:.2f} ({pf - kf:+.2f} s), "
-          f"to /init x{pi / ki:.2f} ({pi - ki:+.2f} s)")
-    print(f"serial log with host stamps: {g.dir / 'serial.stamped'}")
-    return 1 if failed else 0
+          f"to /init x{pi / ki:.2f} ({pi - ki:+.2f} s){target}")
 
 
 if __name__ == "__main__":
