@@ -65,7 +65,6 @@ Run:  .venv/bin/python benchmarks/bench_vm_arm64.py [--runs 3] [--memory 2048] [
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -81,8 +80,8 @@ if str(ROOT) not in sys.path:
 from tests.vm import arm64  # noqa: E402
 from tests.vm import harness as h  # noqa: E402
 from tests.vm import usermode_support as um  # noqa: E402
-from bench_vm_usermode import hops, report_hops, report_loads  # noqa: E402
-from vmmeasure import MEASURE  # noqa: E402
+from bench_vm_usermode import chain_arguments, chain_results, report_hops, report_loads  # noqa: E402
+from vmmeasure import CHAIN, MEASURE, NEWC  # noqa: E402
 
 #: QEMU virt's PL011 (the new kernel's early console)
 EARLYCON = "earlycon=pl011,0x9000000"
@@ -99,23 +98,7 @@ m = re.search(r"(?:^|\s)stage=(\d+)", open("/proc/cmdline").read())
 STAGE = int(m.group(1)) if m else 1
 NEXT_CMDLINE = "console={console} {earlycon} panic=-1 stage=%d" % (STAGE + 1)
 
-def newc(out, entries):
-    """entries: [(name in the archive, host path)]; regular files, then the trailer."""
-    ino = 1
-    def header(name, size, mode):
-        nonlocal ino
-        raw = name.encode() + b"\0"
-        fields = (ino, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, len(raw), 0)
-        out.write(b"070701" + b"".join(b"%08X" % v for v in fields) + raw)
-        out.write(b"\0" * (-(110 + len(raw)) % 4))
-        ino += 1
-    for name, path in entries:
-        size = os.path.getsize(path)
-        header(name, size, 0o100644)
-        with open(path, "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
-        out.write(b"\0" * (-size % 4))
-    header("TRAILER!!!", 0, 0)
+{newc}
 
 # the kernel of the chain's later stages: the Image carried gzip'd, inflated to the same bytes
 if not os.path.exists(IMAGE):
@@ -138,22 +121,11 @@ def pykexec_load():
 def kt_load():
     return [KT, "-l", IMAGE, "--initrd", INITRD, "--command-line", NEXT_CMDLINE]
 
-def unload():
-    subprocess.run([KT, "-u"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
 {measure}
 
-if STAGE == 1:
-    mark("kexec-tools", subprocess.run([KT, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True).stdout.strip())
-    results = {{}}
-    for i in range(RUNS):
-        for name, argv in (("pykexec load --mode user", pykexec_load()), ("kexec -l", kt_load())):
-            r = measure(argv)
-            results.setdefault(name, []).append(r)
-            mark("run", name.replace(" ", "_"), i, json.dumps(r))
-            unload()
-    mark("bench-load", json.dumps(results))
+PEER = "kexec -l"
+
+def stage1_extra():
     # context, once: the interpreter alone, pykexec's start-up, and the SHA-256 of the two files
     # (what both loaders hash) by the guest's OpenSSL through hashlib
     context = {{name: measure(argv) for name, argv in (
@@ -164,29 +136,8 @@ if STAGE == 1:
                                          IMAGE, INITRD]))}}
     mark("bench-context", json.dumps(context))
 
-if STAGE > HOPS:
-    mark("chain-done", STAGE)
-    raise SystemExit(0)
 
-loader = "pykexec" if STAGE % 2 else "kexec-tools"
-if SAME_WORK and STAGE > 1:
-    # the other loader first (and unload), so that the kernel before every hop did the same work
-    other = measure(kt_load() if loader == "pykexec" else pykexec_load())
-    mark("hop-other-load", STAGE, json.dumps(other))
-    unload()
-r = measure(pykexec_load() if loader == "pykexec" else kt_load())
-mark("hop-load", STAGE, loader, json.dumps(r))
-if r["rc"] != 0 or open("/sys/kernel/kexec_loaded").read().strip() != "1":
-    mark("hop-failed", STAGE, loader, r["err"].replace("\n", " | "))
-    raise SystemExit(1)
-with open("/proc/sys/kernel/printk", "w") as f:
-    f.write("8")   # show kexec_core's "Starting new kernel" (KERN_NOTICE) despite "quiet"
-mark("hop", STAGE, loader)
-os.sync()
-libc = ctypes.CDLL(None, use_errno=True)
-libc.reboot(ctypes.c_int(0x45584543))   # LINUX_REBOOT_CMD_KEXEC
-mark("hop-exec-failed", STAGE, os.strerror(ctypes.get_errno()))
-raise SystemExit(1)
+{chain}
 '''
 
 
@@ -199,23 +150,14 @@ def image_gz(image: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=3, help="runs of each loader, for (a) and for (b) (default 3)")
-    ap.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB (default 2048)")
-    ap.add_argument("--json", action="store_true", help="print the raw results as JSON")
-    ap.add_argument("--same-work", action=argparse.BooleanOptionalAction, default=True,
-                    help="before each hop's load, run the other loader's load too (then unload), so the "
-                         "kernel before every hop did the same work (default)")
-    args = ap.parse_args(argv)
-    if args.runs < 1:
-        ap.error("--runs must be at least 1")
+    args = chain_arguments(__doc__, argv)
 
     t_start = time.monotonic()
     count = 2 * args.runs
     arm64.prepare()
     g = arm64.Guest("bench-vm-arm64")
     g.embed(GUEST_IMAGE_GZ, image_gz(g.kernel, g.dir / "Image.gz"))
-    script = arm64.py_script(GUEST.format(
+    script = arm64.py_script(GUEST.format(newc=NEWC, chain=CHAIN,
         measure=MEASURE, runs=args.runs, hops=count, kexec_tools=arm64.GUEST_KEXEC_TOOLS,
         same_work=args.same_work, image=arm64.GUEST_IMAGE, image_gz=GUEST_IMAGE_GZ,
         console=arm64.CONSOLE, earlycon=EARLYCON))
@@ -224,12 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     boot = um.boot_stamped_arm64(g, memory=args.memory,
                                  timeout=300 + 120 * args.runs + (240 if args.same_work else 180) * count)
     serial = boot.serial
-    if not serial.has("bench-load"):
-        serial.fail("the guest printed no load benchmark")
-    if not serial.has("chain-done"):
-        serial.fail("the chain of kexecs did not reach its end")
-    loads = json.loads(serial.value("bench-load"))
-    chain = hops(boot, count)
+    loads, chain = chain_results(boot, count)
     wall = time.monotonic() - t_start
     if args.json:
         print(json.dumps({"load": loads, "context": json.loads(serial.value("bench-context")), "hops": chain,
