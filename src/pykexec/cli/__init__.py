@@ -276,6 +276,14 @@ def _configure_logging(debug: bool) -> None:
                         format="pykexec: %(message)s")
 
 
+def os_error(e: OSError) -> str:
+    """One line for an OSError: the file when there is one, the reason and its errno name."""
+    import errno
+    name = errno.errorcode.get(e.errno, "") if e.errno else ""
+    reason = f"{e.strerror or e}" + (f" ({name})" if name else "")
+    return f"{e.filename}: {reason}" if e.filename else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -302,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if debug:
             raise
-        print(f"pykexec: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        print(f"pykexec: error: {os_error(e)}", file=sys.stderr)
         return 2 if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)) else 1
     except MemoryError:
         print("pykexec: error: out of memory; lower --max-output", file=sys.stderr)

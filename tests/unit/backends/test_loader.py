@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from pykexec import api
 from pykexec.backends.linux import control, policy
 from pykexec.backends.linux.syscalls import (KEXEC_FILE_DEBUG, KEXEC_FILE_NO_INITRAMFS,
                                     KEXEC_FILE_ON_CRASH, KEXEC_FILE_UNLOAD)
-from pykexec.errors import LoadRefused, SignatureRejected, SyscallError, UsageError
+from pykexec.errors import LoadRefused, PykexecError, SignatureRejected, SyscallError, UsageError
 
 from pykexec.machine import description
 from pykexec.machine.model import Machine
@@ -228,6 +229,44 @@ def test_lock_serialises(tmp_path):
         with pytest.raises(Exception, match="load lock"):
             with policy.LoadLock(timeout=0.2, paths=paths):
                 pass
+
+
+@pytest.mark.parametrize("err", sorted(policy.NO_LOCKING_ERRNOS))
+def test_a_kernel_without_file_locking_loads_unserialised_and_says_so(tmp_path, monkeypatch, caplog, err):
+    def no_locks(fd, op):
+        raise OSError(err, os.strerror(err))
+    monkeypatch.setattr(policy.fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING"):
+        with policy.LoadLock(paths=(tmp_path / "lock",)):
+            pass
+    assert "CONFIG_FILE_LOCKING" in caplog.text and os.strerror(err) in caplog.text
+
+
+def test_another_flock_failure_names_the_call(tmp_path, monkeypatch):
+    def broken(fd, op):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    monkeypatch.setattr(policy.fcntl, "flock", broken)
+    with pytest.raises(PykexecError, match=r"flock of the load lock: Input/output error \(EIO\)"):
+        with policy.LoadLock(paths=(tmp_path / "lock",)):
+            pass
+
+
+def test_a_kernel_without_memfd_gets_the_reason_and_a_way_out(monkeypatch):
+    from pykexec.backends.linux import syscalls
+
+    def no_memfd(name, flags):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+    monkeypatch.setattr(syscalls.os, "memfd_create", no_memfd)
+    with pytest.raises(PykexecError, match=r"memfd_create: Function not implemented.*CONFIG_MEMFD_CREATE.*"
+                                           r"plain kernel file, or use --mode user"):
+        syscalls.memfd("kernel", b"data")
+
+
+def test_an_os_error_without_a_file_names_its_errno():
+    from pykexec.cli import os_error
+    assert os_error(OSError(errno.ENOSYS, "Function not implemented")) == "Function not implemented (ENOSYS)"
+    assert os_error(FileNotFoundError(errno.ENOENT, "No such file or directory", "/x")) == \
+        "/x: No such file or directory (ENOENT)"
 
 
 def test_unsigned_image_refused_under_lockdown_before_any_call(tmp_path, sysfs):
