@@ -186,6 +186,45 @@ def _long_name(data: Buffer, s: PeSection) -> PeSection:
     return replace(s, name=raw.decode("ascii", "replace")) if raw else s
 
 
+#: component names (:func:`components`) of PE images that are not kernels, and what to call them
+NOT_KERNELS = {"shim": "shim, a first-stage boot loader", "grub": "GRUB, a boot loader",
+               "systemd-boot": "systemd-boot, a boot manager",
+               "systemd-stub": "systemd-stub alone (a UKI's stub without its .linux)",
+               "systemd-addon": "a UKI add-on (command line, initrd or DTB for a UKI)",
+               "fwupd-efi": "fwupd's firmware updater", "ipxe": "iPXE, a network boot loader",
+               "memtest86+": "memtest86+, a memory tester"}
+
+
+def components(data: Buffer, header: PeHeader) -> list[str]:
+    """What the image says it is: the component names of its ``.sbat`` section (the SBAT spec's
+    CSV, after the "sbat" header line), then the name in systemd's ``.sdmagic``
+    ("#### LoaderInfo: systemd-addon 262.1-1 ####")."""
+    names = []
+    for s in header.sections:
+        if s.name not in (".sbat", ".sdmagic"):
+            continue
+        text = bytes(section_data(data, s, "pe")).split(b"\0", 1)[0].decode("utf-8", "replace")
+        if s.name == ".sbat":
+            lines = [line.split(",", 1)[0].strip() for line in text.splitlines() if line.strip()]
+            names += [n for n in lines[1:] if n]
+        elif text.startswith("#### LoaderInfo: "):
+            names += text[len("#### LoaderInfo: "):].split()[:1]
+    return names
+
+
+def not_a_kernel(data: Buffer) -> str | None:
+    """What a PE image is when its SBAT or LoaderInfo says it is a boot loader, a stub alone or an
+    add-on (None: it may be a kernel's EFI stub).  Decided from the PE alone, before anything runs it."""
+    try:
+        header = read_header(data)
+        names = components(data, header)
+    except FormatError:
+        return None
+    if any(s.name == ".linux" for s in header.sections):
+        return None
+    return next((NOT_KERNELS[n] for n in names if n in NOT_KERNELS), None)
+
+
 def _read_plain(data: Buffer):
     """The header fields of a PE in the plain shape, as pefile would read them; None otherwise.
 
