@@ -64,7 +64,7 @@ if str(ROOT) not in sys.path:
 
 from tests.vm import harness as h  # noqa: E402
 from tests.vm import usermode_support as um  # noqa: E402
-from vmmeasure import MEASURE  # noqa: E402
+from vmmeasure import CHAIN, MEASURE, NEWC  # noqa: E402
 
 GUEST = r'''
 import ctypes, json, os, re, shutil, subprocess, tempfile, time
@@ -76,23 +76,7 @@ m = re.search(r"(?:^|\s)stage=(\d+)", open("/proc/cmdline").read())
 STAGE = int(m.group(1)) if m else 1
 NEXT_CMDLINE = "console=ttyS0 panic=-1 earlyprintk=serial,ttyS0,115200 stage=%d" % (STAGE + 1)
 
-def newc(out, entries):
-    """entries: [(name in the archive, host path)]; regular files, then the trailer."""
-    ino = 1
-    def header(name, size, mode):
-        nonlocal ino
-        raw = name.encode() + b"\0"
-        fields = (ino, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, len(raw), 0)
-        out.write(b"070701" + b"".join(b"%08X" % v for v in fields) + raw)
-        out.write(b"\0" * (-(110 + len(raw)) % 4))
-        ino += 1
-    for name, path in entries:
-        size = os.path.getsize(path)
-        header(name, size, 0o100644)
-        with open(path, "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
-        out.write(b"\0" * (-size % 4))
-    header("TRAILER!!!", 0, 0)
+{newc}
 
 # the next kernel's initrd: this initramfs + (kernel, this initramfs), so the chain can go on
 INITRD = "/tmp/next.img"
@@ -114,41 +98,12 @@ def kt_load():
 
 {measure}
 
-if STAGE == 1:
-    mark("kexec-tools", subprocess.run([KT, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True).stdout.strip())
-    results = {{}}
-    for i in range(RUNS):
-        for name, argv in (("pykexec load --mode user", pykexec_load()), ("kexec -c -l", kt_load())):
-            r = measure(argv)
-            results.setdefault(name, []).append(r)
-            mark("run", name.replace(" ", "_"), i, json.dumps(r))
-            subprocess.run([KT, "-u"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    mark("bench-load", json.dumps(results))
+PEER = "kexec -c -l"
 
-if STAGE > HOPS:
-    mark("chain-done", STAGE)
-    raise SystemExit(0)
+def stage1_extra():
+    pass
 
-loader = "pykexec" if STAGE % 2 else "kexec-tools"
-if SAME_WORK and STAGE > 1:
-    # the other loader first (and unload), so that the kernel before every hop did the same work
-    other = measure(kt_load() if loader == "pykexec" else pykexec_load())
-    mark("hop-other-load", STAGE, json.dumps(other))
-    subprocess.run([KT, "-u"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-r = measure(pykexec_load() if loader == "pykexec" else kt_load())
-mark("hop-load", STAGE, loader, json.dumps(r))
-if r["rc"] != 0 or open("/sys/kernel/kexec_loaded").read().strip() != "1":
-    mark("hop-failed", STAGE, loader)
-    raise SystemExit(1)
-with open("/proc/sys/kernel/printk", "w") as f:
-    f.write("8")   # show kexec_core's "Starting new kernel" (KERN_NOTICE) despite "quiet"
-mark("hop", STAGE, loader)
-os.sync()
-libc = ctypes.CDLL(None, use_errno=True)
-libc.reboot(ctypes.c_int(0x45584543))   # LINUX_REBOOT_CMD_KEXEC
-mark("hop-exec-failed", STAGE, os.strerror(ctypes.get_errno()))
-raise SystemExit(1)
+{chain}
 '''
 
 TIMESTAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
@@ -203,31 +158,18 @@ def hops(boot: um.StampedBoot, count: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=3, help="runs of each loader, for (a) and for (b)")
-    ap.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB")
-    ap.add_argument("--json", action="store_true", help="print the raw results as JSON")
-    ap.add_argument("--same-work", action=argparse.BooleanOptionalAction, default=True,
-                    help="before each hop's load, run the other loader's load too (then unload), so the "
-                         "kernel before every hop did the same work (default; separates the loaders' effect "
-                         "on the next kernel from what ran before the exec)")
-    args = ap.parse_args(argv)
+    args = chain_arguments(__doc__, argv)
 
     count = 2 * args.runs
     h.prepare()
     g = h.Guest("bench-vm-usermode")
-    script = h.py_script(GUEST.format(measure=MEASURE, runs=args.runs, hops=count, kexec_tools=h.GUEST_KEXEC_TOOLS,
+    script = h.py_script(GUEST.format(newc=NEWC, chain=CHAIN, measure=MEASURE, runs=args.runs, hops=count, kexec_tools=h.GUEST_KEXEC_TOOLS,
                                      same_work=args.same_work))
     for stage in range(1, count + 2):
         g.stage(stage, script)
     boot = um.boot_stamped(g, memory=args.memory, timeout=600 + 150 * args.runs + (300 if args.same_work else 240) * count)
     serial = boot.serial
-    if not serial.has("bench-load"):
-        serial.fail("the guest printed no load benchmark")
-    if not serial.has("chain-done"):
-        serial.fail("the chain of kexecs did not reach its end")
-    loads = json.loads(serial.value("bench-load"))
-    chain = hops(boot, count)
+    loads, chain = chain_results(boot, count)
     if args.json:
         print(json.dumps({"load": loads, "hops": chain}, indent=1))
 
@@ -240,18 +182,57 @@ def main(argv: list[str] | None = None) -> int:
           f"{serial.value('kexec-tools')}, initrd {', '.join(sorted(sizes))} bytes, "
           f"{args.runs} runs each; whole chain {serial.seconds:.0f} s")
     print()
+    report_loads(loads, "kexec -c -l")
+    print()
+    report_hops(chain)
+    print(f"serial log with host stamps: {g.dir / 'serial.stamped'}")
+    return 1 if failed else 0
+
+
+def chain_results(boot: um.StampedBoot, count: int) -> tuple[dict, list[dict]]:
+    """(part (a)'s loads, part (b)'s hops) from a chain that reached its end."""
+    serial = boot.serial
+    if not serial.has("bench-load"):
+        serial.fail("the guest printed no load benchmark")
+    if not serial.has("chain-done"):
+        serial.fail("the chain of kexecs did not reach its end")
+    return json.loads(serial.value("bench-load")), hops(boot, count)
+
+
+def chain_arguments(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """The options of a chain benchmark (this one and bench_vm_arm64.py), parsed."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3, help="runs of each loader, for (a) and for (b) (default 3)")
+    ap.add_argument("--memory", type=int, default=2048, help="guest RAM in MiB (default 2048)")
+    ap.add_argument("--json", action="store_true", help="print the raw results as JSON")
+    ap.add_argument("--same-work", action=argparse.BooleanOptionalAction, default=True,
+                    help="before each hop's load, run the other loader's load too (then unload), so the "
+                         "kernel before every hop did the same work (default; separates the loaders' effect "
+                         "on the next kernel from what ran before the exec)")
+    args = ap.parse_args(argv)
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    return args
+
+
+def report_loads(loads: dict, peer: str, target: str = "") -> None:
+    """Part (a)'s table: per loader the medians of wall, user, sys and peak RSS; then the ratios."""
+    med = um.median
     print("(a) load: whole process, medians")
     print(f"{'case':<28} {'wall s':>8} {'min':>7} {'max':>7} {'user s':>8} {'sys s':>7} {'peak RSS MiB':>13}")
-    med = um.median
     for key, rs in loads.items():
         walls = [r["wall"] for r in rs]
         print(f"{key:<28} {med(walls):8.2f} {min(walls):7.2f} {max(walls):7.2f} "
               f"{med([r['utime'] for r in rs]):8.2f} {med([r['stime'] for r in rs]):7.2f} "
               f"{med([r['maxrss_kib'] for r in rs]) / 1024:13.1f}")
-    p, k = loads["pykexec load --mode user"], loads["kexec -c -l"]
+    p, k = loads["pykexec load --mode user"], loads[peer]
     print(f"pykexec / kexec-tools: wall x{med([r['wall'] for r in p]) / med([r['wall'] for r in k]):.2f}, "
-          f"peak RSS x{med([r['maxrss_kib'] for r in p]) / med([r['maxrss_kib'] for r in k]):.2f}")
-    print()
+          f"peak RSS x{med([r['maxrss_kib'] for r in p]) / med([r['maxrss_kib'] for r in k]):.2f}{target}")
+
+
+def report_hops(chain: list[dict], target: str = "") -> None:
+    """Part (b)'s table: per hop the host seconds from 'Starting new kernel', then medians and ratios."""
+    med = um.median
     print("(b) exec -> next kernel, host seconds from 'Starting new kernel' (per hop, then medians)")
     print(f"{'hop':>3} {'loader':<12} {'first line':>10} {'Linux version':>14} {'/init':>8} {'unpack*':>8}"
           "  first line")
@@ -267,9 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     pf, kf = (med([r["to_first"] for r in by[n]]) for n in ("pykexec", "kexec-tools"))
     pi, ki = (med([r["to_init"] for r in by[n]]) for n in ("pykexec", "kexec-tools"))
     print(f"pykexec / kexec-tools: to first line x{pf / kf:.2f} ({pf - kf:+.2f} s), "
-          f"to /init x{pi / ki:.2f} ({pi - ki:+.2f} s)")
-    print(f"serial log with host stamps: {g.dir / 'serial.stamped'}")
-    return 1 if failed else 0
+          f"to /init x{pi / ki:.2f} ({pi - ki:+.2f} s){target}")
 
 
 if __name__ == "__main__":

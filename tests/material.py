@@ -89,6 +89,7 @@ __all__ = [
     "xen_hypervisor_gz",
     "ipxe_lkrn",
     "sid_arm64_image",
+    "sid_arm64_16k_image",
     "sid_arm64_config",
     "ARM64_PYTHON_ROOTS",
     "ARM64_KEXEC_TOOLS_ROOTS",
@@ -875,6 +876,7 @@ def build_uki(
     initrd: Optional[PathLike] = None,
     ucode: Optional[PathLike] = None,
     dtb: Optional[PathLike] = None,
+    dtbauto: Sequence[PathLike] = (),
     profiles: Iterable[Mapping] = (),
     osrel: Union[None, str, bytes, PathLike] = None,
     uname: Optional[str] = None,
@@ -884,7 +886,8 @@ def build_uki(
     """Build a UKI at ``out`` with sid's ukify.
 
     ``cmdline`` is the text of .cmdline (str or bytes, written verbatim);
-    ``initrd``, ``ucode``, ``dtb`` are files; ``osrel`` is text or a file
+    ``initrd``, ``ucode``, ``dtb`` are files, ``dtbauto`` files for .dtbauto
+    sections (ukify ``--devicetree-auto``); ``osrel`` is text or a file
     (default: ukify's default, the host's os-release); ``uname`` the .uname
     text.
 
@@ -913,6 +916,8 @@ def build_uki(
             args += ["--microcode", os.fspath(ucode)]
         if dtb is not None:
             args += ["--devicetree", os.fspath(dtb)]
+        for auto in dtbauto:
+            args += ["--devicetree-auto", os.fspath(auto)]
         o = _blob_arg(osrel, tmp, "os-release")
         if o is not None:
             args += ["--os-release", "@" + o]
@@ -1150,8 +1155,8 @@ def arm64_zboot(compression: str = "gzip") -> tuple:
     return final / "vmlinuz.efi", final / "Image"
 
 
-def arm64_zboot_debian(compression: str = "gzip") -> tuple:
-    """A zboot whose payload is Debian's own arm64 Image (arm64_image(), ~35 MiB).
+def arm64_zboot_debian(compression: str = "gzip", image: Optional[PathLike] = None) -> tuple:
+    """A zboot whose payload is Debian's own arm64 Image (``image``, default arm64_image(), ~35 MiB).
 
     The kernel's zboot rules (drivers/firmware/efi/libstub/Makefile.zboot) wrap
     whatever arch/arm64/boot/Image holds, so the build tree of arm64_zboot() wraps
@@ -1162,10 +1167,11 @@ def arm64_zboot_debian(compression: str = "gzip") -> tuple:
     """
     if compression not in ZBOOT_COMPRESSIONS:
         raise ValueError(f"compression must be one of {sorted(ZBOOT_COMPRESSIONS)}, not {compression!r}")
-    debian = arm64_image()
+    debian = Path(image) if image is not None else arm64_image()
     src = linux_source_tree()
     srckey = src.parent.name
-    final = cache_root() / "zboot" / f"arm64-debian_{debian.parents[1].name}_{srckey}_{compression}"
+    package = _safe("_".join(package_of(debian)))
+    final = cache_root() / "zboot" / f"arm64-debian_{package}_{srckey}_{compression}"
     if _done(final):
         return final / "vmlinuz.efi", final / "Image"
     with _lock("zboot-build-" + srckey):
@@ -1195,6 +1201,12 @@ def sid_arm64_image() -> Path:
     """The newest arm64 kernel of sid (7.x): ``usr/lib/modules/<ver>/vmlinuz`` of
     linux-binary-*-arm64, an uncompressed Image with a PE header (the arm64 guest's kernel)."""
     return _vmlinuz(_apt(_SID), "linux-image-arm64", "arm64")
+
+
+def sid_arm64_16k_image() -> Path:
+    """sid's arm64 kernel built for 16K pages (``linux-image-arm64-16k``): its Image header
+    says 16K, and a 4K first kernel loads it through kexec_load."""
+    return _vmlinuz(_apt(_SID), "linux-image-arm64-16k", "arm64")
 
 
 def sid_arm64_config() -> Path:
@@ -1398,7 +1410,10 @@ def fetch_all(progress=None) -> dict:
         (f"arm64_zboot({c})", (lambda c=c: arm64_zboot(c))) for c in ZBOOT_COMPRESSIONS
     ] + [
         ("arm64_zboot_debian(gzip)", lambda: arm64_zboot_debian("gzip")),
+        *((f"arm64_zboot_debian({c}, sid)", (lambda c=c: arm64_zboot_debian(c, image=sid_arm64_image())))
+          for c in ("gzip", "zstd")),
         ("sid_arm64_image", sid_arm64_image),
+        ("sid_arm64_16k_image", sid_arm64_16k_image),
         ("sid_arm64_config", sid_arm64_config),
         ("arm64_python_tree", arm64_python_tree),
         ("arm64_kexec_tools_tree", arm64_kexec_tools_tree),

@@ -23,7 +23,7 @@ from .limits import Limits
 from .machine.model import Machine, runs_on
 from .plan.loadplan import FileLoad, LoadPlan
 from .formats.prepare import Prepared, join_initrds, prepare
-from .receivers import MODES, RECEIVERS, TABLE, Entry, backend_for, find, served
+from .receivers import MODES, RECEIVERS, TABLE, XEN_MODES, Entry, backend_for, find, served
 
 if TYPE_CHECKING:  # the syscalls load only when used
     from .backends.linux.syscalls import Status, Syscalls
@@ -102,6 +102,19 @@ def addon_dir(image: str | Path) -> list[Path]:
     return sorted(extra.glob("*.addon.efi")) if extra.is_dir() else []
 
 
+def read_dtb(path: str | Path | None) -> bytes | None:
+    """The bytes of a ``--dtb FILE``, read with a bound (an arm64 kernel takes at most 2 MiB)."""
+    if path is None:
+        return None
+    from .machine.fdt import MAX_FDT_SIZE
+    with open(path, "rb") as f:
+        data = f.read(MAX_FDT_SIZE + 1)
+    if len(data) > MAX_FDT_SIZE:
+        raise UsageError(f"--dtb {path}: larger than {MAX_FDT_SIZE} bytes, the most an arm64 kernel "
+                         "takes (booting.rst)")
+    return data
+
+
 def reuse_cmdline(proc_cmdline: Path = PROC_CMDLINE) -> str:
     """The running kernel's command line without BOOT_IMAGE= and initrd= (kexec --reuse-cmdline)."""
     words = proc_cmdline.read_text().split()
@@ -147,6 +160,7 @@ class LoadOptions:
     modules: tuple[str, ...] = ()
     checks: bool = True
     via_emulator: bool = False
+    dtb: str | Path | None = None
 
 
 @dataclass(frozen=True)
@@ -195,7 +209,7 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
         prepared = _prepare_or_emulate(files.image.data, opts, tuple(f.data for f in files.addons),
                                        limits or Limits.from_env(), host)
         _refuse_foreign(prepared, host)
-        req = _request(opts, files, prepared, host)
+        req = _request(opts, files, prepared, host, sysfs)
         names = receivers_for(opts.mode, host)
         handoffs = _Handoffs(req, table, advice)
         first = handoffs.get(names[0])
@@ -214,12 +228,16 @@ def _plan_of(handoff: Any) -> LoadPlan | None:
 
 
 def receivers_for(mode: str, machine: Machine) -> tuple[str, ...]:
-    """The receivers ``mode`` tries, in order; under Xen, ``auto`` means the hypervisor."""
+    """The receivers ``mode`` tries, in order; under Xen, the hypervisor's kexec."""
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode == "auto" and machine.under_xen:
-        return ("xen",)
-    return MODES[mode]
+    if not machine.under_xen:
+        return MODES[mode]
+    if not XEN_MODES[mode]:
+        raise UsageError(f"--mode {mode}: under Xen kexec belongs to the hypervisor, and kexec_file_load "
+                         "would load into dom0's Linux, which cannot take over the machine; use --mode "
+                         "auto or user (the kexec hypercall)")
+    return XEN_MODES[mode]
 
 
 class _Files:
@@ -330,6 +348,9 @@ def _prepare_or_emulate(data: bytes, opts: LoadOptions, addons: tuple[bytes, ...
         except (NotLoadable, UnknownFormat) as e:
             if not pe.has_pe_header(data):
                 raise
+            what = pe.not_a_kernel(data)
+            if what is not None:
+                raise NotLoadable("pe", f"is {what}, not a kernel, and holds none to load") from None
             import logging
             logging.getLogger(__name__).warning(
                 "no parser unwraps this PE image (%s); running its EFI stub in the emulator", e)
@@ -369,6 +390,8 @@ class Request:
     ``initrd`` is the joined initrd when pykexec made one (UKI sections,
     several files); otherwise the user's one initrd is passed as
     ``initrd_fd`` and read only by a receiver that needs its bytes.
+    ``dtb`` is the ``--dtb`` file's bytes and ``sysfs`` where the running
+    kernel's own device tree is read (firmware/fdt), for the arm64 builder.
     """
 
     opts: LoadOptions
@@ -379,6 +402,8 @@ class Request:
     initrd_fd: int | None
     initrd_data: Any
     cmdline: str | None
+    dtb: Any = None
+    sysfs: Path = Path("/sys")
 
     @property
     def crash(self) -> bool:
@@ -389,7 +414,7 @@ class Request:
         return self.prepared.kernel_layer
 
 
-def _request(opts: LoadOptions, files: _Files, prepared: Prepared, machine: Machine) -> Request:
+def _request(opts: LoadOptions, files: _Files, prepared: Prepared, machine: Machine, sysfs: Path) -> Request:
     initrds = files.initrds
     if not prepared.initrds and len(initrds) == 1:
         initrd, initrd_fd = None, initrds[0].fd
@@ -400,7 +425,8 @@ def _request(opts: LoadOptions, files: _Files, prepared: Prepared, machine: Mach
     return Request(opts=opts, prepared=prepared, machine=machine,
                    kernel_fd=files.image.fd if prepared.kernel_is_input else None,
                    initrd=initrd, initrd_fd=initrd_fd,
-                   initrd_data=initrd if initrd_fd is None else initrds[0].data, cmdline=cmdline)
+                   initrd_data=initrd if initrd_fd is None else initrds[0].data, cmdline=cmdline,
+                   dtb=read_dtb(opts.dtb), sysfs=sysfs)
 
 
 class _Handoffs:
@@ -478,7 +504,8 @@ class _Handoffs:
         built = entry.build(req.prepared, initrd=req.initrd_data, cmdline=req.cmdline, crash=req.crash,
                             machine=req.machine,
                             modules=tuple(load_module(m) for m in req.opts.modules),
-                            checks=req.opts.checks, image_name=Path(req.opts.image).name)
+                            checks=req.opts.checks, image_name=Path(req.opts.image).name, dtb=req.dtb,
+                            sys_root=req.sysfs)
         if self.advice is not None:
             self._predict(target)
         return built

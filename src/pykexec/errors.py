@@ -168,7 +168,10 @@ class EmulationFault(EmulationError):
 
 
 class StubExited(EmulationError):
-    """The stub returned or called Exit() (or ResetSystem) instead of starting the kernel."""
+    """The stub returned or called Exit() (or ResetSystem) instead of starting the kernel: the
+    image is not a kernel that boots this way, which is bad input (exit 2)."""
+
+    exit_code = 2
 
 
 class EmulatorUnavailable(PykexecError):

@@ -8,7 +8,9 @@ one machine architecture and the kernel layers it boots there:
 
 * the **planner**, which predicts where the receiver puts each segment;
 * the **builder**, which makes every byte of a user-mode load (and whose
-  plan is then the load itself);
+  plan is then the load itself); every builder takes ``(prepared, *,
+  initrd, cmdline, crash, machine, modules, checks, image_name, dtb,
+  sys_root)``;
 * the **purgatory**, whose size and entry the planner must find room for;
 * **accepts**, the receiver's own probe (``bzImage64_probe``), which picks
   the default receiver for an image.
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
 TARGETS = ("linux-file", "linux-user", "xen", "xen-efi")
 #: ``load --mode``: the receivers tried, in order (auto falls back as kexec-tools' -a does)
 MODES = {"file": ("linux-file",), "user": ("linux-user",), "auto": ("linux-file", "linux-user")}
+#: the same under Xen, where kexec belongs to the hypervisor: user space builds the load (as for
+#: kexec_load) and hands it to the hypercall; there is no file mode (kexec-tools refuses -s there)
+XEN_MODES = {"file": (), "user": ("xen",), "auto": ("xen",)}
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ TABLE: tuple[Entry, ...] = (
           purgatory=_X86_PURGATORY),
     Entry("x86_64", frozenset({"bzimage"}), "xen-efi", planner="pykexec.plan.xen:plan_xen_efi"),
     Entry("arm64", frozenset({"arm64-image"}), "linux-file", planner="pykexec.plan.arm64:plan_file"),
+    Entry("arm64", frozenset({"arm64-image"}), "linux-user", builder="pykexec.boot.arm64:build_arm64_load"),
 )
 
 

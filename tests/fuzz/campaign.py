@@ -37,7 +37,7 @@ atheris.Fuzz()
 
 
 def run_target(target: str, seconds: int, workdir: Path) -> dict:
-    from tests.fuzz.targets import SEEDS
+    from tests.fuzz.targets import DICTS, SEEDS
     corpus = workdir / target / "corpus"
     for seed_dir in SEEDS[target]:
         shutil.copytree(seed_dir, corpus, dirs_exist_ok=True)
@@ -49,7 +49,8 @@ def run_target(target: str, seconds: int, workdir: Path) -> dict:
     artifacts.mkdir()
     cmd = [sys.executable, "-c", RUNNER.format(root=str(ROOT), target=target),
            f"-max_total_time={seconds}", "-timeout=1", "-rss_limit_mb=512",
-           f"-artifact_prefix={artifacts}/", "-print_final_stats=1", str(flat)]
+           f"-artifact_prefix={artifacts}/", "-print_final_stats=1",
+           *([f"-dict={DICTS[target]}"] if target in DICTS else []), str(flat)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     log = proc.stderr
     runs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", log)

@@ -48,8 +48,18 @@ def plan_on_machine(data: bytes) -> None:
             pass
 
 
-TARGETS = {"image": parse_image, "description": parse_description, "plan": plan_on_machine}
-SEEDS = {"image": [Path(__file__).parent / "corpus"], "description": [DATA], "plan": [DATA]}
+def parse_signature(data: bytes) -> None:
+    """An Authenticode PKCS #7 SignedData (what ``verify`` and a signature-requiring load read)."""
+    from pykexec.trust import authenticode
+    authenticode.parse_signed_data(data)
+
+
+TARGETS = {"image": parse_image, "description": parse_description, "plan": plan_on_machine,
+           "authenticode": parse_signature}
+SEEDS = {"image": [Path(__file__).parent / "corpus"], "description": [DATA], "plan": [DATA],
+         "authenticode": [Path(__file__).parent / "corpus-pkcs7"]}
+#: libFuzzer dictionaries: the DER tags and OIDs that lead the fuzzer into the structure
+DICTS = {"authenticode": Path(__file__).parent / "der.dict"}
 
 
 def check(target: str, data: bytes) -> None:

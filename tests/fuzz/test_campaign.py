@@ -9,7 +9,7 @@ from tests.fuzz import campaign
 pytestmark = pytest.mark.fuzz
 
 
-@pytest.mark.parametrize("target", ["image", "description", "plan"])
+@pytest.mark.parametrize("target", ["image", "description", "plan", "authenticode"])
 def test_short_campaign(target, tmp_path):
     result = campaign.run_target(target, 20, tmp_path)
     assert result["inputs"] > 0, result["tail"]

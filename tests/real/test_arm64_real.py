@@ -46,3 +46,14 @@ def test_arm64_image_gz_chain(arm64_image_gz, arm64_image):
 def test_arm64_image_gz_extracts_the_image(arm64_image_gz, arm64_image, tmp_path):
     out = extract(arm64_image_gz, tmp_path / "out")
     assert (out / "kernel").read_bytes() == arm64_image.read_bytes()
+
+
+def test_a_signed_arm64_image_reports_authenticode(arm64_image):
+    """Debian signs its arm64 Images' EFI stub: pefile sees a certificate table, and inspect says so."""
+    import pefile
+    pe = pefile.PE(str(arm64_image), fast_load=True)
+    security = pe.OPTIONAL_HEADER.DATA_DIRECTORY[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_SECURITY"]]
+    layer = inspect_json(arm64_image)["layers"][0]
+    assert layer["format"] == "arm64-image"
+    assert layer["authenticode"] is (security.Size > 0)
+    assert security.Size > 0          # the material is what we think: Debian's signed Image

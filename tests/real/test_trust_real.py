@@ -199,3 +199,23 @@ def test_verify_command_on_the_real_uki(uki_material, capsys):
                      "--no-machine-keys"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pykexec: error: ") and err.count("\n") == 1
+
+
+def test_shims_long_section_names_are_resolved_as_objdump_resolves_them():
+    """GNU ld names sections longer than 8 bytes "/N" (an offset into the COFF string table);
+    Debian's shim has four.  objdump (binutils) is the oracle."""
+    path = _debian_file("shim-signed", "usr/lib/shim/shimx64.efi.signed")
+    out = subprocess.run(["objdump", "-h", str(path)], capture_output=True, text=True, check=True).stdout
+    want = [line.split()[1] for line in out.splitlines() if line[:4].strip().isdigit()]
+    raw = [bytes(path.read_bytes()[at:at + 8]).rstrip(b"\0").decode()
+           for at in _section_name_offsets(path.read_bytes())]
+    assert any(n.startswith("/") for n in raw), raw            # the material is what we think
+    got = sorted(pe.read_header(path.read_bytes()).sections, key=lambda s: s.virtual_address)
+    assert [s.name for s in got] == want
+
+
+def _section_name_offsets(data: bytes) -> list[int]:
+    lfanew = int.from_bytes(data[0x3C:0x40], "little")
+    count = int.from_bytes(data[lfanew + 6:lfanew + 8], "little")
+    table = lfanew + 0x18 + int.from_bytes(data[lfanew + 0x14:lfanew + 0x16], "little")
+    return [table + 40 * i for i in range(count)]

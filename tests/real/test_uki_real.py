@@ -147,3 +147,35 @@ def test_aa64_uki_around_zboot(tmp_path):
     assert (out / "kernel").read_bytes() == image.read_bytes()
     assert (out / "dtb").read_bytes() == dtb.read_bytes()
     assert _cmdline(out) == cmdline.encode()
+
+
+def test_aa64_uki_dtbauto_is_chosen_as_systemd_stub_chooses(tmp_path):
+    """ukify's --devicetree-auto sections: the arm64 builder takes the first whose root compatible
+    matches the running tree's, else the .dtb."""
+    from pykexec.api import prepare_file
+    from pykexec.boot.arm64 import build_arm64_load
+    from pykexec.machine.model import Machine
+    from pykexec.machine.ranges import TypedRange
+    from tests.unit.machine.dtb import dtb as make_dtb
+    from tests.unit.machine.dtb import u32
+
+    def board(compatible: bytes, name: str) -> bytes:
+        path = tmp_path / f"{name}.dtb"
+        path.write_bytes(make_dtb({"/": {"#address-cells": u32(2), "#size-cells": u32(2),
+                                         "compatible": compatible}, "/chosen": {"bootargs": name.encode() + b"\0"}}))
+        return path
+
+    efi, _ = material.arm64_zboot("gzip")
+    uki = material.build_uki(tmp_path / "aa64.efi", linux=efi, stub=material.systemd_stub("sid", "aa64", "linux"),
+                             dtb=board(b"acme,fallback\0", "plain"),
+                             dtbauto=[board(b"acme,a\0", "auto-a"), board(b"acme,b\0acme,a\0", "auto-b")])
+    assert o.pe_section_names(uki).count(".dtbauto") == 2
+    machine = Machine(arch="arm64", memory=(TypedRange(0x40000000, 0x40000000, "System RAM", 0),),
+                      memory_source="description")
+    for running, want in ((b"acme,b\0", "auto-b"), (b"acme,a\0", "auto-a"), (b"acme,c\0", "plain")):
+        sys_root = tmp_path / want / "sys"
+        (sys_root / "firmware").mkdir(parents=True)
+        (sys_root / "firmware" / "fdt").write_bytes((board(running, "running")).read_bytes())
+        load = build_arm64_load(prepare_file(uki), initrd=None, cmdline=None, crash=False, machine=machine,
+                                sys_root=sys_root)
+        assert load.cmdline == want, (running, load.plan.device_tree)

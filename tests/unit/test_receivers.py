@@ -43,7 +43,7 @@ def fake_plan(layer, data, *, machine, crash, initrd, cmdline, purgatory) -> Loa
                     notes=(f"purgatory {purgatory.bufsz}",))
 
 
-def fake_build(prepared, *, initrd, cmdline, crash, machine, modules, checks, image_name) -> UserLoad:
+def fake_build(prepared, *, initrd, cmdline, crash, machine, modules, checks, image_name, dtb, sys_root) -> UserLoad:
     BUILDS.append((image_name, cmdline))
     p = fake_plan(prepared.kernel_layer, prepared.kernel, machine=machine, crash=crash, initrd=initrd,
                   cmdline=cmdline, purgatory=fake_purgatory())

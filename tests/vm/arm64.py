@@ -96,7 +96,7 @@ INIT_PRELUDE = r"""#!/bin/busybox sh
 
 #: applets the busybox-only stage-2 initramfs links (harness.INIT, lib.sh, STAGE2_REPORT)
 STAGE2_APPLETS = ("sh", "mount", "umount", "mkdir", "cat", "cut", "echo", "sync", "poweroff",
-                  "sleep", "uname", "awk", "[", "test", "ls", "dmesg", "grep", "tr")
+                  "sleep", "uname", "awk", "[", "test", "ls", "dmesg", "grep", "tr", "od")
 
 
 def init_script() -> str:
@@ -444,9 +444,10 @@ class Guest(h.Guest):
 
     def boot(self, append: str = "", *, memory: int = DEFAULT_MEMORY, timeout: float = DEFAULT_TIMEOUT,
              kernel: Optional[Union[str, Path]] = None, quiet: bool = True, cpu: Optional[str] = None,
-             extra_args: Sequence[str] = (), embed_initrd: bool = False) -> h.Serial:
+             extra_args: Sequence[str] = (), embed_initrd: bool = False,
+             until: Optional[str] = None) -> h.Serial:
         """Boot once under qemu-system-aarch64 -M virt.  ``cpu`` defaults to
-        ``$PYKEXEC_VM_ARM64_CPU`` or max,pauth-impdef=on."""
+        ``$PYKEXEC_VM_ARM64_CPU`` or max,pauth-impdef=on; ``until`` as :func:`harness.run_qemu`."""
         inner = self.initrd()
         boot_kernel = Path(kernel) if kernel is not None else self.kernel
         self.embedded.file(GUEST_IMAGE, boot_kernel)
@@ -458,4 +459,5 @@ class Guest(h.Guest):
         cpu = cpu or os.environ.get("PYKEXEC_VM_ARM64_CPU", DEFAULT_CPU)
         return h.run_qemu(kernel=boot_kernel, initrd=full, append=cmdline, memory=memory, timeout=timeout,
                           log_path=self.dir / "serial.log", scenario=self.scenario,
-                          extra_args=[*MACHINE, *extra_args], qemu=host_tools()["qemu"], cpu=cpu)
+                          extra_args=[*MACHINE, *extra_args], qemu=host_tools()["qemu"], cpu=cpu,
+                          until=until)

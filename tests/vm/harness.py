@@ -742,11 +742,13 @@ def _record_timing(record: dict) -> None:
 def run_qemu(*, kernel: PathLike, initrd: PathLike, append: str, log_path: Path, scenario: str,
              memory: int = DEFAULT_MEMORY, timeout: float = DEFAULT_TIMEOUT, smp: int = 1,
              extra_args: Sequence[str] = (), qemu: Optional[PathLike] = None,
-             cpu: Optional[str] = None) -> Serial:
+             cpu: Optional[str] = None, until: Optional[str] = None) -> Serial:
     """Boot once; return the serial console.  Times out (killing QEMU) with the log tail.
 
     ``qemu`` and ``cpu`` default to the x86 guest's (qemu-system-x86_64,
     ``$PYKEXEC_VM_CPU`` or ``max``); the arm64 guest (tests/vm/arm64.py) passes its own.
+    ``until``: a console line that ends the run as a power-off would (for a guest that
+    halts rather than powers off, such as a purgatory refusing to boot); QEMU is then killed.
     """
     if qemu is None:
         qemu = host_tools()["qemu"]
@@ -762,13 +764,7 @@ def run_qemu(*, kernel: PathLike, initrd: PathLike, append: str, log_path: Path,
         out.write(("# " + " ".join(cmd) + "\n").encode())
         out.flush()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            rc = proc.wait(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-            timed_out = True
+        rc, timed_out = _wait(proc, log_path, timeout, until)
     seconds = time.monotonic() - t0
     text = log_path.read_bytes().decode(errors="replace")
     serial = Serial(scenario, text, seconds, log_path)
@@ -782,6 +778,23 @@ def run_qemu(*, kernel: PathLike, initrd: PathLike, append: str, log_path: Path,
     if rc != 0:
         serial.fail(f"QEMU exited {rc}")
     return serial
+
+
+def _wait(proc: subprocess.Popen, log_path: Path, timeout: float, until: Optional[str]) -> tuple:
+    """(QEMU's exit code, timed out?); with ``until``, a run whose console shows it ends with rc 0."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return proc.wait(timeout=1.0 if until else max(0.0, deadline - time.monotonic())), False
+        except subprocess.TimeoutExpired:
+            pass
+        if until and until.encode() in log_path.read_bytes():
+            proc.kill()
+            proc.wait()
+            return 0, False
+        if time.monotonic() >= deadline:
+            proc.kill()
+            return proc.wait(), True
 
 
 class Guest:

@@ -61,26 +61,37 @@ def pattern_code(seed: str, pages: int = PAGES) -> str:
     return PATTERN.format(pages=pages, seed=seed)
 
 
-def kdump_guest(scenario: str, seed: str, load_args: str, capture_cmdline: str) -> "h.Guest":
-    """A Guest whose stage 1 loads a crash kernel with ``pykexec load <load_args> --crash``,
-    starts the pattern holder and panics; stage 2 (the capture kernel) scans /proc/vmcore."""
-    g = h.Guest(scenario)
-    pattern = pattern_code(seed)
-    g.file("/vm/holder.py", f"#!{h.GUEST_PYTHON}\n" + pattern + HOLDER, mode=0o755)
-    g.stage(1, h.sh_script(f"""
-mark crash-size "$(cat /sys/kernel/kexec_crash_size)"
-run load pykexec load {load_args}--crash /vm/vmlinuz --initrd /vm/initrd.img --command-line "{capture_cmdline}" || exit 1
-mark crash-loaded "$(cat /sys/kernel/kexec_crash_loaded)"
+#: stage-1 shell lines after the crash load: start the holder, wait until it is ready, panic
+PANIC = """
 /vm/holder.py &
 i=0
 while [ ! -f /tmp/holder.ready ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
-[ -f /tmp/holder.ready ] || {{ mark holder-not-ready; exit 1; }}
+[ -f /tmp/holder.ready ] || { mark holder-not-ready; exit 1; }
 mark holder-ready "$(cat /tmp/holder.ready)"
 echo 1 > /proc/sys/kernel/sysrq
 mark crashing
 echo c > /proc/sysrq-trigger
 mark still-alive
-"""))
+"""
+
+
+def add_holder(g: "h.Guest", seed: str, python: str = h.GUEST_PYTHON) -> str:
+    """Put /vm/holder.py (the pattern of ``seed``, run by ``python``) in ``g``; returns the pattern code."""
+    pattern = pattern_code(seed)
+    g.file("/vm/holder.py", f"#!{python}\n" + pattern + HOLDER, mode=0o755)
+    return pattern
+
+
+def kdump_guest(scenario: str, seed: str, load_args: str, capture_cmdline: str) -> "h.Guest":
+    """A Guest whose stage 1 loads a crash kernel with ``pykexec load <load_args> --crash``,
+    starts the pattern holder and panics; stage 2 (the capture kernel) scans /proc/vmcore."""
+    g = h.Guest(scenario)
+    pattern = add_holder(g, seed)
+    g.stage(1, h.sh_script(f"""
+mark crash-size "$(cat /sys/kernel/kexec_crash_size)"
+run load pykexec load {load_args}--crash /vm/vmlinuz --initrd /vm/initrd.img --command-line "{capture_cmdline}" || exit 1
+mark crash-loaded "$(cat /sys/kernel/kexec_crash_loaded)"
+""" + PANIC))
     g.stage(2, h.py_script(pattern + """
 mark("cmdline", open("/proc/cmdline").read().strip())
 """ + SCANNER))

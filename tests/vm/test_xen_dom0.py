@@ -35,7 +35,7 @@ import pytest
 
 from . import harness as h
 from . import usermode_support as um
-from .kdump_pattern import HOLDER, SCANNER, pattern_code
+from .kdump_pattern import PANIC, SCANNER, add_holder
 
 pytestmark = pytest.mark.vm
 
@@ -218,8 +218,7 @@ def test_refused_load_keeps_crash_kernel_then_xen_kdump(vm_material):
     marker, seed = h.token(), h.token()
     capture_cmdline = f"console=ttyS0 stage=2 marker={marker} panic=-1 irqpoll nr_cpus=1 reset_devices"
     g = xen_guest("xen-dom0-kdump")
-    pattern = pattern_code(seed)
-    g.file("/vm/holder.py", f"#!{h.GUEST_PYTHON}\n" + pattern + HOLDER, mode=0o755)
+    pattern = add_holder(g, seed)
     g.stage(1, h.sh_script(XEN_SETUP + f"""
 run load pykexec load --crash /vm/vmlinuz --initrd /vm/initrd.img --command-line "{capture_cmdline}" || exit 1
 run status1 pykexec status --json
@@ -227,16 +226,7 @@ export PYKEXEC_TEST_XEN_MOVE=kernel:0x1000000
 run refused pykexec load --crash /vm/vmlinuz --command-line "console=ttyS0 refused"
 unset PYKEXEC_TEST_XEN_MOVE
 run status2 pykexec status --json
-/vm/holder.py &
-i=0
-while [ ! -f /tmp/holder.ready ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
-[ -f /tmp/holder.ready ] || {{ mark holder-not-ready; exit 1; }}
-mark holder-ready "$(cat /tmp/holder.ready)"
-echo 1 > /proc/sys/kernel/sysrq
-mark crashing
-echo c > /proc/sysrq-trigger
-mark still-alive
-"""))
+""" + PANIC))
     g.stage(2, h.py_script(pattern + r'''
 import struct
 mark("cmdline", open("/proc/cmdline").read().strip())

@@ -11,7 +11,9 @@ Beyond tests/vm/harness.py this provides:
 * the 4 MiB page pattern of the kdump scenarios (a copy of
   tests/vm/test_kdump.py's, so that edits there do not change this one);
 * :func:`boot_stamped`: :meth:`harness.Guest.boot` with the host's arrival time
-  of every serial line, for timing what happens between two lines.
+  of every serial line, for timing what happens between two lines
+  (:func:`boot_stamped_arm64` for the arm64 guest, :func:`run_stamped` for any
+  QEMU command).
 
 Material that cannot be had raises :class:`harness.VmError` (an
 AssertionError): the scenarios fail, never skip.
@@ -123,10 +125,36 @@ def boot_stamped(g: h.Guest, append: str = "", *, memory: int = h.DEFAULT_MEMORY
     full = h.atomic_write(g.dir / "boot-initrd.img", lambda f: h.concat([inner, emb], f))
     cmdline = " ".join(w for w in ["console=ttyS0", "panic=-1", "quiet" if quiet else "", append] if w)
     tools = h.host_tools()
-    timeout *= float(os.environ.get("PYKEXEC_VM_TIMEOUT_SCALE", "1"))
     cmd = [tools["qemu"], "-accel", "tcg", "-cpu", os.environ.get("PYKEXEC_VM_CPU", "max"),
            "-m", str(memory), "-smp", "1", "-nographic", "-no-reboot", "-nic", "none",
            "-kernel", os.fspath(g.kernel), "-initrd", os.fspath(full), "-append", cmdline]
+    return run_stamped(g, cmd, timeout)
+
+
+def boot_stamped_arm64(g, append: str = "", *, memory: int = 1024, timeout: float = 240.0,
+                       quiet: bool = True, cpu: Optional[str] = None) -> StampedBoot:
+    """:func:`boot_stamped` for an :class:`arm64.Guest`: qemu-system-aarch64 ``-M virt``,
+    ``console=ttyAMA0``, the CPU of :meth:`arm64.Guest.boot` (``$PYKEXEC_VM_ARM64_CPU`` or
+    ``max,pauth-impdef=on``); the guest's Image at ``/vm/Image`` and its initramfs at
+    ``/vm/initrd.img``."""
+    from . import arm64
+    inner = g.initrd()
+    g.embedded.file(arm64.GUEST_IMAGE, g.kernel)
+    g.embedded.file(h.GUEST_INITRD, inner)
+    emb = g.embedded.write_file(g.dir / "embed.cpio", compress=False)
+    full = h.atomic_write(g.dir / "boot-initrd.img", lambda f: h.concat([inner, emb], f))
+    cmdline = " ".join(w for w in [f"console={arm64.CONSOLE}", "panic=-1", "quiet" if quiet else "", append] if w)
+    cpu = cpu or os.environ.get("PYKEXEC_VM_ARM64_CPU", arm64.DEFAULT_CPU)
+    cmd = [os.fspath(arm64.host_tools()["qemu"]), "-accel", "tcg", *arm64.MACHINE, "-cpu", cpu,
+           "-m", str(memory), "-smp", "1", "-nographic", "-no-reboot", "-nic", "none",
+           "-kernel", os.fspath(g.kernel), "-initrd", os.fspath(full), "-append", cmdline]
+    return run_stamped(g, cmd, timeout)
+
+
+def run_stamped(g: h.Guest, cmd: Sequence[str], timeout: float) -> StampedBoot:
+    """Run QEMU (``cmd``, its serial console on stdout) until it exits, stamping each
+    console line on arrival; ``$PYKEXEC_VM_TIMEOUT_SCALE`` scales ``timeout``."""
+    timeout *= float(os.environ.get("PYKEXEC_VM_TIMEOUT_SCALE", "1"))
     log_path = g.dir / "serial.log"
     lines: list[StampedLine] = []
     raw = bytearray()

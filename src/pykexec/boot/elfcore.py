@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -43,6 +44,9 @@ PHDR = struct.Struct("<IIQQQQQQ")
 SHDR = struct.Struct("<IIQQQQIIQQ")
 ET_CORE = 4
 EM_X86_64 = 62
+EM_AARCH64 = 183
+#: e_machine of the core header, by the architecture the capture kernel runs on
+ELF_MACHINES = {"x86_64": EM_X86_64, "arm64": EM_AARCH64}
 EV_CURRENT = 1
 PT_LOAD = 1
 PT_NOTE = 4
@@ -188,7 +192,7 @@ def parse(data: bytes) -> tuple[dict, list[dict]]:
 # -- what the running kernel publishes ---------------------------------------------------------
 
 def read_sources(*, sys: str | Path = "/sys", proc: str | Path = "/proc",
-                 machine: Machine | None = None) -> CrashSources:
+                 machine: Machine | None = None, arch: str = "x86_64") -> CrashSources:
     """CPU notes, vmcoreinfo, kernel text and PAGE_OFFSET of the running kernel (needs root)."""
     sys, proc = Path(sys), Path(proc)
     unreadable: list[tuple[str, str]] = []
@@ -216,7 +220,7 @@ def read_sources(*, sys: str | Path = "/sys", proc: str | Path = "/proc",
             vmcoreinfo = Note(int(addr, 16), int(size, 16), "vmcoreinfo")
         except ValueError:
             unreadable.append((str(sys / "kernel/vmcoreinfo"), f"unparsable: {text.strip()!r}"))
-    kernel_text, page_offset = read_kcore(proc / "kcore", unreadable, machine)
+    kernel_text, page_offset = read_kcore(proc / "kcore", unreadable, machine, arch=arch)
     return CrashSources(cpu_notes=tuple(notes), vmcoreinfo=vmcoreinfo, kernel_text=kernel_text,
                         page_offset=page_offset, unreadable=tuple(unreadable))
 
@@ -233,9 +237,13 @@ def _read(path: Path, unreadable: list, *, quiet: bool = False) -> str | None:
 
 
 def read_kcore(path: Path, unreadable: list, machine: Machine | None = None,
-               limit: int = 1 << 20) -> tuple[KernelText | None, int | None]:
+               limit: int = 1 << 20, arch: str = "x86_64") -> tuple[KernelText | None, int | None]:
     """(kernel text, PAGE_OFFSET) from /proc/kcore's program headers (kexec-tools
-    ``get_kernel_vaddr_and_size``; fs/proc/kcore.c fills p_paddr for RAM and text)."""
+    ``get_kernel_vaddr_and_size``; fs/proc/kcore.c fills p_paddr for RAM and text).
+
+    x86_64 by its fixed kernel map; elsewhere (arm64, whose linear map moves
+    with VA_BITS and KASLR) by :func:`_linear_kcore`.
+    """
     try:
         with open(path, "rb") as f:
             head = f.read(EHDR.size)
@@ -249,6 +257,8 @@ def read_kcore(path: Path, unreadable: list, machine: Machine | None = None,
     except OSError as e:
         unreadable.append((str(path), e.strerror or str(e)))
         return None, None
+    if arch != "x86_64":
+        return _linear_kcore(table, unreadable, machine, path)
     text = page_offset = None
     for i in range(len(table) // PHDR.size):
         p_type, _, _, vaddr, paddr, _, memsz, _ = PHDR.unpack_from(table, i * PHDR.size)
@@ -269,6 +279,32 @@ def read_kcore(path: Path, unreadable: list, machine: Machine | None = None,
     if text is None:
         unreadable.append((str(path), "no kernel text mapping found"))
     return text, page_offset
+
+
+def _linear_kcore(table: bytes, unreadable: list, machine: Machine | None,
+                  path: Path) -> tuple[KernelText | None, int | None]:
+    """fs/proc/kcore.c gives a physical address to RAM entries (``__va(paddr)``, the linear map)
+    and to the kernel text (``__pa_symbol(_text)``) only.  The linear map's offset (vaddr -
+    paddr) is the largest entry's; the text is the smallest entry off that map holding the
+    "Kernel code" resource.  (Counting offsets cannot tell them apart with one RAM range.)"""
+    loads = []
+    for i in range(len(table) // PHDR.size):
+        p_type, _, _, vaddr, paddr, _, memsz, _ = PHDR.unpack_from(table, i * PHDR.size)
+        if p_type == PT_LOAD and paddr not in (0, (1 << 64) - 1):
+            loads.append((vaddr, paddr, memsz))
+    if not loads:
+        unreadable.append((str(path), "no RAM mapping with a physical address found"))
+        return None, None
+    largest = max(loads, key=lambda e: e[2])
+    linear = (largest[0] - largest[1]) % (1 << 64)
+    code = _kernel_code(machine)
+    off_map = sorted((m, v, p) for v, p, m in loads
+                     if (v - p) % (1 << 64) != linear and code is not None and p <= code < p + m)
+    if not off_map:
+        unreadable.append((str(path), "no kernel text mapping found"))
+        return None, linear
+    m, v, p = off_map[0]
+    return KernelText(v, p, align_up(m, PAGE_SIZE)), linear
 
 
 def _kernel_code(machine: Machine | None) -> int | None:

@@ -106,7 +106,8 @@ def build_user_load(prepared, *, initrd: Buffer | None, cmdline: str | None, cra
                     serial_port: int = purgatory.SERIAL_COM1, on_failure: str = "halt",
                     pass_memmap_cmdline: bool = False,
                     image_name: str = "kernel", sys_root: str | Path = "/sys",
-                    proc_root: str | Path = "/proc", dev_mem: str | Path | None = "/dev/mem") -> UserLoad:
+                    proc_root: str | Path = "/proc", dev_mem: str | Path | None = "/dev/mem",
+                    dtb: Buffer | None = None) -> UserLoad:
     """Build a kexec_load for ``prepared`` (a :class:`pykexec.formats.prepare.Prepared`) on ``machine``.
 
     ``checks=False`` makes the purgatory skip the SHA-256 checks (``kexec -i``);
@@ -128,6 +129,9 @@ def build_user_load(prepared, *, initrd: Buffer | None, cmdline: str | None, cra
                              errno="ENOEXEC")
     if on_failure not in ("halt", "reset"):
         raise UsageError(f"on_failure is 'halt' or 'reset', not {on_failure!r}")
+    if dtb is not None:
+        raise UsageError("--dtb is for arm64 kernels; pykexec hands an x86 kernel no device tree "
+                         "(SETUP_DTB is not supported)")
     if modules and kind == "linux":
         raise UsageError("--module is for Multiboot images (Xen); a Linux kernel takes an initrd")
     require_memory(machine)

@@ -89,7 +89,7 @@ def _load_options() -> list[tuple[tuple[str, ...], dict]]:
         (("--profile",), {"type": int, "metavar": "N", "help": "UKI profile @N (default @0)"}),
         (("--addon",), {"action": "append", "metavar": "FILE",
                         "help": "UKI add-on; default: <uki>.extra.d/*.addon.efi"}),
-        (("--dtb",), {"metavar": "FILE", "help": "device tree to pass (user mode only)"}),
+        plan_cli.DTB_OPTION,
         (("--crash",), {"action": "store_true", "help": "load a crash (kdump) kernel"}),
         (("--module",), {"action": "append", "default": [], "metavar": "FILE[,ARGS]",
                          "help": "Multiboot module (Xen: dom0 kernel, initrd), kexec_load only"}),
@@ -193,16 +193,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     from .. import api
-    if args.dtb is not None:
-        raise UsageError("--dtb: passing a device tree is not supported yet (x86 SETUP_DTB, "
-                         "arm64 kexec_load)")
     opts = api.LoadOptions(
         image=args.image, initrds=tuple(args.initrd), command_line=args.command_line,
         append=args.append, reuse_cmdline=args.reuse_cmdline, profile=args.profile,
         addons=None if args.addon is None else tuple(args.addon), crash=args.crash,
         mode=args.mode, debug=args.debug_syscall, require_signature=args.require_signature,
         trust=tuple(args.trust), modules=tuple(args.module), checks=not args.no_checks,
-        via_emulator=args.via_emulator)
+        via_emulator=args.via_emulator, dtb=args.dtb)
     from .plan import load_machine
     described = load_machine(args)  # the machine to plan for in a dry run; advice for a real load
     summary, report, predicted = api.load(opts, dry_run=args.dry_run, limits=_limits(args),
@@ -294,6 +291,14 @@ def _wanted(argv: list[str]) -> str | None:
     return word if word in COMMANDS or word in EXTERNAL else ""
 
 
+def os_error(e: OSError) -> str:
+    """One line for an OSError: the file when there is one, the reason and its errno name."""
+    import errno
+    name = errno.errorcode.get(e.errno, "") if e.errno else ""
+    reason = f"{e.strerror or e}" + (f" ({name})" if name else "")
+    return f"{e.filename}: {reason}" if e.filename else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -318,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if debug:
             raise
-        print(f"pykexec: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        print(f"pykexec: error: {os_error(e)}", file=sys.stderr)
         return 2 if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)) else 1
     except MemoryError:
         print("pykexec: error: out of memory; lower --max-output", file=sys.stderr)

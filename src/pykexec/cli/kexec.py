@@ -104,11 +104,9 @@ def main(argv: list[str]) -> int:
 def _load(args: argparse.Namespace) -> None:
     if not args.kernel:
         raise UsageError("kexec: -l and -p need a kernel image")
-    if args.dtb is not None:
-        raise UsageError("kexec: --dtb: passing a device tree is not supported yet")
     api.load(api.LoadOptions(image=args.kernel, initrds=tuple(args.initrd), append=args.append,
                              reuse_cmdline=args.reuse_cmdline, crash=args.load_panic,
                              mode=args.mode, debug=args.debug, modules=tuple(args.module),
-                             checks=not args.no_checks))
+                             checks=not args.no_checks, dtb=args.dtb))
     if args.debug:
         print(f"kexec: loaded {args.kernel}", file=sys.stderr)

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 MACHINE_OPTION = (("--machine",), {"metavar": "FILE",
                                    "help": "a machine description (JSON from 'pykexec machine --json', or a "
                                            "/proc/iomem dump) instead of this host"})
+DTB_OPTION = (("--dtb",), {"metavar": "FILE", "help": "arm64 kexec_load: the device tree to hand on "
+                                                   "(default: the UKI's .dtb, else /sys/firmware/fdt)"})
 
 COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
     "machine": ("describe this host's memory, crash region and kexec state (no root needed)", [
@@ -40,6 +42,7 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
         MACHINE_OPTION,
         (("--json",), {"action": "store_true", "help": "print the plan as one JSON object"}),
         (("--profile",), {"type": int, "metavar": "N", "help": "UKI profile @N (default @0)"}),
+        DTB_OPTION,
     ]),
 }
 
@@ -95,7 +98,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     initrd = _mapped(args.initrd) if args.initrd else None
     cmdline = api.compose_cmdline(prepared.cmdline, command_line=args.command_line, append=args.append)
     result = plan(prepared, machine=machine, target=args.target, crash=args.crash, initrd=initrd,
-                  cmdline=cmdline, image_name=Path(args.image).name)
+                  cmdline=cmdline, image_name=Path(args.image).name, dtb=api.read_dtb(args.dtb))
     violations = result.validate()
     if args.json:
         print(json.dumps(result.to_json(violations=violations), indent=2))

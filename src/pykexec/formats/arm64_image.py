@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import FormatError
 from ..layout import Field, Layout
-from . import pe
-from .kernel_image import KernelImage
+from .kernel_image import KernelImage, pe_fields
 from .layer import Buffer, Format, ignoring_limits
 
 ARM64_IMAGE_MAGIC = 0x644D5241
@@ -50,7 +49,7 @@ def parse(data: Buffer) -> Arm64Image:
         flags=flags, endianness="big" if flags & 1 else "little",
         page_size=PAGE_SIZES[(flags >> 1) & 3],
         placement="anywhere" if flags & 8 else "2MiB-aligned-near-dram-base",
-        pe_header=pe.has_pe_header(data))
+        **pe_fields(data, "arm64-image"))
 
 
 FORMAT = Format("arm64-image", probe, ignoring_limits(parse), "ARM\\x64 magic at 0x38")

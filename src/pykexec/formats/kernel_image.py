@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import FormatError
 from .layer import Buffer, Layer
 from . import pe
 
@@ -25,8 +26,21 @@ class KernelImage(Layer):
     image_size: int = 0
     flags: int = 0
     pe_header: bool = False
+    authenticode: bool | None = False
 
     @property
     def kernel_bytes(self) -> Buffer:
         """The Image without the zero fill a zboot payload or UKI section adds."""
         return pe.trim_padding(self.data)
+
+
+def pe_fields(data: Buffer, layer: str) -> dict[str, bool | None]:
+    """``pe_header`` and ``authenticode`` (a certificate table: a signed EFI stub, as Debian signs
+    its arm64 Images) for an Image's layer; ``authenticode`` None where the PE headers cannot be
+    read (a truncated Image: its own header still is, and a loader needs no more)."""
+    if not pe.has_pe_header(data):
+        return {"pe_header": False, "authenticode": False}
+    try:
+        return {"pe_header": True, "authenticode": pe.read_header(data, layer).signed}
+    except FormatError:
+        return {"pe_header": True, "authenticode": None}

@@ -15,7 +15,7 @@ goes to pefile, so its checks and messages are unchanged.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import FormatError
 from ..layout import Field, Layout
@@ -28,8 +28,11 @@ PE_SIGNATURE = b"PE\0\0"
 # Relative to e_lfanew: the signature and the COFF file header.
 COFF_HEADER = Layout("pe", [
     Field("Signature", 0x00, "4s"), Field("Machine", 0x04, "H"),
-    Field("NumberOfSections", 0x06, "H"), Field("SizeOfOptionalHeader", 0x14, "H"),
+    Field("NumberOfSections", 0x06, "H"), Field("PointerToSymbolTable", 0x0C, "I"),
+    Field("NumberOfSymbols", 0x10, "I"), Field("SizeOfOptionalHeader", 0x14, "H"),
 ])
+COFF_SYMBOL_SIZE = 18       # the string table follows the symbol table
+MAX_LONG_NAME = 256
 COFF_HEADER_END = 0x18
 # Relative to the optional header; the same offsets in PE32 and PE32+ (ImageBase,
 # which is not, is read by magic below).
@@ -156,6 +159,7 @@ def read_header(data: Buffer, layer: str = "pe") -> PeHeader:
     if fields is None:
         fields = _read_with_pefile(data, layer)
     machine, subsystem, entry, size_of_image, sections, certificate = fields
+    sections = tuple(_long_name(data, s) for s in sections)
     for s in sections:
         if s.pointer_to_raw_data + s.size_of_raw_data > len(data):
             raise FormatError(layer, f"section {s.name!r} raw data "
@@ -166,6 +170,59 @@ def read_header(data: Buffer, layer: str = "pe") -> PeHeader:
     return PeHeader(machine=machine, subsystem=subsystem, address_of_entry_point=entry,
                     size_of_image=size_of_image, sections=sections,
                     certificate_table_offset=cert_off, certificate_table_size=cert_size)
+
+
+def _long_name(data: Buffer, s: PeSection) -> PeSection:
+    """A section named "/N" has its real name at offset N of the COFF string table (PE Format,
+    "Section Table": what GNU ld writes for names longer than 8 bytes, and objdump shows)."""
+    if not (s.name[:1] == "/" and s.name[1:].isdigit()):
+        return s
+    coff = COFF_HEADER.unpack(data, e_lfanew(data))
+    table = coff["PointerToSymbolTable"] + coff["NumberOfSymbols"] * COFF_SYMBOL_SIZE
+    at = table + int(s.name[1:])
+    if not coff["PointerToSymbolTable"] or at >= len(data):
+        return s  # no string table in the file: the name stays as written
+    raw = bytes(data[at:at + MAX_LONG_NAME]).split(b"\0", 1)[0]
+    return replace(s, name=raw.decode("ascii", "replace")) if raw else s
+
+
+#: component names (:func:`components`) of PE images that are not kernels, and what to call them
+NOT_KERNELS = {"shim": "shim, a first-stage boot loader", "grub": "GRUB, a boot loader",
+               "systemd-boot": "systemd-boot, a boot manager",
+               "systemd-stub": "systemd-stub alone (a UKI's stub without its .linux)",
+               "systemd-addon": "a UKI add-on (command line, initrd or DTB for a UKI)",
+               "fwupd-efi": "fwupd's firmware updater", "ipxe": "iPXE, a network boot loader",
+               "memtest86+": "memtest86+, a memory tester"}
+
+
+def components(data: Buffer, header: PeHeader) -> list[str]:
+    """What the image says it is: the component names of its ``.sbat`` section (the SBAT spec's
+    CSV, after the "sbat" header line), then the name in systemd's ``.sdmagic``
+    ("#### LoaderInfo: systemd-addon 262.1-1 ####")."""
+    names = []
+    for s in header.sections:
+        if s.name not in (".sbat", ".sdmagic"):
+            continue
+        text = bytes(section_data(data, s, "pe")).split(b"\0", 1)[0].decode("utf-8", "replace")
+        if s.name == ".sbat":
+            lines = [line.split(",", 1)[0].strip() for line in text.splitlines() if line.strip()]
+            names += [n for n in lines[1:] if n]
+        elif text.startswith("#### LoaderInfo: "):
+            names += text[len("#### LoaderInfo: "):].split()[:1]
+    return names
+
+
+def not_a_kernel(data: Buffer) -> str | None:
+    """What a PE image is when its SBAT or LoaderInfo says it is a boot loader, a stub alone or an
+    add-on (None: it may be a kernel's EFI stub).  Decided from the PE alone, before anything runs it."""
+    try:
+        header = read_header(data)
+        names = components(data, header)
+    except FormatError:
+        return None
+    if any(s.name == ".linux" for s in header.sections):
+        return None
+    return next((NOT_KERNELS[n] for n in names if n in NOT_KERNELS), None)
 
 
 def _read_plain(data: Buffer):

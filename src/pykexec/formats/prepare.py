@@ -36,7 +36,11 @@ INITRD_ALIGN = 4
 
 @dataclass(frozen=True)
 class Prepared:
-    """The pieces of a load: kernel, initrds in order, command line, DTB."""
+    """The pieces of a load: kernel, initrds in order, command line, DTB.
+
+    ``dtb`` is a UKI's ``.dtb``; ``dtbauto`` its ``.dtbauto`` candidates, of
+    which a loader takes the first whose compatible matches the machine's.
+    """
 
     layers: tuple[Layer, ...]
     kernel_layer: Layer
@@ -45,6 +49,7 @@ class Prepared:
     cmdline: str | None = None
     dtb: Buffer | None = None
     vmlinux: Buffer | None = None
+    dtbauto: tuple[Buffer, ...] = ()
     kernel_is_input: bool = False
 
     @property
@@ -100,7 +105,7 @@ def prepare(data: Buffer, *, profile: int | None = None, addons: tuple[Buffer, .
     base = _from_kernel_chain((top, *chain), parts.linux)
     return Prepared(layers=base.layers, kernel_layer=base.kernel_layer, kernel=base.kernel,
                     initrds=tuple(x for x in initrds if x is not None), cmdline=cmdline,
-                    dtb=parts.dtb, vmlinux=base.vmlinux)
+                    dtb=parts.dtb, vmlinux=base.vmlinux, dtbauto=parts.dtbauto)
 
 
 def _is_kernel(layer: Layer) -> bool:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import FormatError
 from ..layout import Field, Layout
-from . import pe
-from .kernel_image import KernelImage
+from .kernel_image import KernelImage, pe_fields
 from .layer import Buffer, Format, ignoring_limits
 
 RISCV_IMAGE_MAGIC = b"RISCV\0\0\0"
@@ -47,7 +46,7 @@ def parse(data: Buffer) -> RiscvImage:
     return RiscvImage(
         arch="riscv64", data=data, text_offset=h["text_offset"], image_size=h["image_size"],
         flags=h["flags"], version=f"{h['version'] >> 16}.{h['version'] & 0xFFFF}",
-        endianness="big" if h["flags"] & 1 else "little", pe_header=pe.has_pe_header(data))
+        endianness="big" if h["flags"] & 1 else "little", **pe_fields(data, "riscv-image"))
 
 
 FORMAT = Format("riscv-image", probe, ignoring_limits(parse), "RSC\\x05 magic at 0x38")

@@ -39,6 +39,7 @@ class Parts:
     initrd: Buffer | None
     cmdline: str | None
     dtb: Buffer | None
+    dtbauto: tuple[Buffer, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,14 @@ class Uki(Layer):
         chosen = self.chosen(name, profile)
         return None if chosen is None else pe.section_data(self.data, chosen.header, self.FORMAT)
 
+    def all_chosen(self, name: str, profile: int | None) -> tuple[memoryview, ...]:
+        """Every section called ``name`` the stub would consider for ``profile`` (``.dtbauto`` may
+        repeat): the profile's own when it has any, else the base's."""
+        own = [s for s in self.section_table if s.header.name == name and s.profile == profile]
+        picked = own if profile is not None and own else [
+            s for s in self.section_table if s.header.name == name and s.profile is None]
+        return tuple(pe.section_data(self.data, s.header, self.FORMAT) for s in picked)
+
     def parts(self, profile: int | None) -> Parts:
         """The kernel, ``.ucode``, ``.initrd``, cmdline and DTB for ``profile``."""
         profile = self.resolve_profile(profile)
@@ -94,7 +103,7 @@ class Uki(Layer):
         cmdline = get(".cmdline")
         return Parts(linux=pe.trim_padding(get(".linux")), ucode=get(".ucode"),
                      initrd=get(".initrd"), cmdline=None if cmdline is None else text(cmdline),
-                     dtb=get(".dtb"))
+                     dtb=get(".dtb"), dtbauto=self.all_chosen(".dtbauto", profile))
 
 
 def text(data: Buffer) -> str:

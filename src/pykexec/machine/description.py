@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import MachineDescriptionError
 from . import iomem as iomem_mod
-from .model import Machine, crash_from_iomem, normalize_arch
+from .model import ARM64_GRANULES, Machine, crash_from_iomem, normalize_arch
 from .ranges import Range, TypedRange
 
 SCHEMA_VERSION = 1
@@ -25,7 +25,8 @@ STATE_KEYS = {"lockdown": (str, type(None)), "kexec_loaded": (bool, type(None)),
               "kexec_crash_loaded": (bool, type(None)), "kexec_crash_size": "int?",
               "hypervisor": (str, type(None)), "possible_cpus": "int?", "mem_total": "int?",
               "efi": (bool, type(None)), "efi_runtime_map_entries": "int?", "efi_memdesc_size": "int?",
-              "fdt_size": "int?", "x86_5level": (bool, type(None))}
+              "fdt_size": "int?", "x86_5level": (bool, type(None)),
+              "cpu_page_sizes": (list, type(None))}
 LOCKDOWN_MODES = {"none", "integrity", "confidentiality"}
 XEN_KEYS = ("dom0", "crash_area", "image", "cpu_notes", "vmcoreinfo")
 
@@ -91,7 +92,8 @@ def to_json(machine: Machine) -> dict[str, Any]:
                   "possible_cpus": machine.possible_cpus, "mem_total": machine.mem_total,
                   "efi": machine.efi, "efi_runtime_map_entries": machine.efi_runtime_map_entries,
                   "efi_memdesc_size": machine.efi_memdesc_size, "fdt_size": machine.fdt_size,
-                  "x86_5level": machine.x86_5level},
+                  "x86_5level": machine.x86_5level,
+                  "cpu_page_sizes": None if machine.cpu_page_sizes is None else list(machine.cpu_page_sizes)},
         "xen": {"dom0": machine.xen_dom0, "crash_area": _range_json(machine.xen_crash_area),
                 "image": _range_json(machine.xen_image),
                 "cpu_notes": [_range_json(r) for r in machine.xen_cpu_notes],
@@ -211,6 +213,9 @@ def from_json(doc: Any, *, source: str = "<json>") -> Machine:
             integer(v, f"state.{k}", optional=True)
         elif not isinstance(v, STATE_KEYS[k]):
             raise fail(f"state.{k}", f"unexpected value {v!r}")
+    if any(v not in ARM64_GRANULES for v in state.get("cpu_page_sizes") or ()):
+        raise fail("state.cpu_page_sizes", f"expected page sizes among {', '.join(map(str, ARM64_GRANULES))}, "
+                   f"found {state['cpu_page_sizes']!r}")
     if state.get("lockdown") not in LOCKDOWN_MODES | {None}:
         raise fail("state.lockdown", f"expected one of {', '.join(sorted(LOCKDOWN_MODES))}, "
                    f"found {state['lockdown']!r}")
@@ -257,5 +262,6 @@ def from_json(doc: Any, *, source: str = "<json>") -> Machine:
         efi=state.get("efi"), efi_runtime_map_entries=opt_int("efi_runtime_map_entries"),
         efi_memdesc_size=opt_int("efi_memdesc_size"), fdt_size=opt_int("fdt_size"),
         x86_5level=state.get("x86_5level"),
+        cpu_page_sizes=None if state.get("cpu_page_sizes") is None else tuple(state["cpu_page_sizes"]),
         kernel_config=tuple(sorted(config.items())),
         unreadable=tuple((u["what"], u["why"]) for u in unreadable), notes=tuple(notes))

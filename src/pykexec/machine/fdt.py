@@ -42,6 +42,7 @@ FDT_RESERVE_ENTRY = 16                  # struct fdt_reserve_entry: be64 address
 FDT_PROP_OVERHEAD = 12                  # FDT_PROP token, len, nameoff
 FDT_NODE_OVERHEAD = 8                   # FDT_BEGIN_NODE and FDT_END_NODE tokens
 STRING_PROPS = ("bootargs",)
+MAX_FDT_SIZE = 2 << 20                  # arm64 booting.rst: a DTB "must not exceed 2 megabytes in size"
 LAYER = "fdt"
 
 
@@ -189,6 +190,16 @@ def chosen(dtb: bytes) -> dict | None:
     return {name: _value(name, raw) for name, raw in _props(f, off)}
 
 
+def first_compatible(dtb: bytes) -> str | None:
+    """The first string of the root node's ``compatible``: what systemd-stub compares to pick a
+    UKI's ``.dtbauto`` (src/boot/devicetree.c); None when there is none."""
+    f = _open(dtb, lambda why: FormatError(LAYER, why, field="magic", offset=0))
+    raw = f.getprop(0, "compatible", (libfdt.NOTFOUND,))
+    if isinstance(raw, int):
+        return None
+    return bytes(raw).split(b"\0", 1)[0].decode("ascii", "replace") or None
+
+
 class FdtEditor:
     """A DTB being edited: properties set and deleted, nodes made, the blob grown as needed.
 
@@ -213,6 +224,13 @@ class FdtEditor:
 
     def set_u64(self, path: str, name: str, value: int) -> None:
         self.set(path, name, struct.pack(">Q", value))
+
+    def set_reg(self, path: str, name: str, ranges: list[tuple[int, int]]) -> None:
+        """Set ``name`` to (address, size) pairs in the root's ``#address-cells``/``#size-cells``,
+        as the kernel's ``fdt_appendprop_addrrange`` writes ``linux,elfcorehdr`` and
+        ``linux,usable-memory-range``."""
+        ac, sc = _node_cells(self._fdt, 0)
+        self.set(path, name, b"".join(a.to_bytes(4 * ac, "big") + n.to_bytes(4 * sc, "big") for a, n in ranges))
 
     def delete(self, path: str, name: str) -> bool:
         """Delete ``name`` from the node at ``path``; False when either is not there."""
@@ -252,3 +270,97 @@ class FdtEditor:
         except libfdt.FdtException as e:
             where = path if name is None else f"{path} {name}"
             raise FormatError(LAYER, f"libfdt: {libfdt.fdt_strerror(e.err)}", field=where) from e
+
+
+@dataclass(frozen=True)
+class StdoutDevice:
+    """The console device ``/chosen/stdout-path`` names: its node, ``compatible`` strings, the CPU
+    address of its first ``reg`` entry (translated through every parent's ``ranges``), and the
+    8250 binding's ``reg-shift``/``reg-io-width`` (defaults 0 and 1)."""
+
+    path: str
+    compatible: tuple[str, ...]
+    address: int
+    reg_shift: int = 0
+    reg_io_width: int = 1
+
+
+def stdout_device(dtb: bytes) -> StdoutDevice | None:
+    """The device ``/chosen/stdout-path`` (or the older ``linux,stdout-path``) names, None when
+    the DTB names none or the node has no address.
+
+    The path may be an alias and may carry options after a colon
+    ("serial0:115200n8", chosen.yaml); libfdt resolves aliases.
+    """
+    f = _open(dtb, lambda why: FormatError(LAYER, why, field="magic", offset=0))
+    chosen_off = f.path_offset("/chosen", (libfdt.NOTFOUND,))
+    if chosen_off < 0:
+        return None
+    raw = None
+    for name in ("stdout-path", "linux,stdout-path"):
+        raw = f.getprop(chosen_off, name, (libfdt.NOTFOUND,))
+        if not isinstance(raw, int):
+            break
+    if isinstance(raw, int) or raw is None:
+        return None
+    target = bytes(raw).split(b"\0", 1)[0].decode("ascii", "replace").split(":", 1)[0]
+    off = f.path_offset(target, (libfdt.NOTFOUND, libfdt.BADPATH))
+    if off < 0:
+        return None
+    address = _cpu_address(f, off)
+    if address is None:
+        return None
+    props = dict(_props(f, off))
+    compatible = tuple(s.decode("ascii", "replace") for s in props.get("compatible", b"").split(b"\0") if s)
+    shift = props.get("reg-shift")
+    width = props.get("reg-io-width")
+    return StdoutDevice(f.get_path(off), compatible, address,
+                        struct.unpack(">I", shift[:4])[0] if shift and len(shift) >= 4 else 0,
+                        struct.unpack(">I", width[:4])[0] if width and len(width) >= 4 else 1)
+
+
+def _cpu_address(f: libfdt.Fdt, off: int) -> int | None:
+    """The CPU address of node ``off``'s first ``reg`` entry: the bus address translated through each
+    ancestor's ``ranges`` (Devicetree Specification 2.3.8); None where a bus does not map it."""
+    parent = f.parent_offset(off)
+    reg = f.getprop(off, "reg", (libfdt.NOTFOUND,))
+    if isinstance(reg, int):
+        return None
+    ac, sc = _node_cells(f, parent)
+    if len(reg) < 4 * (ac + sc) or ac == 0:
+        return None
+    addr = int.from_bytes(bytes(reg)[:4 * ac], "big")
+    node = parent
+    while node != 0:  # the root's children are CPU addresses
+        bus = f.parent_offset(node)
+        ranges = f.getprop(node, "ranges", (libfdt.NOTFOUND,))
+        if isinstance(ranges, int):
+            return None  # no ranges: the bus does not map into its parent's space
+        child_ac, child_sc = _node_cells(f, node)
+        addr = _translate(bytes(ranges), addr, child_ac, _node_cells(f, bus)[0], child_sc)
+        if addr is None:
+            return None
+        node = bus
+    return addr
+
+
+def _node_cells(f: libfdt.Fdt, off: int) -> tuple[int, int]:
+    """(#address-cells, #size-cells) a node gives its children (defaults 2 and 1)."""
+    def cells(name: str, default: int) -> int:
+        raw = f.getprop(off, name, (libfdt.NOTFOUND,))
+        return default if isinstance(raw, int) or len(raw) < 4 else struct.unpack(">I", bytes(raw)[:4])[0]
+    return cells("#address-cells", 2), cells("#size-cells", 1)
+
+
+def _translate(ranges: bytes, addr: int, child_ac: int, parent_ac: int, child_sc: int) -> int | None:
+    """``addr`` in a bus's space mapped by its ``ranges`` into the parent's (empty: identity)."""
+    if not ranges:
+        return addr
+    width = 4 * (child_ac + parent_ac + child_sc)
+    for at in range(0, len(ranges) - width + 1, width):
+        child = int.from_bytes(ranges[at:at + 4 * child_ac], "big")
+        parent = int.from_bytes(ranges[at + 4 * child_ac:at + 4 * (child_ac + parent_ac)], "big")
+        size = int.from_bytes(ranges[at + 4 * (child_ac + parent_ac):at + width], "big")
+        if child <= addr < child + size:
+            return parent + addr - child
+    return None

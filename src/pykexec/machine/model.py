@@ -47,6 +47,8 @@ ARCH_ALIASES = {"aarch64": "arm64", "arm64": "arm64",
                 "powerpc": "ppc64", "powerpc64": "ppc64", "ppc64le": "ppc64", "ppc64el": "ppc64",
                 "s390": "s390x"}
 #: CONFIG_ARCH_KEEP_MEMBLOCK, by the names above
+#: the arm64 translation granules, the page sizes an arm64 kernel may run with
+ARM64_GRANULES = (4096, 16384, 65536)
 ARCH_KEEP_MEMBLOCK = frozenset({"arm64", "arm", "loongarch64", "ppc64", "mips", "riscv64"})
 #: a machine of the key's architecture also boots images of these (x86_64: the 32-bit entry)
 ARCH_RUNS = {"x86_64": frozenset({"x86_64", "x86"})}
@@ -98,6 +100,9 @@ class Machine:
     efi_memdesc_size: int | None = None
     fdt_size: int | None = None  # the boot DTB's size once packed (fdt_pack)
     x86_5level: bool | None = None
+    # arm64: the page sizes (granules) the CPU supports, from ID_AA64MMFR0_EL1.  Only a description
+    # gives them: Linux hides the register's TGran fields from user space (they read as absent).
+    cpu_page_sizes: tuple[int, ...] | None = None
     kernel_config: tuple[tuple[str, str], ...] = ()
     unreadable: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()

@@ -54,14 +54,16 @@ def _kernel(image: Any) -> tuple[Any, Buffer, Buffer | None, str | None]:
 def plan(image: Any, *, machine: Machine, target: str | None = None, crash: bool = False,
          initrd: Buffer | None = None, cmdline: str | None = None,
          purgatory: PurgatorySize | None = None, table: Sequence[Entry] = TABLE,
-         image_name: str = "kernel") -> LoadPlan:
+         image_name: str = "kernel", dtb: Buffer | None = None) -> LoadPlan:
     """Plan loading ``image`` (a :class:`~pykexec.formats.prepare.Prepared` or a BzImage/Arm64Image layer).
 
     ``initrd``/``cmdline`` default to what the image carries (a UKI's
     .initrd/.cmdline).  ``purgatory`` overrides the size of the purgatory the
     receiver loads; ``table`` is the receivers table to plan from.  Where
     only a user-mode build can place the image (ELF, Multiboot), the plan is
-    that build's, with ``image_name`` as the file name a Multiboot loader reports.
+    that build's, with ``image_name`` as the file name a Multiboot loader reports
+    and ``dtb`` the device tree an arm64 build starts from (default: the
+    image's, else the running kernel's).
     """
     layer, data, carried_initrd, carried_cmdline = _kernel(image)
     initrd = carried_initrd if initrd is None else initrd
@@ -79,6 +81,6 @@ def plan(image: Any, *, machine: Machine, target: str | None = None, crash: bool
                              f"(planners: {served(table)})", errno="ENOEXEC")
     if entry.planner is None:  # only a build places this image (ELF, Multiboot): plan what a load builds
         return entry.build(image, initrd=initrd, cmdline=cmdline, crash=crash, machine=machine,
-                           image_name=image_name).plan
+                           image_name=image_name, dtb=dtb).plan
     return entry.plan(layer, data, machine=machine, crash=crash, initrd=initrd, cmdline=cmdline,
                       purgatory=purgatory)

@@ -61,8 +61,8 @@ def plan_file(layer: Arm64Image, data: bytes, *, machine: Machine, crash: bool, 
     else:
         notes = []
     beh = KernelBehaviour.of(machine)
-    if beh.note():
-        notes.append(beh.note())
+    if beh.note("arm64"):
+        notes.append(beh.note("arm64"))
     walks = [crash_walk(machine)] if crash else normal_walks(machine, file_mode=True, rev_walk=True)
     placer = Placer(page_size=machine.page_size, exact_top_down=beh.exact_top_down)
     if not crash and machine.kho_active:

@@ -65,11 +65,13 @@ class KernelBehaviour:
             memory_hotplug=bool(cfg("CONFIG_MEMORY_HOTPLUG")),
         )
 
-    def note(self) -> str | None:
+    def note(self, arch: str = "x86_64") -> str | None:
+        """What an unknown kernel version means for the plan, in ``arch``'s terms."""
         if self.known:
             return None
+        rule = ", kernel above pref_address" if arch == "x86_64" else ""
         return ("the running kernel's version is unknown; placement follows the newest kernel "
-                "(top-down walks from the highest RAM, kernel above pref_address)")
+                f"(top-down walks from the highest RAM{rule})")
 
 
 def elfcorehdr_ranges(machine: Machine, *, exclude_low_1m: bool) -> int:

@@ -43,7 +43,9 @@ class LoadPlan:
     address where the receiver passes it (%rsi; Xen CRASH_EFI's
     ``parameters``).  ``kexec_type`` is the Xen load type where relevant;
     ``boot_params`` the component sizes of the x86 boot_params segment when
-    the kernel builds it (:class:`pykexec.plan.x86.BootParamsSize`).
+    the kernel builds it (:class:`pykexec.plan.x86.BootParamsSize`);
+    ``device_tree`` the DTB an arm64 user-mode load hands on, with its edits
+    (:class:`pykexec.boot.arm64.DeviceTree`).
     """
 
     target: str
@@ -57,6 +59,7 @@ class LoadPlan:
     kexec_type: str | None = None
     notes: tuple[str, ...] = ()
     boot_params: Any = field(default=None, repr=False, compare=False)
+    device_tree: Any = field(default=None, repr=False, compare=False)
 
     def validate(self) -> tuple[Violation, ...]:
         """The receiver's checks on this plan: Linux's for linux-*, Xen's for xen*."""
@@ -79,6 +82,7 @@ class LoadPlan:
             "notes": list(self.notes),
             **({"boot_params": {**dataclasses.asdict(self.boot_params), "total": self.boot_params.total}}
                if dataclasses.is_dataclass(self.boot_params) else {}),
+            **({"device_tree": self.device_tree.to_json()} if self.device_tree is not None else {}),
         }
 
     def __str__(self) -> str:
@@ -90,8 +94,9 @@ class LoadPlan:
             last = f"{s.mem + s.memsz - 1:#018x}" if s.memsz else "-"
             lines.append(f"  {i:>2}  {s.role:<16} {s.mem:#018x} {last:>18} {human_size(s.memsz):>10} "
                          f"{human_size(s.bufsz):>10}")
+        what = "device tree" if self.device_tree is not None else "boot parameters"
         lines.append(f"  entry {self.entry:#x}" + ("" if self.entry_arg is None
-                                                   else f", boot parameters at {self.entry_arg:#x}"))
+                                                   else f", {what} at {self.entry_arg:#x}"))
         lines.append(f"  command line: {self.cmdline!r}" if self.cmdline is not None else "  command line: none")
         for note in self.notes:
             lines.append(f"  note: {note}")

@@ -247,6 +247,8 @@ def parse_signed_data(blob: bytes) -> SignedData:
     algorithms = sd[1].expect(der.SET, "digestAlgorithms", LAYER).children(LAYER)
     digest_algorithms = tuple(_digest_name(der.algorithm(a, LAYER)) for a in algorithms)
     encap = sd[2].expect(der.SEQUENCE, "contentInfo", LAYER).children(LAYER)
+    if not encap:
+        raise FormatError(LAYER, "SignedData's contentInfo is empty: no signed content type")
     content_type = der.oid(encap[0], LAYER)
     if content_type != OID_SPC_INDIRECT_DATA or len(encap) != 2:
         raise FormatError(LAYER, f"signed content type is {content_type}, expected "

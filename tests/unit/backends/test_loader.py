@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -13,11 +14,13 @@ from pykexec import api
 from pykexec.backends.linux import control, policy
 from pykexec.backends.linux.syscalls import (KEXEC_FILE_DEBUG, KEXEC_FILE_NO_INITRAMFS,
                                     KEXEC_FILE_ON_CRASH, KEXEC_FILE_UNLOAD)
-from pykexec.errors import LoadRefused, SignatureRejected, SyscallError, UsageError
+from pykexec.errors import LoadRefused, PykexecError, SignatureRejected, SyscallError, UsageError
 
 from pykexec.machine import description
 from pykexec.machine.model import Machine
+from pykexec.machine.ranges import TypedRange
 from tests import builders
+from tests.unit.machine.dtb import arm64_virt
 
 from .fakes import FakeSyscalls
 
@@ -95,12 +98,40 @@ def test_signature_errors_never_fall_back(tmp_path, sysfs, err):
     assert info.value.errno_value == err and info.value.advice
 
 
+ARM64_RAM = Machine(arch="arm64", memory=(TypedRange(0x40000000, 0x40000000, "System RAM", 0),),
+                   memory_source="description")
+
+
 @pytest.mark.parametrize("err", sorted(policy.FALLBACK_ERRNOS))
-def test_fallback_errnos_try_user_mode(tmp_path, sysfs, err):
+def test_fallback_errnos_build_an_arm64_kexec_load(tmp_path, sysfs, err):
+    (sysfs / "firmware").mkdir()
+    (sysfs / "firmware" / "fdt").write_bytes(arm64_virt())
     fake = FakeSyscalls(fail={"kexec_file_load": err})
-    with pytest.raises(LoadRefused, match="kexec_load"):
-        run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), fake, sysfs)
+    _, report, _ = run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()),
+                                            command_line="console=ttyAMA0 marker=7"), fake, sysfs,
+                            machine=ARM64_RAM)
+    assert [c[0] for c in fake.calls] == ["kexec_file_load", "kexec_load"]
+    (_, entry, segments, flags) = fake.calls[1]
+    assert report.syscall == "kexec_load" and flags == 0
+    assert any(bytes(s.buf).startswith(b"\xd0\x0d\xfe\xed") and b"console=ttyAMA0 marker=7" in bytes(s.buf)
+               for s in segments)
+    assert any(s.mem <= entry < s.mem + s.memsz for s in segments)
+
+
+def test_arm64_fallback_without_a_device_tree_says_so(tmp_path, sysfs):
+    fake = FakeSyscalls(fail={"kexec_file_load": errno.ENOSYS})
+    with pytest.raises(LoadRefused, match="no device tree.*pass --dtb FILE"):
+        run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image())), fake, sysfs, machine=ARM64_RAM)
     assert [c[0] for c in fake.calls] == ["kexec_file_load"]
+
+
+def test_arm64_user_mode_takes_the_dtb_given(tmp_path, sysfs):
+    fake = FakeSyscalls()
+    dtb = write(tmp_path, "board.dtb", arm64_virt())
+    run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), mode="user", dtb=dtb,
+                             command_line="from-the-file"), fake, sysfs, machine=ARM64_RAM)
+    (_, _, segments, _), = fake.calls
+    assert any(b"from-the-file" in bytes(s.buf) for s in segments)
 
 
 def test_fallback_builds_a_kexec_load_on_x86(tmp_path, sysfs):
@@ -200,6 +231,44 @@ def test_lock_serialises(tmp_path):
                 pass
 
 
+@pytest.mark.parametrize("err", sorted(policy.NO_LOCKING_ERRNOS))
+def test_a_kernel_without_file_locking_loads_unserialised_and_says_so(tmp_path, monkeypatch, caplog, err):
+    def no_locks(fd, op):
+        raise OSError(err, os.strerror(err))
+    monkeypatch.setattr(policy.fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING"):
+        with policy.LoadLock(paths=(tmp_path / "lock",)):
+            pass
+    assert "CONFIG_FILE_LOCKING" in caplog.text and os.strerror(err) in caplog.text
+
+
+def test_another_flock_failure_names_the_call(tmp_path, monkeypatch):
+    def broken(fd, op):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    monkeypatch.setattr(policy.fcntl, "flock", broken)
+    with pytest.raises(PykexecError, match=r"flock of the load lock: Input/output error \(EIO\)"):
+        with policy.LoadLock(paths=(tmp_path / "lock",)):
+            pass
+
+
+def test_a_kernel_without_memfd_gets_the_reason_and_a_way_out(monkeypatch):
+    from pykexec.backends.linux import syscalls
+
+    def no_memfd(name, flags):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+    monkeypatch.setattr(syscalls.os, "memfd_create", no_memfd)
+    with pytest.raises(PykexecError, match=r"memfd_create: Function not implemented.*CONFIG_MEMFD_CREATE.*"
+                                           r"plain kernel file, or use --mode user"):
+        syscalls.memfd("kernel", b"data")
+
+
+def test_an_os_error_without_a_file_names_its_errno():
+    from pykexec.cli import os_error
+    assert os_error(OSError(errno.ENOSYS, "Function not implemented")) == "Function not implemented (ENOSYS)"
+    assert os_error(FileNotFoundError(errno.ENOENT, "No such file or directory", "/x")) == \
+        "/x: No such file or directory (ENOENT)"
+
+
 def test_unsigned_image_refused_under_lockdown_before_any_call(tmp_path, sysfs):
     (sysfs / "kernel" / "security" / "lockdown").write_text("none [integrity] confidentiality\n")
     fake = FakeSyscalls()
@@ -252,3 +321,12 @@ def test_kexec_load_points_at_the_segments_without_copying():
     assert ctypes.string_at(address, len(data)) == data
     keep, address = pin(memoryview(data)[7:])
     assert ctypes.string_at(address, 5) == b"bytes"
+
+
+def test_arm64_user_mode_under_lockdown_is_refused_before_anything_is_built(tmp_path, sysfs):
+    (sysfs / "kernel" / "security" / "lockdown").write_text("none [integrity] confidentiality\n")
+    fake = FakeSyscalls()
+    with pytest.raises(LoadRefused, match="lockdown is 'integrity': the kernel refuses kexec_load"):
+        run_load(api.LoadOptions(image=write(tmp_path, "I", arm64_image()), mode="user",
+                                 require_signature=False), fake, sysfs, machine=ARM64_RAM)
+    assert fake.calls == []

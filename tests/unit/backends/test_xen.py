@@ -19,7 +19,7 @@ from pykexec.backends.xen import hypercalls as hc
 from pykexec.backends.xen import probe
 from pykexec.backends.xen.backend import TEST_MOVE
 from pykexec.boot import elfcore
-from pykexec.errors import KernelRefused, LoadRefused, SyscallError
+from pykexec.errors import KernelRefused, LoadRefused, SyscallError, UsageError
 from pykexec.machine import snapshot
 from pykexec.machine.model import Machine
 from pykexec.machine.ranges import Range
@@ -314,3 +314,17 @@ def test_no_filler_hook_drops_only_the_null_segments(tmp_path, monkeypatch):
     _, _, plan = load(tmp_path, fake)
     (_, _, _, segments, _), = [c for c in fake.calls if c[0] == "load"]
     assert [(s.dest_maddr, s.dest_size) for s in segments] == [(p.mem, p.memsz) for p in plan.segments if not p.null]
+
+
+def test_mode_user_under_xen_goes_to_the_hypercall(tmp_path):
+    fake = FakeXen()
+    _, report, plan = load(tmp_path, fake, mode="user")
+    assert report.syscall == "KEXEC_CMD_kexec_load" and plan.target == "xen"
+    assert [c[0] for c in fake.calls if c[0] == "load"] == ["load"]
+
+
+def test_mode_file_under_xen_is_refused_before_any_call(tmp_path):
+    fake = FakeXen()
+    with pytest.raises(UsageError, match="under Xen kexec belongs to the hypervisor"):
+        load(tmp_path, fake, mode="file")
+    assert not [c for c in fake.calls if c[0] == "load"]

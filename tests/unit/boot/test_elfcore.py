@@ -173,3 +173,22 @@ def test_missing_crash_notes_size_defaults_to_1024(tmp_path):
     src = elfcore.read_sources(sys=tmp_path, proc=tmp_path / "noproc")
     assert src.cpu_notes == (Note(0x7F000000, 1024, "cpu0"),)
     assert any("kcore" in path for path, _ in src.unreadable)
+
+
+def test_arm64_kcore_tells_the_text_from_a_single_ram_range(tmp_path):
+    """One RAM entry (the linear map) and the kernel text: both hold "Kernel code"; the text is
+    the one off the linear map, and the linear offset is the RAM entry's."""
+    linear, kimage = 0xFFF0000000000000 - 0x40000000, 0xFFFF800080000000 - 0x40200000
+    entries = [(1, 0x40200000 + kimage, 0x40200000, 0x2F00000),          # KCORE_TEXT
+               (1, 0xFFFF800000000000, (1 << 64) - 1, 0x8000000),        # vmalloc: no paddr
+               (1, 0x40000000 + linear, 0x40000000, 0x60000000)]         # KCORE_RAM
+    head = elfcore.EHDR.pack(elfcore.ELF_IDENT, elfcore.ET_CORE, elfcore.EM_AARCH64, 1, 0, elfcore.EHDR.size,
+                             0, 0, elfcore.EHDR.size, elfcore.PHDR.size, len(entries), 0, 0, 0)
+    phdrs = b"".join(elfcore.PHDR.pack(t, 7, 0, v, p, m, m, 0) for t, v, p, m in entries)
+    (tmp_path / "kcore").write_bytes(head + phdrs)
+    m = Machine(arch="arm64", memory=(TypedRange(0x40000000, 0x60000000, "System RAM", 0),
+                                      TypedRange(0x40210000, 0x2500000, "Kernel code", 1)))
+    unreadable = []
+    text, offset = elfcore.read_kcore(tmp_path / "kcore", unreadable, m, arch="arm64")
+    assert offset == linear and unreadable == []
+    assert (text.vaddr, text.paddr, text.size) == (0x40200000 + kimage, 0x40200000, 0x2F00000)

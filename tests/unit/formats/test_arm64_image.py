@@ -100,3 +100,10 @@ def test_truncation(pe_header):
         assert isinstance(result, Arm64Image) == (n >= 0x40)
     for n in truncations(image, 0x200, stride=4):
         unwrap_or_error(image[:n])
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_authenticode_is_reported_and_unknown_when_the_pe_is_cut(signed):
+    image = b.arm64_image(pe=True, signed=signed)
+    assert arm64_image.parse(image).authenticode is signed
+    assert arm64_image.parse(image[:0x80]).authenticode is None      # the PE headers are cut off

@@ -187,3 +187,38 @@ def test_a_broken_structure_block_names_the_node_and_property():
 def test_a_relative_path_is_refused():
     with pytest.raises(FormatError, match="chosen: a node path must be absolute"):
         fdt.FdtEditor(arm64_virt()).set_u64("chosen", "x", 1)
+
+
+def test_stdout_device_follows_an_alias_and_drops_the_options():
+    tree = dtb({
+        "/": {"#address-cells": u32(2), "#size-cells": u32(2)},
+        "/pl011@9000000": {"compatible": b"arm,pl011\0arm,primecell\0", "reg": reg([(0x9000000, 0x1000)])},
+        "/aliases": {"serial0": b"/pl011@9000000\0"},
+        "/chosen": {"stdout-path": b"serial0:115200n8\0"},
+    })
+    dev = fdt.stdout_device(tree)
+    assert dev == fdt.StdoutDevice("/pl011@9000000", ("arm,pl011", "arm,primecell"), 0x9000000, 0, 1)
+
+
+def test_stdout_device_translates_through_bus_ranges_and_reads_the_8250_binding():
+    # a 1-cell bus at CPU address 0x1_2000_0000 mapping its 0x0-0x100000 window
+    tree = dtb({
+        "/": {"#address-cells": u32(2), "#size-cells": u32(2)},
+        "/soc": {"#address-cells": u32(1), "#size-cells": u32(1),
+                 "ranges": u32(0) + (0x120000000).to_bytes(8, "big") + u32(0x100000)},
+        "/soc/serial@3000": {"compatible": b"snps,dw-apb-uart\0", "reg": u32(0x3000) + u32(0x100),
+                             "reg-shift": u32(2), "reg-io-width": u32(4)},
+        "/chosen": {"linux,stdout-path": b"/soc/serial@3000\0"},
+    })
+    dev = fdt.stdout_device(tree)
+    assert (dev.address, dev.reg_shift, dev.reg_io_width) == (0x120003000, 2, 4)
+
+
+def test_stdout_device_is_none_when_unnamed_unknown_or_unmapped():
+    base = {"/": {"#address-cells": u32(2), "#size-cells": u32(2)}}
+    assert fdt.stdout_device(dtb(base)) is None
+    assert fdt.stdout_device(dtb({**base, "/chosen": {"stdout-path": b"/nowhere\0"}})) is None
+    unmapped = dtb({**base, "/bus": {"#address-cells": u32(1), "#size-cells": u32(1)},
+                    "/bus/uart@0": {"reg": u32(0) + u32(0x100)},
+                    "/chosen": {"stdout-path": b"/bus/uart@0\0"}})
+    assert fdt.stdout_device(unmapped) is None   # a bus without ranges does not map into the CPU's space

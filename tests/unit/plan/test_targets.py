@@ -111,6 +111,15 @@ def test_arm64_layout():
     assert p.validate() == ()
 
 
+def test_arm64_notes_speak_no_x86(bz):
+    """An unknown kernel version gets a note on both; only x86's names the x86 field."""
+    notes = plan(arm64(), machine=simple_machine(Range(0x40000000, GiB), arch="arm64", release=None)).notes
+    assert any("version is unknown" in n for n in notes)
+    assert not any("pref_address" in n for n in notes)
+    x86 = plan(bz, machine=simple_machine(Range(0x100000, GiB), release=None), target="linux-file").notes
+    assert any("pref_address" in n for n in x86)
+
+
 def test_arm64_text_offset_moves_the_kernel_up():
     m = simple_machine(Range(0x40000000, GiB), arch="arm64")
     p = plan(arm64(image_size=0x1000000, text_offset=0x80000), machine=m)

@@ -88,3 +88,65 @@ def test_deep_nesting_is_refused_without_recursion():
         blob = b"\x30" + head + blob
     with pytest.raises(PykexecError):
         authenticode.parse_signed_data(blob)
+
+
+# -- structured DER: the shape of a PKCS #7 SignedData, with any subtree replaced ------------------
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes(
+        (n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + length + body
+
+
+SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")
+SPC_INDIRECT_OID = bytes.fromhex("060a2b060104018237020104")
+SHA256_ALG = _tlv(0x30, bytes.fromhex("0609608648016503040201") + b"\x05\x00")
+LEAF_TAGS = st.sampled_from([0x02, 0x04, 0x05, 0x06, 0x0C, 0x13, 0x80, 0x81])
+CONSTRUCTED_TAGS = st.sampled_from([0x30, 0x31, 0xA0, 0xA1])
+#: any DER tree: leaves of common primitive tags, nested in SEQUENCE, SET and context tags
+ANY_DER = st.recursive(
+    st.builds(_tlv, LEAF_TAGS, st.binary(max_size=12)),
+    lambda kids: st.builds(lambda tag, parts: _tlv(tag, b"".join(parts)), CONSTRUCTED_TAGS,
+                           st.lists(kids, max_size=4)),
+    max_leaves=12)
+
+
+def _seq(*parts: bytes) -> bytes:
+    return _tlv(0x30, b"".join(parts))
+
+
+@st.composite
+def signed_data(draw) -> bytes:
+    """A ContentInfo shaped like Authenticode's, each field either right or any DER tree."""
+    def part(good: bytes) -> bytes:
+        return draw(st.one_of(st.just(good), ANY_DER))
+    spc = _seq(part(_seq(part(bytes.fromhex("060a2b06010401823702010f")))),
+               part(_seq(SHA256_ALG, _tlv(0x04, bytes(32)))))
+    encap = part(_seq(part(SPC_INDIRECT_OID), part(_tlv(0xA0, spc))))
+    signer = part(_seq(_tlv(0x02, b"\x01"), part(_seq(_seq(), _tlv(0x02, b"\x05"))), part(SHA256_ALG),
+                       part(_tlv(0xA0, part(_seq(part(bytes.fromhex("06092a864886f70d010904")),
+                                                 _tlv(0x31, part(_tlv(0x04, bytes(32)))))))),
+                       part(SHA256_ALG), part(_tlv(0x04, b"sig"))))
+    sd = _seq(_tlv(0x02, b"\x01"), part(_tlv(0x31, SHA256_ALG)), encap,
+              *draw(st.lists(ANY_DER, max_size=2)), part(_tlv(0x31, signer)))
+    return _seq(part(SIGNED_DATA_OID), part(_tlv(0xA0, sd)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(blob=signed_data())
+def test_any_signed_data_shape_parses_or_is_a_format_error(blob):
+    """The crash a random-bytes fuzzer never reached (an empty contentInfo: IndexError) and its
+    kind: every structured input is parsed or refused with the project's own error."""
+    try:
+        parsed = authenticode.parse_signed_data(blob)
+    except PykexecError as e:
+        assert str(e)
+        return
+    assert parsed.signers and parsed.content_type
+
+
+def test_an_empty_content_info_is_a_format_error():
+    sd = _seq(_tlv(0x02, b"\x01"), _tlv(0x31, SHA256_ALG), _seq(), _tlv(0x31, b""))
+    with pytest.raises(PykexecError, match="contentInfo is empty"):
+        authenticode.parse_signed_data(_seq(SIGNED_DATA_OID, _tlv(0xA0, sd)))

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: flock's answers on a kernel without file locking
+NO_LOCKING_ERRNOS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP}
 FALLBACK_ERRNOS = {errno.ENOSYS, errno.ENOEXEC, errno.EINVAL, errno.ENOTSUP}
 ADVICE = {
     errno.EPERM: "the kernel forbids this load: under lockdown or Secure Boot only "
@@ -179,7 +181,10 @@ class LoadLock:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
-            except BlockingIOError:
+            except OSError as e:
+                if not isinstance(e, BlockingIOError):
+                    self._unlocked(e)
+                    return
                 if not told:
                     log.warning("another pykexec is loading; waiting up to %.0f s", self.timeout)
                     told = True
@@ -187,6 +192,16 @@ class LoadLock:
                     raise PykexecError(f"another pykexec still holds the load lock after "
                                        f"{self.timeout:.0f} s; try again later") from None
                 time.sleep(0.1)
+
+    @staticmethod
+    def _unlocked(err: OSError) -> None:
+        """A kernel without file locking (no CONFIG_FILE_LOCKING: ENOSYS, ENOLCK) cannot serialise
+        loads; the load goes on, and says so."""
+        if err.errno not in NO_LOCKING_ERRNOS:
+            name = errno.errorcode.get(err.errno, err.errno)
+            raise PykexecError(f"flock of the load lock: {err.strerror} ({name})") from None
+        log.warning("flock of the load lock: %s: this kernel cannot lock files (CONFIG_FILE_LOCKING), "
+                    "so concurrent loads are not serialised", err.strerror)
 
     def _open(self) -> int:
         for path in self.paths:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from ...errors import SyscallError
+from ...errors import PykexecError, SyscallError
 
 KEXEC_FILE_UNLOAD = 0x01
 KEXEC_FILE_ON_CRASH = 0x02
@@ -165,7 +165,12 @@ def read_lockdown(sysfs: Path = Path("/sys")) -> str | None:
 
 def memfd(name: str, data: bytes | memoryview) -> int:
     """An anonymous file holding ``data``: what we prepared never touches disk."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    except OSError as e:
+        raise PykexecError(f"memfd_create: {e.strerror}: pykexec hands the kernel what it prepared "
+                           f"({name}) through a memfd, and this kernel has none (CONFIG_MEMFD_CREATE); "
+                           "load a plain kernel file, or use --mode user") from None
     try:
         view = memoryview(data)
         while view:
