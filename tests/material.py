@@ -29,6 +29,10 @@ Nothing is committed to the repository: everything lives in the cache,
                                 Image + vmlinuz.efi (+ the .config) per compression
     zboot/arm64-debian_<pkg>_<linux-source key>_<compression>/
                                 the same, wrapping Debian's arm64 Image
+    build/kbuild-<name>_<arch>_<linux-source key>/
+                                a scenario kernel's build tree (kernel_build())
+    kbuild/<name>_<arch>_<linux-source key>_<config hash>/
+                                its image + .config, per configuration
     arm64/<kind>_<hash>/root    an arm64 guest tree: trixie packages merged into
                                 one merged-/usr root (files hard-linked from
                                 deb/), keyed by every package and version
@@ -83,6 +87,7 @@ __all__ = [
     "build_uki",
     "build_addon",
     "linux_source_tree",
+    "kernel_build",
     "extract_vmlinux_script",
     "arm64_zboot",
     "arm64_zboot_debian",
@@ -1001,10 +1006,16 @@ def _untar_source(tree: Path) -> None:
     dest.rmdir()
 
 
-def linux_source_tree() -> Path:
-    """Debian's linux-source-6.1 unpacked once into the cache; returns the tree's top directory."""
-    tree = _package(_apt(_SYSTEM), "linux-source-6.1", ["./usr/src/linux-source-*.tar.*"],
-                    post=_untar_source)
+#: Debian's kernel sources, by version: the apt sources that carry each
+LINUX_SOURCES = {"6.1": _SYSTEM, "7.2": _SID}
+
+
+def linux_source_tree(version: str = "6.1") -> Path:
+    """Debian's linux-source-<version> unpacked once into the cache; returns the tree's top
+    directory, whose parent's name (``linux-source-<version>_<package version>_all``) keys
+    every build made from it."""
+    tree = _package(_apt(LINUX_SOURCES[version]), f"linux-source-{version}",
+                    ["./usr/src/linux-source-*.tar.*"], post=_untar_source)
     top = tree / "linux"
     if not (top / "Makefile").is_file():
         raise _fail(f"{top} is not a kernel source tree")
@@ -1020,7 +1031,7 @@ def extract_vmlinux_script() -> Path:
 
 
 _BUILD_TOOLS = {
-    # command: package (system suite)
+    # command, or the absolute path of a header: package (system suite)
     "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
     "make": "make",
     "flex": "flex",
@@ -1033,15 +1044,23 @@ _BUILD_TOOLS = {
     "xz": "xz-utils",
     "lzop": "lzop",
     "zstd": "zstd",
+    "gcc": "gcc",
+    "/usr/include/gelf.h": "libelf-dev",  # x86's objtool
 }
 
 
+def _missing_build_tools() -> list:
+    """The packages of :data:`_BUILD_TOOLS` whose command (or, for a path, file) is absent."""
+    return sorted({pkg for what, pkg in _BUILD_TOOLS.items()
+                   if not (Path(what).exists() if what.startswith("/") else shutil.which(what))})
+
+
 def _ensure_build_tools() -> None:
-    missing = sorted({pkg for cmd, pkg in _BUILD_TOOLS.items() if shutil.which(cmd) is None})
+    missing = _missing_build_tools()
     if not missing:
         return
     with _lock("apt-install"):
-        missing = sorted({pkg for cmd, pkg in _BUILD_TOOLS.items() if shutil.which(cmd) is None})
+        missing = _missing_build_tools()
         if not missing:
             return
         if os.geteuid() != 0:
@@ -1061,17 +1080,20 @@ def _kconfig(build: Path) -> dict:
     return out
 
 
-def _zboot_env() -> dict:
+def _kbuild_env() -> dict:
+    """The environment of a reproducible kernel build (no ARCH or CROSS_COMPILE: make gets them)."""
     return dict(
-        os.environ,
-        ARCH="arm64",
-        CROSS_COMPILE="aarch64-linux-gnu-",
+        {k: v for k, v in os.environ.items() if k not in ("ARCH", "CROSS_COMPILE")},
         KBUILD_BUILD_TIMESTAMP="Thu Jan  1 00:00:00 UTC 2026",
         KBUILD_BUILD_USER="pykexec",
         KBUILD_BUILD_HOST="material",
         KBUILD_BUILD_VERSION="1",
         LC_ALL="C",
     )
+
+
+def _zboot_env() -> dict:
+    return dict(_kbuild_env(), ARCH="arm64", CROSS_COMPILE="aarch64-linux-gnu-")
 
 
 def _zboot_build(src: Path, compression: str) -> tuple:
@@ -1191,6 +1213,91 @@ def arm64_zboot_debian(compression: str = "gzip", image: Optional[PathLike] = No
         finally:
             image.unlink(missing_ok=True)  # the next build remakes the tree's own Image and all after it
     return final / "vmlinuz.efi", final / "Image"
+
+
+# --------------------------------------------------------------------------
+# kernels built from Debian's source for the VM scenarios: tinyconfig plus what
+# the harness's guest needs plus what the scenario tests
+
+
+#: what every guest of tests/vm needs from a tinyconfig kernel: a serial console,
+#: the initramfs layers (gzip or zstd), /init's mounts, and the system calls
+#: CPython, busybox and pykexec make; IKCONFIG_PROC, so that ``pykexec machine``
+#: reads the kernel's configuration as on a distribution kernel
+GUEST_CONFIG = (
+    "64BIT", "SMP", "PRINTK", "TTY", "BLK_DEV_INITRD", "RD_GZIP", "RD_ZSTD", "BINFMT_ELF",
+    "BINFMT_SCRIPT", "DEVTMPFS", "PROC_FS", "PROC_SYSCTL", "SYSFS", "DEBUG_FS", "TMPFS", "SHMEM",
+    "EXPERT", "MULTIUSER", "FUTEX", "EPOLL", "SIGNALFD", "TIMERFD", "EVENTFD", "POSIX_TIMERS",
+    "FILE_LOCKING", "ADVISE_SYSCALLS", "MEMFD_CREATE", "UNIX", "NET", "IKCONFIG", "IKCONFIG_PROC",
+    "KEXEC", "KEXEC_FILE", "CRASH_DUMP", "PROC_KCORE", "RELOCATABLE",
+)
+
+#: per architecture: make's ARCH and CROSS_COMPILE, the image target and where it lands,
+#: and the console and power-off the guest uses
+KBUILD_ARCHES = {
+    "x86_64": {"make": ["ARCH=x86_64"], "target": "bzImage", "image": "arch/x86/boot/bzImage",
+               "config": ("SERIAL_8250", "SERIAL_8250_CONSOLE", "ACPI")},
+    "arm64": {"make": ["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"], "target": "Image",
+              "image": "arch/arm64/boot/Image",
+              "config": ("SERIAL_AMBA_PL011", "SERIAL_AMBA_PL011_CONSOLE", "ARM_PSCI_FW")},
+}
+
+
+def kernel_build(name: str, arch: str, enable: Sequence[str], *, source: str = "7.2",
+                 values: Mapping[str, str] = {}) -> tuple:
+    """A kernel built from Debian's linux-source-``source`` for a VM scenario.
+
+    The configuration is tinyconfig + :data:`GUEST_CONFIG` + the architecture's console
+    + ``enable`` (symbols without ``CONFIG_``) + ``values`` (symbol -> value); a symbol
+    that olddefconfig drops (an unmet dependency) fails the build with its name.  Cached
+    as ``kbuild/<name>_<arch>_<source key>_<hash of the configuration>``; the build tree
+    (``build/kbuild-<name>_<arch>_<source key>``) is kept, so a changed configuration
+    recompiles only what it touches.  Returns ``(image, config)``: the bootable image
+    (bzImage, or arm64's Image) and its ``.config``.
+    """
+    spec = KBUILD_ARCHES[arch]
+    src = linux_source_tree(source)
+    symbols = (*GUEST_CONFIG, *spec["config"], *enable)
+    digest = hashlib.sha256(json.dumps([symbols, sorted(values.items())]).encode()).hexdigest()[:12]
+    tree = f"{name}_{arch}_{src.parent.name}"
+    final = cache_root() / "kbuild" / f"{tree}_{digest}"
+    if _done(final):
+        return final / "image", final / "config"
+    with _lock("kbuild-" + tree):
+        if _done(final):
+            return final / "image", final / "config"
+        t0 = time.monotonic()
+        _ensure_build_tools()
+        build = cache_root() / "build" / f"kbuild-{tree}"
+        build.mkdir(parents=True, exist_ok=True)
+        env = _kbuild_env()
+        make = ["make", "-C", os.fspath(src), f"O={build}", *spec["make"]]
+        config = ["bash", os.fspath(src / "scripts" / "config"), "--file", os.fspath(build / ".config")]
+        _log(f"kernel {name} ({arch}): make tinyconfig")
+        _run([*make, "tinyconfig"], what=f"make tinyconfig ({name}, {arch})", env=env)
+        edits = [a for s in symbols for a in ("-e", s)]
+        edits += [a for k, v in values.items() for a in ("--set-val", k, v)]
+        _run([*config, *edits], what=f"scripts/config ({name})", env=env)
+        _run([*make, "olddefconfig"], what=f"make olddefconfig ({name}, {arch})", env=env)
+        got = _kconfig(build)
+        dropped = [s for s in symbols if got.get(f"CONFIG_{s}") != "y"]
+        dropped += [k for k, v in values.items() if got.get(f"CONFIG_{k}") != v]
+        if dropped:
+            raise _fail(f"kernel {name} ({arch}): olddefconfig dropped {dropped} (unmet dependencies)")
+        jobs = str((os.cpu_count() or 1) + 1)
+        _log(f"kernel {name} ({arch}): make -j{jobs} {spec['target']}")
+        _run([*make, f"-j{jobs}", spec["target"]], what=f"make {spec['target']} ({name}, {arch})",
+             env=env, timeout=3600)
+        stage = _staging(final.name)
+        try:
+            shutil.copyfile(build / spec["image"], stage / "image")
+            shutil.copyfile(build / ".config", stage / "config")
+            _mark_done(stage)
+            _publish(stage, final)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        _log(f"kernel {name} ({arch}) built in {time.monotonic() - t0:.0f}s")
+    return final / "image", final / "config"
 
 
 # --------------------------------------------------------------------------
@@ -1405,6 +1512,7 @@ def fetch_all(progress=None) -> dict:
         ("systemd_stub(sid, aa64, addon)", lambda: systemd_stub("sid", "aa64", "addon")),
         ("ukify", ukify),
         ("linux_source_tree", linux_source_tree),
+        ("linux_source_tree(7.2)", lambda: linux_source_tree("7.2")),
         ("extract_vmlinux_script", extract_vmlinux_script),
     ] + [
         (f"arm64_zboot({c})", (lambda c=c: arm64_zboot(c))) for c in ZBOOT_COMPRESSIONS
