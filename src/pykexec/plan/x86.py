@@ -238,8 +238,9 @@ def user_entry(layer: BzImage, data: bytes) -> int:
     if not SETUP_HEADER.get(data, "code32_start"):
         raise PlacementError(f"protocol {layer.version}, but code32_start (0x214) is 0: the image declares "
                              "no 32-bit entry and starts only through its real-mode setup code and the "
-                             "BIOS (as iPXE's ipxe.lkrn does); pykexec enters bzImages through the 32-bit "
-                             "or 64-bit boot protocol", errno="ENOEXEC")
+                             "BIOS (as iPXE's ipxe.lkrn does, which kexec-tools boots with --real-mode); "
+                             "pykexec enters bzImages through the 32-bit or 64-bit boot protocol",
+                             errno="ENOEXEC")
     return 32
 
 
