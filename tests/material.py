@@ -1239,7 +1239,8 @@ KBUILD_ARCHES = {
                "config": ("SERIAL_8250", "SERIAL_8250_CONSOLE", "ACPI")},
     "arm64": {"make": ["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"], "target": "Image",
               "image": "arch/arm64/boot/Image",
-              "config": ("SERIAL_AMBA_PL011", "SERIAL_AMBA_PL011_CONSOLE", "ARM_PSCI_FW")},
+              # SUSPEND: arm64's KEXEC depends on PM_SLEEP_SMP, so on PM_SLEEP
+              "config": ("SERIAL_AMBA_PL011", "SERIAL_AMBA_PL011_CONSOLE", "ARM_PSCI_FW", "SUSPEND")},
 }
 
 
