@@ -1178,7 +1178,8 @@ def arm64_zboot(compression: str = "gzip") -> tuple:
 
 
 def arm64_zboot_debian(compression: str = "gzip", image: Optional[PathLike] = None) -> tuple:
-    """A zboot whose payload is Debian's own arm64 Image (``image``, default arm64_image(), ~35 MiB).
+    """A zboot whose payload is Debian's own arm64 Image (``image``, default arm64_image(), ~35 MiB,
+    or one kernel_build() made).
 
     The kernel's zboot rules (drivers/firmware/efi/libstub/Makefile.zboot) wrap
     whatever arch/arm64/boot/Image holds, so the build tree of arm64_zboot() wraps
@@ -1192,7 +1193,10 @@ def arm64_zboot_debian(compression: str = "gzip", image: Optional[PathLike] = No
     debian = Path(image) if image is not None else arm64_image()
     src = linux_source_tree()
     srckey = src.parent.name
-    package = _safe("_".join(package_of(debian)))
+    # an Image of kernel_build() is keyed by its build (source version and configuration hash)
+    built = debian.resolve().parent
+    package = (built.name if built.parent == (cache_root() / "kbuild").resolve()
+               else _safe("_".join(package_of(debian))))
     final = cache_root() / "zboot" / f"arm64-debian_{package}_{srckey}_{compression}"
     if _done(final):
         return final / "vmlinuz.efi", final / "Image"
