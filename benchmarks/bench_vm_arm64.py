@@ -179,6 +179,7 @@ def report_crash(crash: dict) -> None:
     """Part (c)'s table: per loader the medians of wall, user, sys and peak RSS; then the ratios."""
     med = um.median
     print(f"(c) crash load (crashkernel={CRASH}): whole process, medians")
+    print(f"{'case':<32} {'wall s':>8} {'min':>7} {'max':>7} {'user s':>8} {'sys s':>7} {'peak RSS MiB':>13}")
     for key, rs in crash.items():
         walls = [r["wall"] for r in rs]
         print(f"{key:<32} {med(walls):8.2f} {min(walls):7.2f} {max(walls):7.2f} "

@@ -147,17 +147,11 @@ def kernel() -> Path:
     return image
 
 
-#: the KEXEC_FILE kernel's symbols beyond material.GUEST_CONFIG and arm64's console: sysrq-c
-#: panics the guest for kdump, and the capture kernel reads /proc/vmcore
-FILE_KERNEL_CONFIG = ("MAGIC_SYSRQ", "PROC_VMCORE")
-
-
 def file_kernel() -> Path:
     """An arm64 Image with KEXEC_FILE, which no Debian arm64 kernel has: Debian's
-    linux-source-7.2 built by material.kernel_build (tinyconfig + what the guest needs +
-    :data:`FILE_KERNEL_CONFIG`; cached by source version and configuration)."""
-    image, _config = _material("the arm64 KEXEC_FILE kernel (linux-source-7.2)",
-                               lambda: material.kernel_build("kexec-file", "arm64", FILE_KERNEL_CONFIG))
+    linux-source-7.2 built by material.arm64_file_kernel (tinyconfig + what the guest needs
+    + ``ARM64_FILE_KERNEL_CONFIG``; cached by source version and configuration)."""
+    image, _config = _material("the arm64 KEXEC_FILE kernel (linux-source-7.2)", material.arm64_file_kernel)
     return image
 
 
