@@ -31,7 +31,7 @@ from __future__ import annotations
 import struct
 from typing import Sequence
 
-from ..errors import PlacementError
+from ..errors import FormatError, PlacementError
 from ..formats.arm64_image import Arm64Image
 from ..machine.model import Machine
 from ..machine.fdt import FdtEditor
@@ -154,7 +154,7 @@ def plan_file(layer: Arm64Image, data: bytes, *, machine: Machine, crash: bool, 
         except PlacementError as e:
             raise (last_error or e)
         try:
-            _other_segments(placer, kseg, machine, beh, crash, initrd, cmdline, walks)
+            _other_segments(placer, kseg, machine, beh, crash, initrd, cmdline, walks, notes)
             break
         except PlacementError as e:
             last_error = e
@@ -173,7 +173,7 @@ def plan_file(layer: Arm64Image, data: bytes, *, machine: Machine, crash: bool, 
 
 
 def _other_segments(placer: Placer, kseg: Segment, machine: Machine, beh: KernelBehaviour, crash: bool,
-                    initrd: bytes | None, cmdline: str | None, walks: list) -> None:
+                    initrd: bytes | None, cmdline: str | None, walks: list, notes: list[str]) -> None:
     """machine_kexec_file.c ``load_other_segments``: elfcorehdr, initrd and DTB above the kernel."""
     buf_min = kseg.mem + kseg.memsz
     elf = iseg = None
@@ -186,13 +186,15 @@ def _other_segments(placer: Placer, kseg: Segment, machine: Machine, beh: Kernel
         iseg = place(placer, KexecBuf("initrd", len(initrd), len(initrd), buf_align=0, buf_min=buf_min,
                                       buf_max=align_down(kseg.mem, GiB) + 32 * GiB, top_down=False,
                                       buffer=initrd), walks)
+    size = dtb_size(machine, cmdline)
     if machine.fdt is not None:
-        size = len(kexec_file_dtb(machine.fdt, machine=machine, cmdline=cmdline,
-                                  initrd=None if iseg is None else (iseg.mem, len(initrd)),
-                                  elfcorehdr=None if elf is None else (elf.mem, elf.bufsz),
-                                  usable=_usable(machine) if crash else ()))
-    else:
-        size = dtb_size(machine, cmdline)
+        try:
+            size = len(kexec_file_dtb(machine.fdt, machine=machine, cmdline=cmdline,
+                                      initrd=None if iseg is None else (iseg.mem, len(initrd)),
+                                      elfcorehdr=None if elf is None else (elf.mem, elf.bufsz),
+                                      usable=_usable(machine) if crash else ()))
+        except FormatError as e:   # libfdt refused an edit: the size is estimated, as without the DTB
+            notes.append(f"the boot DTB could not be edited as the kernel edits it ({e}); its size is estimated")
     place(placer, KexecBuf("dtb", size, size, buf_align=MIN_KIMG_ALIGN, buf_min=buf_min, top_down=True), walks)
 
 
