@@ -56,9 +56,19 @@ initrd (64.3 MB, below) and the same command line.
     other loader's load (then ``kexec -u``), so the kernel before every hop
     ran the same programs (see bench_vm_usermode.py for why).
 
-A full run (``--runs 3``: 6 loads in the first kernel, 6 hops each with
-both loads) takes about 7 minutes on the 2-core machine; kexec-tools'
-purgatory is most of it (50-66 s per hop against 3 s for ours).
+(c) **crash load**: the first kernel boots with ``crashkernel=CRASH`` (256M);
+    after (a), ``pykexec load --crash --mode user`` and ``kexec -p`` load the
+    same Image, initrd and a capture command line into the crash region
+    alternately, RUNS times each, each followed by an unmeasured ``kexec -p
+    -u``.  Measured as in (a): wall time and peak RSS of the whole process.
+    Beside the Image and the initrd, both build an ELF core header of the
+    first kernel's memory and a device tree with ``linux,elfcorehdr`` and
+    ``linux,usable-memory-range``.  The hops of (b) boot without a crash
+    region.
+
+A full run (``--runs 3``: 6 loads and 6 crash loads in the first kernel, 6
+hops each with both loads) takes about 8 minutes on the 2-core machine;
+kexec-tools' purgatory is most of it (50-66 s per hop against 3 s for ours).
 
 Run:  .venv/bin/python benchmarks/bench_vm_arm64.py [--runs 3] [--memory 2048] [--no-same-work] [--json]
 """
@@ -85,6 +95,8 @@ from vmmeasure import CHAIN, MEASURE, NEWC  # noqa: E402
 
 #: QEMU virt's PL011 (the new kernel's early console)
 EARLYCON = "earlycon=pl011,0x9000000"
+#: the first kernel's crash region, for (c): the Image, the initrd and the small pieces fit
+CRASH = "256M"
 #: where the host's gzip of the Image goes in the guest (inflated to /vm/Image by each kernel)
 GUEST_IMAGE_GZ = "/vm/Image.gz"
 
@@ -121,6 +133,11 @@ def pykexec_load():
 def kt_load():
     return [KT, "-l", IMAGE, "--initrd", INITRD, "--command-line", NEXT_CMDLINE]
 
+CAPTURE_CMDLINE = "console={console} panic=-1 nr_cpus=1 stage=capture"
+CRASH_LOADS = (("pykexec load --crash --mode user", ["pykexec", "load", "--crash", "--mode", "user", IMAGE,
+                                                     "--initrd", INITRD, "--command-line", CAPTURE_CMDLINE]),
+               ("kexec -p", [KT, "-p", IMAGE, "--initrd", INITRD, "--command-line", CAPTURE_CMDLINE]))
+
 {measure}
 
 PEER = "kexec -l"
@@ -135,6 +152,15 @@ def stage1_extra():
                                          "[hashlib.file_digest(open(p, 'rb'), 'sha256') for p in sys.argv[1:]]",
                                          IMAGE, INITRD]))}}
     mark("bench-context", json.dumps(context))
+    # (c) crash loads into the crash region, alternately, each unloaded (not measured)
+    crash = {{}}
+    for i in range(RUNS):
+        for name, argv in CRASH_LOADS:
+            r = measure(argv)
+            r["loaded"] = open("/sys/kernel/kexec_crash_loaded").read().strip()
+            crash.setdefault(name, []).append(r)
+            subprocess.run([KT, "-p", "-u"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mark("bench-crash", json.dumps(crash))
 
 
 {chain}
@@ -147,6 +173,21 @@ def image_gz(image: Path, out: Path) -> Path:
             gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=raw, mtime=0) as z:
         shutil.copyfileobj(f, z, 1 << 20)
     return out
+
+
+def report_crash(crash: dict) -> None:
+    """Part (c)'s table: per loader the medians of wall, user, sys and peak RSS; then the ratios."""
+    med = um.median
+    print(f"(c) crash load (crashkernel={CRASH}): whole process, medians")
+    print(f"{'case':<32} {'wall s':>8} {'min':>7} {'max':>7} {'user s':>8} {'sys s':>7} {'peak RSS MiB':>13}")
+    for key, rs in crash.items():
+        walls = [r["wall"] for r in rs]
+        print(f"{key:<32} {med(walls):8.2f} {min(walls):7.2f} {max(walls):7.2f} "
+              f"{med([r['utime'] for r in rs]):8.2f} {med([r['stime'] for r in rs]):7.2f} "
+              f"{med([r['maxrss_kib'] for r in rs]) / 1024:13.1f}")
+    p, k = crash["pykexec load --crash --mode user"], crash["kexec -p"]
+    print(f"pykexec / kexec-tools: wall x{med([r['wall'] for r in p]) / med([r['wall'] for r in k]):.2f}, "
+          f"peak RSS x{med([r['maxrss_kib'] for r in p]) / med([r['maxrss_kib'] for r in k]):.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,17 +204,18 @@ def main(argv: list[str] | None = None) -> int:
         console=arm64.CONSOLE, earlycon=EARLYCON))
     for stage in range(1, count + 2):
         g.stage(stage, script)
-    boot = um.boot_stamped_arm64(g, memory=args.memory,
+    boot = um.boot_stamped_arm64(g, f"crashkernel={CRASH}", memory=args.memory,
                                  timeout=300 + 120 * args.runs + (240 if args.same_work else 180) * count)
     serial = boot.serial
     loads, chain = chain_results(boot, count)
     wall = time.monotonic() - t_start
+    crash = json.loads(serial.value("bench-crash"))
     if args.json:
-        print(json.dumps({"load": loads, "context": json.loads(serial.value("bench-context")), "hops": chain,
-                          "qemu_seconds": serial.seconds, "wall_seconds": wall},
+        print(json.dumps({"load": loads, "context": json.loads(serial.value("bench-context")), "crash": crash,
+                          "hops": chain, "qemu_seconds": serial.seconds, "wall_seconds": wall},
                          indent=1))
 
-    failed = [(k, r) for k, v in loads.items() for r in v if r["rc"] != 0]
+    failed = [(k, r) for k, v in (*loads.items(), *crash.items()) for r in v if r["rc"] != 0 or r.get("loaded") == "0"]
     for k, r in failed:
         print(f"FAILED {k}: rc={r['rc']} {r['err'].strip()}", file=sys.stderr)
 
@@ -189,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, r in context.items():
         print(f"  {key:<26} {r['wall']:8.2f} {'(once)':>15} {r['utime']:8.2f} {r['stime']:7.2f} "
               f"{r['maxrss_kib'] / 1024:13.1f}")
+    print()
+    report_crash(crash)
     print()
     report_hops(chain, "  (target: first line <= 1.0x)")
     print(f"serial log with host stamps: {g.dir / 'serial.stamped'}")

@@ -6,7 +6,9 @@ Everything in the guest is Debian's own arm64 build, extracted with
 * kernel: sid's 7.x ``linux-binary-*-arm64`` Image (:func:`kernel`); its
   config is checked for what the guest needs built in (PL011 console,
   initramfs, devtmpfs, PSCI power-off, ``KEXEC``).  It has no
-  ``KEXEC_FILE``, so kexec here means ``kexec_load``.
+  ``KEXEC_FILE``, so kexec here means ``kexec_load``.  :func:`file_kernel` is
+  the exception: our own build of Debian's linux-source-7.2 with
+  ``KEXEC_FILE`` (``Guest(name, image=file_kernel())``).
 * ``base`` layer (cached, keyed by every package version): trixie's
   busybox-static at ``/bin/busybox`` (applet links are made by ``/init`` with
   ``busybox --install -s``: the arm64 busybox cannot run here to list them),
@@ -142,6 +144,14 @@ def kernel() -> Path:
     missing = [c for c in REQUIRED_CONFIG if cfg.get(c) != "y"]
     if missing:
         raise h.VmError(f"{image}: its config does not build in {missing}; the arm64 guest needs them")
+    return image
+
+
+def file_kernel() -> Path:
+    """An arm64 Image with KEXEC_FILE, which no Debian arm64 kernel has: Debian's
+    linux-source-7.2 built by material.arm64_file_kernel (tinyconfig + what the guest needs
+    + ``ARM64_FILE_KERNEL_CONFIG``; cached by source version and configuration)."""
+    image, _config = _material("the arm64 KEXEC_FILE kernel (linux-source-7.2)", material.arm64_file_kernel)
     return image
 
 
@@ -402,10 +412,12 @@ def pykexec_layer() -> Path:
     return path
 
 
-def prepare() -> dict:
-    """Fetch/build everything the arm64 scenarios share (for a session fixture or a warm-up)."""
+def prepare(first_kernel: Optional[Path] = None) -> dict:
+    """Fetch/build everything the arm64 scenarios share (for a session fixture or a warm-up);
+    ``first_kernel``: the kernel to boot when not sid's (:func:`file_kernel`)."""
     t0 = time.monotonic()
-    out = {"tools": host_tools(), "kernel": kernel(), "base": base_layer(), "pykexec": pykexec_layer()}
+    out = {"tools": host_tools(), "kernel": first_kernel or kernel(), "base": base_layer(),
+           "pykexec": pykexec_layer()}
     out["seconds"] = round(time.monotonic() - t0, 1)
     return out
 
@@ -429,8 +441,9 @@ class Guest(h.Guest):
         assert g.boot().value("hello") == "world"
     """
 
-    def __init__(self, scenario: str) -> None:
-        super().__init__(scenario, image=kernel())
+    def __init__(self, scenario: str, image: Optional[Path] = None) -> None:
+        """``image``: the first kernel (default: sid's arm64 Image; :func:`file_kernel` has KEXEC_FILE)."""
+        super().__init__(scenario, image=image or kernel())
         self.init_text = init_script()
 
     def layers(self) -> list:

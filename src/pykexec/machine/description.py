@@ -9,6 +9,8 @@ like ``00001000-0009fbff : System RAM`` is read as ``/proc/iomem`` text.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,13 @@ from .ranges import Range, TypedRange
 
 SCHEMA_VERSION = 1
 TOP_KEYS = {"schema", "arch", "page_size", "kernel_release", "memory_source", "memory", "crash", "kho",
-            "memblock_free", "state", "xen", "kernel_config", "unreadable", "notes"}
+            "memblock_free", "state", "fdt", "xen", "kernel_config", "unreadable", "notes"}
 STATE_KEYS = {"lockdown": (str, type(None)), "kexec_loaded": (bool, type(None)),
               "kexec_crash_loaded": (bool, type(None)), "kexec_crash_size": "int?",
               "hypervisor": (str, type(None)), "possible_cpus": "int?", "mem_total": "int?",
               "efi": (bool, type(None)), "efi_runtime_map_entries": "int?", "efi_memdesc_size": "int?",
               "fdt_size": "int?", "x86_5level": (bool, type(None)),
-              "cpu_page_sizes": (list, type(None))}
+              "cpu_page_sizes": (list, type(None)), "rng_ready": (bool, type(None))}
 LOCKDOWN_MODES = {"none", "integrity", "confidentiality"}
 XEN_KEYS = ("dom0", "crash_area", "image", "cpu_notes", "vmcoreinfo")
 
@@ -93,7 +95,9 @@ def to_json(machine: Machine) -> dict[str, Any]:
                   "efi": machine.efi, "efi_runtime_map_entries": machine.efi_runtime_map_entries,
                   "efi_memdesc_size": machine.efi_memdesc_size, "fdt_size": machine.fdt_size,
                   "x86_5level": machine.x86_5level,
-                  "cpu_page_sizes": None if machine.cpu_page_sizes is None else list(machine.cpu_page_sizes)},
+                  "cpu_page_sizes": None if machine.cpu_page_sizes is None else list(machine.cpu_page_sizes),
+                  "rng_ready": machine.rng_ready},
+        "fdt": None if machine.fdt is None else base64.b64encode(machine.fdt).decode(),
         "xen": {"dom0": machine.xen_dom0, "crash_area": _range_json(machine.xen_crash_area),
                 "image": _range_json(machine.xen_image),
                 "cpu_notes": [_range_json(r) for r in machine.xen_cpu_notes],
@@ -237,6 +241,7 @@ def from_json(doc: Any, *, source: str = "<json>") -> Machine:
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         raise fail("notes", "expected a list of strings")
     memblock = doc.get("memblock_free")
+    fdt = _fdt_blob(doc.get("fdt"), fail)
     memory_t = tuple(memory)
     high, low = range_of(crash.get("high"), "crash.high"), range_of(crash.get("low"), "crash.low")
     if "crash" not in doc:
@@ -261,7 +266,26 @@ def from_json(doc: Any, *, source: str = "<json>") -> Machine:
         possible_cpus=opt_int("possible_cpus"), mem_total=opt_int("mem_total"),
         efi=state.get("efi"), efi_runtime_map_entries=opt_int("efi_runtime_map_entries"),
         efi_memdesc_size=opt_int("efi_memdesc_size"), fdt_size=opt_int("fdt_size"),
-        x86_5level=state.get("x86_5level"),
+        x86_5level=state.get("x86_5level"), fdt=fdt, rng_ready=state.get("rng_ready"),
         cpu_page_sizes=None if state.get("cpu_page_sizes") is None else tuple(state["cpu_page_sizes"]),
         kernel_config=tuple(sorted(config.items())),
         unreadable=tuple((u["what"], u["why"]) for u in unreadable), notes=tuple(notes))
+
+
+def _fdt_blob(value: Any, fail) -> bytes | None:
+    """``fdt``: the boot DTB in base64, checked for the FDT magic and a totalsize that fits."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise fail("fdt", f"expected the DTB as a base64 string, found {type(value).__name__}")
+    try:
+        blob = base64.b64decode(value, validate=True)
+    except binascii.Error as e:
+        raise fail("fdt", f"not base64: {e}") from None
+    from . import fdt  # libfdt: only a description that carries a DTB
+    total = fdt.totalsize(blob)
+    if total is None:
+        raise fail("fdt", "not a flattened device tree (no 0xd00dfeed magic at 0)")
+    if total > len(blob):
+        raise fail("fdt", f"totalsize {total} is larger than the {len(blob)}-byte blob")
+    return blob

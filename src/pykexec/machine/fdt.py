@@ -251,6 +251,41 @@ class FdtEditor:
         return self._grow_for(lambda quiet: self._fdt.add_subnode(parent, name, quiet),
                               FDT_NODE_OVERHEAD + len(name) + 4, path, None)
 
+    def get(self, path: str, name: str) -> bytes | None:
+        """The raw value of ``name`` in the node at ``path``, None when either is not there."""
+        offset = self._fdt.path_offset(path, (libfdt.NOTFOUND,))
+        if offset < 0:
+            return None
+        value = self._call(lambda: self._fdt.getprop(offset, name, (libfdt.NOTFOUND,)), path, name)
+        return None if isinstance(value, int) else bytes(value)
+
+    def reservations(self) -> list[tuple[int, int]]:
+        """The /memreserve/ entries, (address, size) in order."""
+        return [tuple(self._fdt.get_mem_rsv(i)) for i in range(self._fdt.num_mem_rsv())]
+
+    def add_reservation(self, address: int, size: int) -> None:
+        """Append a /memreserve/ entry (``fdt_add_mem_rsv``)."""
+        self._grow_for(lambda quiet: self._raw(libfdt.fdt_add_mem_rsv, quiet, address, size),
+                       FDT_RESERVE_ENTRY, "/memreserve/", None)
+
+    def delete_reservation(self, address: int, size: int) -> bool:
+        """Delete the first /memreserve/ entry that is exactly (address, size); False when none is."""
+        for i, entry in enumerate(self.reservations()):
+            if entry == (address, size):
+                self._call(lambda: self._raw(libfdt.fdt_del_mem_rsv, (), i), "/memreserve/", None)
+                return True
+        return False
+
+    def _raw(self, fn, quiet, *args) -> int:
+        """A libfdt function that edits the blob in place, on a copy that then becomes the blob."""
+        buf = self._fdt.as_bytearray()
+        err = fn(buf, *args)
+        if err and -err not in quiet:
+            raise libfdt.FdtException(err)
+        if not err:
+            self._fdt = libfdt.Fdt(buf)
+        return err
+
     def blob(self) -> bytes:
         """The edited DTB, packed (no free space left at the end)."""
         self._call(self._fdt.pack, "/", None)

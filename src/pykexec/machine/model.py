@@ -99,6 +99,12 @@ class Machine:
     efi_runtime_map_entries: int | None = None
     efi_memdesc_size: int | None = None
     fdt_size: int | None = None  # the boot DTB's size once packed (fdt_pack)
+    # the boot DTB itself (/sys/firmware/fdt, packed): the kernel's kexec_file loader on arm64
+    # edits a copy of it, so its exact size follows from it (drivers/of/kexec.c)
+    fdt: bytes | None = dataclasses.field(default=None, repr=False)
+    # whether the kernel's RNG is initialised (getrandom(GRND_NONBLOCK) answers): only then does
+    # the kexec_file DTB get a kaslr-seed and an rng-seed (of_kexec_alloc_and_setup_fdt)
+    rng_ready: bool | None = None
     x86_5level: bool | None = None
     # arm64: the page sizes (granules) the CPU supports, from ID_AA64MMFR0_EL1.  Only a description
     # gives them: Linux hides the register's TGran fields from user space (they read as absent).

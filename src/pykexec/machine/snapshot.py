@@ -18,7 +18,9 @@ modes with the active one in brackets), ``/proc/xen`` and
 ``/sys/hypervisor/type`` (Xen; ``/sys/hypervisor/uuid`` is the null handle in
 dom0), ``/sys/devices/system/cpu/possible`` (sizes the
 elfcorehdr, kernel/crash_core.c), ``/proc/meminfo`` MemTotal (totalram_pages,
-the "half of RAM" limit of sanity_check_segment_list).
+the "half of RAM" limit of sanity_check_segment_list), and whether
+``getrandom(GRND_NONBLOCK)`` answers (the RNG is ready: the arm64 kexec_file
+DTB then carries seeds).
 
 KHO (kernel/kexec_handover.c, v6.16+; kernel/liveupdate/ later): it is on when
 the command line says ``kho=on`` (or ``kho=1``/``y``); the scratch areas are
@@ -34,7 +36,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import FormatError, MachineDescriptionError
 from . import iomem as iomem_mod
@@ -83,7 +85,8 @@ class _Reader:
 
 
 def snapshot(*, proc: str | Path = "/proc", sys: str | Path = "/sys", boot: str | Path = "/boot",
-             arch: str | None = None, page_size: int | None = None, xen=None) -> Machine:
+             arch: str | None = None, page_size: int | None = None, xen=None,
+             getrandom: Callable[[int, int], bytes] = os.getrandom) -> Machine:
     """Describe the running host.  Never raises for a file it cannot read; records it.
 
     In Xen's dom0 the memory map and the Xen ranges come from the hypercalls
@@ -142,7 +145,8 @@ def snapshot(*, proc: str | Path = "/proc", sys: str | Path = "/sys", boot: str 
         possible_cpus=_cpu_count(rd.text(sys / "devices/system/cpu/possible")),
         mem_total=_meminfo(rd.text(proc / "meminfo")),
         efi=efi, efi_runtime_map_entries=efi_entries, efi_memdesc_size=memdesc,
-        fdt_size=_fdt().packed_size(fdt_blob) if fdt_blob else None,
+        fdt_size=_fdt().packed_size(fdt_blob) if fdt_blob else None, fdt=_packed_fdt(rd, fdt_blob),
+        rng_ready=_rng_ready(getrandom),
         x86_5level=(la57 and config.get("CONFIG_X86_5LEVEL") == "y") if la57 is not None and config else la57,
         kernel_config=tuple(sorted(config.items())),
         unreadable=tuple(rd.unreadable), notes=tuple(rd.notes))
@@ -232,6 +236,29 @@ def _fdt():
     """The DTB reader (and libfdt), imported only where firmware hands over a device tree."""
     from . import fdt
     return fdt
+
+
+def _packed_fdt(rd: _Reader, blob: bytes | None) -> bytes | None:
+    """The boot DTB packed (QEMU pads its DTB to 1 MiB; fdt_pack leaves the ~8 KiB that matter)."""
+    if not blob:
+        return None
+    try:
+        return _fdt().FdtEditor(blob).blob()
+    except FormatError as e:
+        rd.notes.append(f"/sys/firmware/fdt is not a usable device tree: {e}")
+        return None
+
+
+def _rng_ready(getrandom: Callable[[int, int], bytes]) -> bool | None:
+    """Whether the kernel's RNG is initialised: getrandom(GRND_NONBLOCK) answers instead of EAGAIN
+    (crng_ready(), which rng_is_initialized() reports)."""
+    try:
+        getrandom(1, os.GRND_NONBLOCK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
 
 
 def _memory_from_fdt(blob: bytes) -> tuple[TypedRange, ...]:

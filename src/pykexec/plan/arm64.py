@@ -17,17 +17,25 @@ arch/arm64/kernel/machine_kexec_file.c ``load_other_segments``:
 * arm64 keeps memblock (CONFIG_ARCH_KEEP_MEMBLOCK), so holes come from
   memblock's free ranges; crash loads use crashk_res whole.
 
-The DTB is the running kernel's own (``initial_boot_params``) with /chosen
-rewritten, then ``fdt_pack``-ed; its size is estimated from the packed size
-of /sys/firmware/fdt plus the properties drivers/of/kexec.c adds.
+The DTB is the running kernel's own (``initial_boot_params``, which
+/sys/firmware/fdt shows) with /chosen rewritten by drivers/of/kexec.c
+``of_kexec_alloc_and_setup_fdt``, then ``fdt_pack``-ed.  When the machine
+description carries that DTB (``Machine.fdt``), :func:`kexec_file_dtb` makes
+the same libfdt edits in the same order, so the segment's size is the
+kernel's to the byte (the seeds' values are the kernel's secret; their sizes
+are not).  Without it the size is estimated from ``fdt_size``.
 """
 
 from __future__ import annotations
 
-from ..errors import PlacementError
+import struct
+from typing import Sequence
+
+from ..errors import FormatError, PlacementError
 from ..formats.arm64_image import Arm64Image
 from ..machine.model import Machine
-from ..machine.ranges import GiB, PAGE_SIZE, align_down
+from ..machine.fdt import FdtEditor
+from ..machine.ranges import GiB, PAGE_SIZE, Range, align_down, align_up
 from .common import crash_walk, normal_walks, place
 from .kexec_buf import KexecBuf, Placer, Segment
 from .linux import KernelBehaviour, elfcorehdr_size
@@ -36,6 +44,7 @@ from .loadplan import LoadPlan
 MIN_KIMG_ALIGN = 2 << 20
 SZ_64K = 64 << 10
 DEFAULT_DTB_SIZE = 0x2000
+RNG_SEED_SIZE = 128           # drivers/of/kexec.c
 # bootargs, linux,initrd-start/-end, kaslr-seed, rng-seed (128 bytes) and for crash
 # linux,elfcorehdr and linux,usable-memory-range: a 12-byte FDT_PROP header, the value
 # and a possibly new name in the strings block each.
@@ -43,8 +52,76 @@ DTB_PROPERTIES_ESTIMATE = 7 * 12 + 8 + 8 + 8 + 128 + 16 + 32 + 120
 
 
 def dtb_size(machine: Machine, cmdline: str | None) -> int:
+    """The estimate used when the boot DTB itself is unknown: its packed size plus room for
+    every property the kernel may add."""
     base = machine.fdt_size or DEFAULT_DTB_SIZE
     return base + len((cmdline or "").encode()) + 1 + DTB_PROPERTIES_ESTIMATE
+
+
+def kexec_file_dtb(boot: bytes, *, machine: Machine, cmdline: str | None, initrd: tuple[int, int] | None,
+                   elfcorehdr: tuple[int, int] | None = None, usable: Sequence[Range] = ()) -> bytes:
+    """The DTB the kernel's kexec_file loader hands the next kernel, with zeroed seeds.
+
+    drivers/of/kexec.c ``of_kexec_alloc_and_setup_fdt``, step by step, on a
+    copy of the boot DTB (``initial_boot_params``): drop the running kernel's
+    ``linux,elfcorehdr`` and ``linux,usable-memory-range``; drop the
+    reservation of the initrd it booted with (exact size, else rounded up to a
+    page); set ``linux,initrd-start``/``-end`` as u64 and reserve the new
+    initrd, or delete them; for a crash image ``linux,elfcorehdr`` (reserved
+    too) and ``linux,usable-memory-range`` (crashk_res, then crashk_low_res) in
+    the root's cells; ``linux,kho-*`` dropped where KEXEC_HANDOVER is built;
+    ``bootargs`` set or deleted; ``kaslr-seed`` deleted and, when the RNG is
+    ready, a u64 ``kaslr-seed`` and a 128-byte ``rng-seed``; the empty
+    ``linux,booted-from-kexec``; ``linux,ima-kexec-buffer`` dropped with its
+    reservation; then ``fdt_pack``.  ``initrd`` and ``elfcorehdr`` are
+    (address, size).
+
+    Not predicted: a firmware reservation of the DTB itself (the kernel
+    drops it by its physical address, which user space does not see) and an
+    IMA measurement buffer (CONFIG_IMA_KEXEC adds one more segment).
+    """
+    ed = FdtEditor(boot)
+    ed.node("/chosen")
+    ed.delete("/chosen", "linux,elfcorehdr")
+    ed.delete("/chosen", "linux,usable-memory-range")
+    start, end = ed.get("/chosen", "linux,initrd-start"), ed.get("/chosen", "linux,initrd-end")
+    if start is not None:
+        if end is None:
+            raise PlacementError("the boot device tree has /chosen/linux,initrd-start without "
+                                 "linux,initrd-end; the kernel refuses to build the next one", role="dtb",
+                                 errno="EINVAL")
+        lo, hi = int.from_bytes(start, "big"), int.from_bytes(end, "big")
+        if not ed.delete_reservation(lo, hi - lo):
+            ed.delete_reservation(lo, align_up(hi - lo, machine.page_size))
+    if initrd is not None:
+        ed.set_u64("/chosen", "linux,initrd-start", initrd[0])
+        ed.set_u64("/chosen", "linux,initrd-end", initrd[0] + initrd[1])
+        ed.add_reservation(*initrd)
+    else:
+        ed.delete("/chosen", "linux,initrd-start")
+        ed.delete("/chosen", "linux,initrd-end")
+    if elfcorehdr is not None:
+        ed.set_reg("/chosen", "linux,elfcorehdr", [elfcorehdr])
+        ed.add_reservation(*elfcorehdr)
+        ed.set_reg("/chosen", "linux,usable-memory-range", [(r.start, r.size) for r in usable])
+    if machine.config_enabled("CONFIG_KEXEC_HANDOVER") is not False:
+        ed.delete("/chosen", "linux,kho-fdt")
+        ed.delete("/chosen", "linux,kho-scratch")
+    if cmdline is None:
+        ed.delete("/chosen", "bootargs")
+    else:
+        ed.set_string("/chosen", "bootargs", cmdline)
+    ed.delete("/chosen", "kaslr-seed")
+    if machine.rng_ready is not False:
+        ed.set_u64("/chosen", "kaslr-seed", 0)
+        ed.set("/chosen", "rng-seed", bytes(RNG_SEED_SIZE))
+    ed.set("/chosen", "linux,booted-from-kexec", b"")
+    ima = ed.get("/chosen", "linux,ima-kexec-buffer")
+    if ima is not None:
+        ed.delete("/chosen", "linux,ima-kexec-buffer")
+        if len(ima) == 16:
+            ed.delete_reservation(*struct.unpack(">QQ", ima))
+    return ed.blob()
 
 
 def plan_file(layer: Arm64Image, data: bytes, *, machine: Machine, crash: bool, initrd: bytes | None,
@@ -77,7 +154,7 @@ def plan_file(layer: Arm64Image, data: bytes, *, machine: Machine, crash: bool, 
         except PlacementError as e:
             raise (last_error or e)
         try:
-            _other_segments(placer, kseg, machine, beh, crash, initrd, cmdline, walks)
+            _other_segments(placer, kseg, machine, beh, crash, initrd, cmdline, walks, notes)
             break
         except PlacementError as e:
             last_error = e
@@ -96,19 +173,34 @@ def plan_file(layer: Arm64Image, data: bytes, *, machine: Machine, crash: bool, 
 
 
 def _other_segments(placer: Placer, kseg: Segment, machine: Machine, beh: KernelBehaviour, crash: bool,
-                    initrd: bytes | None, cmdline: str | None, walks: list) -> None:
+                    initrd: bytes | None, cmdline: str | None, walks: list, notes: list[str]) -> None:
+    """machine_kexec_file.c ``load_other_segments``: elfcorehdr, initrd and DTB above the kernel."""
     buf_min = kseg.mem + kseg.memsz
+    elf = iseg = None
     if crash:
         nr = _memblock_ranges_minus_crash(machine)
         bufsz, memsz = elfcorehdr_size(machine, nr, beh)
-        place(placer, KexecBuf("elfcorehdr", bufsz, memsz, buf_align=SZ_64K, buf_min=buf_min, top_down=True),
-              walks)
+        elf = place(placer, KexecBuf("elfcorehdr", bufsz, memsz, buf_align=SZ_64K, buf_min=buf_min,
+                                     top_down=True), walks)
     if initrd is not None:
-        place(placer, KexecBuf("initrd", len(initrd), len(initrd), buf_align=0, buf_min=buf_min,
-                               buf_max=align_down(kseg.mem, GiB) + 32 * GiB, top_down=False, buffer=initrd),
-              walks)
+        iseg = place(placer, KexecBuf("initrd", len(initrd), len(initrd), buf_align=0, buf_min=buf_min,
+                                      buf_max=align_down(kseg.mem, GiB) + 32 * GiB, top_down=False,
+                                      buffer=initrd), walks)
     size = dtb_size(machine, cmdline)
+    if machine.fdt is not None:
+        try:
+            size = len(kexec_file_dtb(machine.fdt, machine=machine, cmdline=cmdline,
+                                      initrd=None if iseg is None else (iseg.mem, len(initrd)),
+                                      elfcorehdr=None if elf is None else (elf.mem, elf.bufsz),
+                                      usable=_usable(machine) if crash else ()))
+        except FormatError as e:   # libfdt refused an edit: the size is estimated, as without the DTB
+            notes.append(f"the boot DTB could not be edited as the kernel edits it ({e}); its size is estimated")
     place(placer, KexecBuf("dtb", size, size, buf_align=MIN_KIMG_ALIGN, buf_min=buf_min, top_down=True), walks)
+
+
+def _usable(machine: Machine) -> tuple[Range, ...]:
+    """``linux,usable-memory-range``: crashk_res, then crashk_low_res when there is one."""
+    return tuple(r for r in (machine.crashk_res, machine.crashk_low_res) if r is not None)
 
 
 def _memblock_ranges_minus_crash(machine: Machine) -> int:
@@ -119,4 +211,4 @@ def _memblock_ranges_minus_crash(machine: Machine) -> int:
     return len(subtract(ram, list(machine.crash_regions())))
 
 
-__all__ = ["plan_file", "dtb_size", "PAGE_SIZE"]
+__all__ = ["plan_file", "dtb_size", "kexec_file_dtb", "PAGE_SIZE"]

@@ -31,6 +31,13 @@ def test_json_round_trip():
     assert from_json(json.loads(json.dumps(to_json(m)))) == m
 
 
+def test_json_round_trip_with_the_boot_dtb():
+    from .dtb import arm64_virt
+    m = Machine(arch="arm64", fdt=arm64_virt(), fdt_size=len(arm64_virt()), rng_ready=False)
+    doc = json.loads(json.dumps(to_json(m)))
+    assert from_json(doc) == m and from_json(doc).fdt == arm64_virt()
+
+
 def test_iomem_dump_is_auto_detected():
     m = load(DATA / "qemu-q35-1g-crashkernel256m-debian6.1.iomem")
     assert m.memory_source == "iomem" and m.crashk_res == Range(0x2F000000, 0x10000000) and m.arch is None
@@ -54,6 +61,9 @@ def test_unprivileged_dump_is_refused():
     ({"schema": 1, "state": {"lockdown": "total"}}, "state.lockdown", "expected one of"),
     ({"schema": 1, "state": {"possible_cpus": -1}}, "state.possible_cpus", "negative"),
     ({"schema": 1, "page_size": 8192}, "page_size", "4096"),
+    ({"schema": 1, "fdt": "not base64!"}, "fdt", "not base64"),
+    ({"schema": 1, "fdt": "AAAAAA=="}, "fdt", "0xd00dfeed"),
+    ({"schema": 1, "state": {"rng_ready": "yes"}}, "state.rng_ready", "unexpected value"),
     ({"schema": 1, "kho": {"scratch": [{"start": 0, "size": 1, "x": 2}]}}, "kho.scratch[0].x", "unknown"),
 ])
 def test_bad_json_names_the_key(doc, key, words):

@@ -115,3 +115,14 @@ def test_arm64_fdt_memblock_and_config_gz(tmp_path):
     assert m.arch == "arm64" and m.memory_source == "fdt" and m.fdt_size == len(arm64_virt())
     assert m.memblock_free == (Range(0x41200000, 0x7EE00000),)
     assert m.config("CONFIG_KEXEC_FILE") == "y"
+    assert m.fdt == arm64_virt()    # already packed: kept byte for byte
+
+
+def test_rng_readiness_is_what_getrandom_nonblocking_says(tmp_path):
+    def blocking(n, flags):
+        assert flags & os.GRND_NONBLOCK
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    roots = fake_host(tmp_path, iomem="00001000-0009fbff : System RAM\n")
+    assert snapshot(**roots, getrandom=lambda n, flags: bytes(n)).rng_ready is True
+    assert snapshot(**roots, getrandom=blocking).rng_ready is False
