@@ -48,6 +48,7 @@ from ..machine import fdt
 from ..machine.model import Machine
 from ..machine.ranges import GiB, align_down, align_up
 from ..plan.common import crash_walk, place, require_memory
+from ..plan.arm64 import RNG_SEED_SIZE  # /chosen/rng-seed: as many bytes as the kernel's own loader
 from ..plan.kexec_buf import KexecBuf, Placer, Segment, Walk
 from ..plan.loadplan import LoadPlan
 from . import elfcore
@@ -57,7 +58,6 @@ from .usermode import UserLoad
 
 MIN_KIMG_ALIGN = 2 << 20            # arch/arm64/include/asm/boot.h
 KASLR_SEED_SIZE = 8                 # /chosen/kaslr-seed: one u64
-RNG_SEED_SIZE = 64                  # /chosen/rng-seed, as the kernel's kexec_file loader (RNG_SEED_SIZE)
 #: /chosen properties that describe the running kernel and must not reach a normal load's kernel
 STALE_PROPERTIES = ("linux,elfcorehdr", "linux,usable-memory-range", "linux,ima-kexec-buffer")
 #: compatible strings of consoles the purgatory drives: PL011 and 8250/16550 UARTs

@@ -135,7 +135,7 @@ def test_chosen_carries_the_command_line_initrd_and_fresh_seeds():
     assert struct.unpack(">Q", props["linux,initrd-start"])[0] == initrd.mem
     assert struct.unpack(">Q", props["linux,initrd-end"])[0] == initrd.mem + len(b"INITRD-TOKEN" * 100)
     assert props["kaslr-seed"] == seeds(8)
-    assert props["rng-seed"] == seeds(64)
+    assert props["rng-seed"] == seeds(128)  # drivers/of/kexec.c RNG_SEED_SIZE
     # the running kernel's kdump properties do not reach a normal load
     assert "linux,elfcorehdr" not in props and "linux,usable-memory-range" not in props
     assert props["stdout-path"] == b"serial0:115200n8\0"
