@@ -89,7 +89,8 @@ def normal_walks(machine: Machine, *, file_mode: bool, rev_walk: bool) -> list[W
                                  "memory, but the scratch areas are unknown (root can read "
                                  "/sys/kernel/debug/kho/out/scratch_phys; or pass --machine)",
                                  errno="EADDRNOTAVAIL")
-        return [Walk("KHO scratch", machine.kho_scratch, "given")]
+        areas = ", ".join(f"{r.start:#x}-{r.last:#x}" for r in machine.kho_scratch)
+        return [Walk(f"KHO scratch ({areas})", machine.kho_scratch, "given")]
     if file_mode and machine.arch in ARCH_KEEP_MEMBLOCK:
         return [Walk("memblock free", machine.memblock_free_ranges(), "rev-if-top-down")]
     return [Walk("System RAM", machine.walkable_ram(), "rev-if-top-down" if rev_walk else "ascending")]

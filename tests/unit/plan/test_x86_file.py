@@ -155,6 +155,25 @@ def test_kho_confines_to_scratch(bz):
     assert all(s.range in crash.crashk_res for s in plan(bz, machine=crash, crash=True).segments)
 
 
+def test_a_load_too_big_for_kho_scratch_names_the_areas(bz):
+    scratch = (Range(0x1000000, 0x1000000), Range(0x30000000, 0x6000000))
+    m = simple_machine(Range(MiB, 4 * GiB), release="7.2", kho_active=True, kho_scratch=scratch)
+    with pytest.raises(PlacementError, match=r"initrd needs 112 MiB .* KHO scratch "
+                                             r"\(0x1000000-0x1ffffff, 0x30000000-0x35ffffff\)"):
+        plan(bz, machine=m, cmdline="x", initrd=bytes(112 * MiB))
+
+
+def test_under_kho_only_kexec_file_load_hands_over():
+    from pykexec.api import receivers_for
+    from pykexec.errors import LoadRefused
+    m = simple_machine(Range(MiB, GiB), kho_active=True, kho_scratch=(Range(0x1000000, 0x1000000),))
+    assert receivers_for("auto", m) == ("linux-file",) and receivers_for("file", m) == ("linux-file",)
+    with pytest.raises(LoadRefused, match=r"--mode user: .*kho.rst"):
+        receivers_for("user", m)
+    assert receivers_for("user", m, crash=True) == ("linux-user",)  # a crash image never hands over
+    assert receivers_for("auto", m.with_changes(kho_active=False)) == ("linux-file", "linux-user")
+
+
 def test_too_little_ram_everywhere(bz):
     with pytest.raises(PlacementError, match="no memory ranges"):
         plan(bz, machine=simple_machine())
