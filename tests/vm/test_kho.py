@@ -46,6 +46,9 @@ CRASH_INITRD = 1 * MiB
 MEMORY = 1536
 PERSIST = ("kho=on liveupdate=on kho_scratch=16M,96M,16M reserve_mem=1M:4K:oops ramoops.mem_name=oops "
            "ramoops.console_size=262144 ramoops.record_size=4096 ramoops.ftrace_size=0 ramoops.pmsg_size=0")
+#: the kernel's last line when it cannot power off: GUEST_CONFIG's tinyconfig guest loads no ACPI
+#: tables under QEMU ("ACPI: Unable to load the System Description Tables"), so it halts
+HALTED = "reboot: Power off not available: System halted instead"
 SEGMENT = re.compile(r"segment\[(\d+)\]: buf=\S+ bufsz=0x([0-9a-f]+) mem=0x([0-9a-f]+) memsz=0x([0-9a-f]+)")
 
 
@@ -126,7 +129,7 @@ run get pykexec carried state -o /tmp/out
 mark out-sha "$(sha256sum /tmp/out | cut -d' ' -f1)"
 run again pykexec carried --json
 """))
-    serial = g.boot(f"stage=1 crashkernel=64M {PERSIST}", memory=MEMORY, timeout=400)
+    serial = g.boot(f"stage=1 crashkernel=64M {PERSIST}", memory=MEMORY, timeout=400, until=HALTED)
     release = serial.value("uname")
 
     # -- the machine: KHO on, the three areas we asked for, as debugfs has them

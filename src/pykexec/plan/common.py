@@ -112,13 +112,14 @@ def _no_room(placer: Placer, kbuf: KexecBuf, walks: list[Walk]) -> str:
     """One sentence: what needed how much, and the largest free piece where it could go."""
     window = Range.span(kbuf.buf_min, min(kbuf.buf_max, (1 << 64) - 1) + 1)
     where = " and ".join(w.name for w in walks) or "memory"
+    used = [s.range for s in placer.segments]
     free = []
     for w in walks:
-        for r in w.ranges:
-            part = r.intersect(window)
-            if part:
-                free.append(part)
-    free = subtract(free, [s.range for s in placer.segments])
+        parts = [p for p in (r.intersect(window) for r in w.ranges) if p]
+        if w.order == "given":  # the kernel offers each area alone: adjacent areas make no bigger hole
+            free += [piece for p in parts for piece in subtract([p], used)]
+        else:
+            free += subtract(parts, used)
     largest = max((r.size for r in free), default=0)
     total = sum(r.size for r in free)
     need = human_size(max(kbuf.memsz, 1))

@@ -156,11 +156,24 @@ def test_kho_confines_to_scratch(bz):
 
 
 def test_a_load_too_big_for_kho_scratch_names_the_areas(bz):
-    scratch = (Range(0x1000000, 0x1000000), Range(0x30000000, 0x6000000))
+    # the guest of tests/vm/test_kho.py: kho_scratch=16M,96M,16M, the global and per-node areas adjacent
+    scratch = (Range(0x53C00000, 16 * MiB), Range(0x4DC00000, 96 * MiB), Range(0x4CC00000, 16 * MiB))
     m = simple_machine(Range(MiB, 4 * GiB), release="7.2", kho_active=True, kho_scratch=scratch)
-    with pytest.raises(PlacementError, match=r"initrd needs 112 MiB .* KHO scratch "
-                                             r"\(0x1000000-0x1ffffff, 0x30000000-0x35ffffff\)"):
+    with pytest.raises(PlacementError, match=r"initrd needs 112 MiB .* but KHO scratch \(0x53c00000-0x54bfffff, "
+                                             r"0x4dc00000-0x53bfffff, 0x4cc00000-0x4dbfffff\) has .* free") as e:
         plan(bz, machine=m, cmdline="x", initrd=bytes(112 * MiB))
+    largest = re.search(r"the largest piece ([\d.]+) MiB$", str(e.value))
+    assert largest and float(largest.group(1)) < 112, str(e.value)
+
+
+def test_adjacent_kho_scratch_areas_are_separate_holes():
+    # kho_walk_scratch offers the kernel's hole finder each area alone: two adjacent 64 MiB areas
+    # cannot hold 100 MiB, and the largest piece the refusal reports is 64 MiB, not 128
+    from pykexec.plan.common import place
+    from pykexec.plan.kexec_buf import KexecBuf, Placer, Walk
+    walk = Walk("KHO scratch", (Range(0x4000000, 64 * MiB), Range(0x8000000, 64 * MiB)), "given")
+    with pytest.raises(PlacementError, match=r"has 128 MiB free, the largest piece 64 MiB$"):
+        place(Placer(), KexecBuf("initrd", 100 * MiB, 100 * MiB), [walk])
 
 
 def test_under_kho_only_kexec_file_load_hands_over():
