@@ -7,8 +7,9 @@ KHO kexec into the same kernel.  Stage 1, in the first kernel:
 
 4. refusals: ``load --mode user`` (only kexec_file_load hands over, says
    kho.rst); an initrd larger than any scratch area, refused by ``load``
-   (and by ``plan`` on the host) in one line naming the areas, and refused by
-   the kernel too (EADDRNOTAVAIL) when the test hook sends it past the planner;
+   (and by ``plan`` on the host) in one line naming the areas, before any
+   system call (KEXEC_FILE_DEBUG logs nothing), and refused by the kernel too
+   (EADDRNOTAVAIL) when the test hook sends it past the planner;
 5. a crash load: every segment in the crash region, as ``plan`` predicts;
 1. the real load with KEXEC_FILE_DEBUG: the kernel's placement of every
    segment equals ``plan``'s prediction from the guest's ``machine --json``,
@@ -99,8 +100,11 @@ run machine pykexec machine --json
 dmesg -c >/dev/null
 run user pykexec load --mode user /vm/vmlinuz --initrd /vm/initrd.img --command-line "{cmdline2}"
 truncate -s {BIG_INITRD} /tmp/big.img
-run big pykexec load /vm/vmlinuz --initrd /tmp/big.img --command-line "{cmdline2}"
-run forced env PYKEXEC_TEST_PAST_PLANNER=1 pykexec load /vm/vmlinuz --initrd /tmp/big.img --command-line "{cmdline2}"
+dmesg -c >/dev/null
+run big pykexec load --debug-syscall /vm/vmlinuz --initrd /tmp/big.img --command-line "{cmdline2}"
+mark big-kernel-lines "$(dmesg -c | grep -c kexec_file)"
+run forced env PYKEXEC_TEST_PAST_PLANNER=1 pykexec load --debug-syscall /vm/vmlinuz --initrd /tmp/big.img --command-line "{cmdline2}"
+mark forced-kernel-lines "$(dmesg -c | grep -c kexec_file)"
 rm /tmp/big.img
 head -c {CRASH_INITRD} /dev/urandom > /tmp/crash.img
 dmesg -c >/dev/null
@@ -157,6 +161,9 @@ run again pykexec carried --json
     assert proc.returncode == 2 and len(err) == 1 and all(n in err[0] for n in names), proc.stderr
     if serial.values("forced.rc") == ["0"] or "EADDRNOTAVAIL" not in serial.lines("forced.err"):
         serial.fail(f"the kernel did not refuse the load forced past the planner:\n{serial.command('forced')}")
+    # before any system call: KEXEC_FILE_DEBUG logs nothing for the refused load, and does for the forced one
+    assert (serial.value("big-kernel-lines"), serial.value("forced-kernel-lines") != "0") == ("0", True), \
+        (serial.value("big-kernel-lines"), serial.value("forced-kernel-lines"))
 
     # -- 5. a crash load goes to the crash region, as predicted
     h.expect_ok(serial, "crash")

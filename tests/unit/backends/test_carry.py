@@ -154,3 +154,11 @@ def test_luo_absent_says_why(tmp_path):
     assert "boot with kho=on" in carry.luo_absent_reason(dev=dev, proc=proc, sys=sys_)
     (proc / "cmdline").write_text("kho=on\n")
     assert "liveupdate=on" in carry.luo_absent_reason(dev=dev, proc=proc, sys=sys_)
+
+
+def test_cli_says_why_in_one_line_when_luo_is_absent(monkeypatch, capsys):
+    from pykexec import cli
+    monkeypatch.setattr(carry, "luo_absent_reason", lambda **_: "/dev/liveupdate is absent: boot with liveupdate=on")
+    assert cli.main(["carried"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["pykexec: error: cannot receive carried files: /dev/liveupdate is absent: boot with liveupdate=on"]
