@@ -1545,6 +1545,7 @@ def fetch_all(progress=None) -> dict:
         ("arm64_python_tree", arm64_python_tree),
         ("arm64_kexec_tools_tree", arm64_kexec_tools_tree),
         ("arm64_busybox", arm64_busybox),
+        ("kho_kernel", kho_kernel),
     ]
     results = {}
     for name, fn in steps:
