@@ -21,8 +21,8 @@ KHO kexec into the same kernel.  Stage 1, in the first kernel:
 Stage 2, in the second kernel:
 
 2. it logs ``KHO: exec from: <first release> (count 1)``, has
-   ``/sys/kernel/debug/kho/in/fdt``, and its pstore shows the first kernel's
-   marker (the ``reserve_mem`` region kept its address);
+   ``/sys/kernel/debug/kho/in/fdt``, its ramoops ``reserve_mem`` region has
+   the first kernel's address, and its pstore shows the first kernel's marker;
 3. ``pykexec carried`` lists ``state``; ``carried state -o out`` gives the
    same SHA-256 as stage 1's file; a second listing still works.
 """
@@ -96,6 +96,7 @@ mark uname "$(uname -r)"
 show scratch-phys /sys/kernel/debug/kho/out/scratch_phys
 show scratch-len /sys/kernel/debug/kho/out/scratch_len
 mark crash-region "$(grep 'Crash kernel' /proc/iomem)"
+mark ramoops "$(dmesg | grep -o 'ramoops: using 0x.*')"
 run machine pykexec machine --json
 dmesg -c >/dev/null
 run user pykexec load --mode user /vm/vmlinuz --initrd /vm/initrd.img --command-line "{cmdline2}"
@@ -124,6 +125,7 @@ mark exec-returned
     g.stage(2, h.sh_script(f"""
 mark uname2 "$(uname -r)"
 mark kho-exec "$(dmesg | grep 'KHO: exec from')"
+mark ramoops2 "$(dmesg | grep -o 'ramoops: using 0x.*')"
 [ -e /sys/kernel/debug/kho/in/fdt ] && mark kho-in-fdt yes
 mount -t pstore pstore /sys/fs/pstore
 mark pstore-files "$(ls /sys/fs/pstore)"
@@ -195,6 +197,9 @@ run again pykexec carried --json
     assert serial.value("uname2") == release
     assert serial.value("kho-exec").endswith(f"KHO: exec from: {release} (count 1)"), serial.value("kho-exec")
     assert serial.value("kho-in-fdt") == "yes"
+    ramoops = serial.value("ramoops")  # "ramoops: using 0x100000@0x...": the reserve_mem region
+    assert ramoops.startswith("ramoops: using 0x100000@") and serial.value("ramoops2") == ramoops, \
+        (ramoops, serial.value("ramoops2"))
     if serial.value("pstore-marker") == "0":
         serial.fail(f"pstore ({serial.value('pstore-files')}) lacks the first kernel's marker {marker}")
 
