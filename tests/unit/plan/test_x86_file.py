@@ -102,6 +102,13 @@ def test_boot_params_components(pc_1g):
     assert boot_params_size(efi, beh, 28).total == 0x10E0 + 480
     ima = pc_1g.with_changes(kernel_config=(("CONFIG_IMA_KEXEC", "y"),))
     assert boot_params_size(ima, KernelBehaviour.of(ima), 28).ima == 32
+    # kexec-bzimage64.c reserves a setup_data header + struct kho_data (fdt_addr, fdt_size,
+    # scratch_addr, scratch_size: 16 + 32 bytes) in every 6.16+ kernel built with KEXEC_HANDOVER,
+    # KHO on or off
+    built = pc_1g.with_changes(kernel_release="7.2.13", kernel_config=(("CONFIG_KEXEC_HANDOVER", "y"),))
+    assert boot_params_size(built, KernelBehaviour.of(built), 28).kho == 48
+    off = built.with_changes(kernel_config=(("CONFIG_KEXEC_HANDOVER", "n"),))
+    assert boot_params_size(off, KernelBehaviour.of(off), 28).kho == 0
 
 
 def test_crash_before_5_5_has_a_backup_region(bz, q35_crash):
