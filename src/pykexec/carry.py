@@ -154,13 +154,10 @@ def _memfd_from(name: str, chunks) -> tuple[int, int, str]:
     return fd, size, h.hexdigest()
 
 
-def _read_fd(fd: int, size: int | None = None):
-    """The chunks of a retrieved memfd from its start."""
+def _read_fd(fd: int):
+    """The chunks of a retrieved memfd from its start (its file position is the preserved one)."""
     offset = 0
-    while size is None or offset < size:
-        chunk = os.pread(fd, CHUNK, offset)
-        if not chunk:
-            return
+    while chunk := os.pread(fd, CHUNK, offset):
         offset += len(chunk)
         yield chunk
 
