@@ -884,7 +884,8 @@ class Guest:
              kernel: Optional[PathLike] = None, quiet: bool = True, embed_initrd: bool = True,
              extra_args: Sequence[str] = (), until: Optional[str] = None) -> Serial:
         """Boot once.  ``extra_args`` go to QEMU as they are (e.g. UEFI firmware as pflash);
-        ``until``: see :func:`run_qemu` (a guest that halts instead of powering off)."""
+        ``until`` ends the run at that console text (:func:`run_qemu`), for a next image that
+        never powers off."""
         inner = self.initrd()
         boot_kernel = Path(kernel) if kernel is not None else self.kernel
         self.embedded.file(GUEST_VMLINUZ, boot_kernel)

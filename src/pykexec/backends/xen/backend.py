@@ -55,7 +55,7 @@ class XenBackend:
 
     def execute(self, load: "UserLoad") -> int:
         kexec_type = KEXEC_TYPE_CRASH if load.crash else KEXEC_TYPE_DEFAULT
-        segments = [XenSegment(None if s.null else bytes(s.buffer or b""), s.mem, s.memsz)
+        segments = [XenSegment(None if s.null else (s.buffer or b""), s.mem, s.memsz)
                     for s in load.segments]
         segments = _test_move(segments, load, os.environ.get(TEST_MOVE))
         if os.environ.get(TEST_NO_FILLER) == "1":
