@@ -1339,6 +1339,25 @@ def arm64_file_kernel() -> tuple:
 
 
 # --------------------------------------------------------------------------
+# KHO and LUO (issue 19): a 7.2 kernel with Kexec HandOver, the Live Update
+# Orchestrator and ramoops, for tests/vm/test_kho.py
+
+#: the symbols kernel/liveupdate/Kconfig and fs/pstore/Kconfig of 7.2 name:
+#: KHO with its debugfs (kho/out/scratch_phys, kho/in/fdt), LUO with memfd
+#: preservation (/dev/liveupdate), and ramoops with the console log (pstore
+#: shows the first kernel's console after the handover)
+KHO_CONFIG = (
+    "KEXEC_HANDOVER", "KEXEC_HANDOVER_DEBUGFS", "LIVEUPDATE", "LIVEUPDATE_MEMFD",
+    "MISC_FILESYSTEMS", "PSTORE", "PSTORE_RAM", "PSTORE_CONSOLE",
+)
+
+
+def kho_kernel() -> tuple:
+    """The x86_64 KHO test kernel: ``(bzImage, .config)``, built once and cached."""
+    return kernel_build("kho", "x86_64", KHO_CONFIG)
+
+
+# --------------------------------------------------------------------------
 # the arm64 guest: sid's 7.x kernel, trixie's arm64 userland
 
 
@@ -1566,6 +1585,7 @@ def fetch_all(progress=None) -> dict:
         ("arm64_kexec_tools_tree", arm64_kexec_tools_tree),
         ("arm64_busybox", arm64_busybox),
         ("arm64_file_kernel", arm64_file_kernel),
+        ("kho_kernel", kho_kernel),
     ]
     results = {}
     for name, fn in steps:

@@ -13,7 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from . import formats
 from .backends import LoadReport
@@ -23,7 +23,7 @@ from .limits import Limits
 from .machine.model import Machine, runs_on
 from .plan.loadplan import FileLoad, LoadPlan
 from .formats.prepare import Prepared, join_initrds, prepare
-from .receivers import MODES, RECEIVERS, TABLE, XEN_MODES, Entry, backend_for, find, served
+from .receivers import KHO_MODES, KHO_USER_MODE, MODES, RECEIVERS, TABLE, XEN_MODES, Entry, backend_for, find, served
 
 if TYPE_CHECKING:  # the syscalls load only when used
     from .backends.linux.syscalls import Status, Syscalls
@@ -45,6 +45,10 @@ def __getattr__(name: str):
         from . import images
         return getattr(images, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+#: test hook: a load the planner would refuse on this host's own memory map goes to the kernel
+#: anyway (the prediction is then advice), so the VM tests can show that the kernel refuses it too
+TEST_PAST_PLANNER = "PYKEXEC_TEST_PAST_PLANNER"
 
 PROC_CMDLINE = Path("/proc/cmdline")
 DROPPED_ON_REUSE = ("BOOT_IMAGE=", "initrd=")
@@ -204,13 +208,14 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
         refuse_user_mode_under_lockdown(lockdown)
     with _Files(opts) as files:
         host = machine or snapshot(sys=str(sysfs))
+        names = receivers_for(opts.mode, host, crash=opts.crash)
         refuse_oversized(files.initrds, host)
         policy = _check_policy(opts, files, lockdown, efivars)
         prepared = _prepare_or_emulate(files.image.data, opts, tuple(f.data for f in files.addons),
                                        limits or Limits.from_env(), host)
         _refuse_foreign(prepared, host)
         req = _request(opts, files, prepared, host, sysfs)
-        names = _probed(receivers_for(opts.mode, host), req, table, lockdown)
+        names = _probed(names, req, table, lockdown)
         handoffs = _Handoffs(req, table, advice)
         first = handoffs.get(names[0])
         summary = _summary(req, files, policy.summary)
@@ -244,10 +249,15 @@ def _plan_of(handoff: Any) -> LoadPlan | None:
     return handoff if isinstance(handoff, LoadPlan) else handoff.plan
 
 
-def receivers_for(mode: str, machine: Machine) -> tuple[str, ...]:
-    """The receivers ``mode`` tries, in order; under Xen, the hypervisor's kexec."""
+def receivers_for(mode: str, machine: Machine, *, crash: bool = False) -> tuple[str, ...]:
+    """The receivers ``mode`` tries, in order; under Xen, the hypervisor's kexec; with KHO
+    active, kexec_file_load alone (a crash image never hands over, so crash loads keep every mode)."""
     if mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if not machine.under_xen and machine.kho_active and not crash:
+        if not KHO_MODES[mode]:
+            raise LoadRefused(f"--mode {mode}: {KHO_USER_MODE}")
+        return KHO_MODES[mode]
     if not machine.under_xen:
         return MODES[mode]
     if not XEN_MODES[mode]:
@@ -492,7 +502,8 @@ class _Handoffs:
                 raise LoadRefused(f"pykexec has no {target} planner for a {req.layer.format} on "
                                   f"{machine.arch} (it has: {served(self.table)})")
             return None
-        strict = strict or (self.advice is None and machine.memory_source == "iomem")
+        strict = strict or (self.advice is None and machine.memory_source == "iomem"
+                            and not os.environ.get(TEST_PAST_PLANNER))
         try:
             predicted = plan_load(req.prepared, machine=machine, target=target, crash=req.crash,
                                   initrd=req.initrd_data, cmdline=req.cmdline or "", table=self.table)
@@ -541,7 +552,11 @@ def status(sysfs: Path = Path("/sys"), *, hypercalls: Any = None) -> Status:
         from .backends.xen.backend import hypercalls_from
         return xen.status(hypercalls_from(hypercalls))
     from .backends.linux.syscalls import read_status
-    return read_status(sysfs)
+    from .machine.snapshot import kho_state
+    st = read_status(sysfs)
+    active, _ = kho_state(sys=sysfs)
+    handover = False if active is False or st.loaded is False else (None if None in (active, st.loaded) else True)
+    return replace(st, kho_active=active, kho_handover=handover)
 
 
 def unload(*, crash: bool = False, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> str:
@@ -557,7 +572,13 @@ def unload(*, crash: bool = False, syscalls: Syscalls | None = None, sysfs: Path
         return control.unload(syscalls or LinuxSyscalls(), crash=crash, lockdown=read_lockdown(sysfs))
 
 
-def execute(*, sync: bool = True, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> None:
+def execute(*, sync: bool = True, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys"),
+            carry: Mapping[str, str | Path] | None = None) -> None:
+    """Reboot into the loaded kernel.  ``carry`` ({name: file}) is preserved through LUO first
+    (:mod:`pykexec.carry`), held open by this process through the reboot."""
+    if carry:
+        _execute_carrying(carry, sync=sync, syscalls=syscalls, sysfs=sysfs)
+        return
     if _under_xen(sysfs) or hasattr(syscalls, "kexec_status"):
         from .backends.xen import control as xen
         from .backends.xen.backend import hypercalls_from
@@ -566,3 +587,27 @@ def execute(*, sync: bool = True, syscalls: Syscalls | None = None, sysfs: Path 
     from .backends.linux import control
     from .backends.linux.syscalls import LinuxSyscalls, read_status
     control.execute(syscalls or LinuxSyscalls(), loaded=read_status(sysfs).loaded, sync=sync)
+
+
+def _execute_carrying(files: Mapping[str, str | Path], *, sync: bool, syscalls: Syscalls | None,
+                      sysfs: Path) -> None:
+    """Only a KHO handover carries LUO sessions: refuse anything else before preserving."""
+    from . import carry
+    from .backends.linux import control
+    from .backends.linux.syscalls import LinuxSyscalls
+    if _under_xen(sysfs):
+        raise LoadRefused("cannot carry files across Xen's kexec: only Linux's Kexec HandOver carries them")
+    st = status(sysfs)
+    if st.loaded is False:
+        raise LoadRefused("no kernel is loaded; load one first with `pykexec load`")
+    reason = carry.luo_absent_reason(sys=sysfs)
+    if reason is not None:
+        raise LoadRefused(f"cannot carry files across kexec: {reason}")
+    if st.kho_handover is not True:
+        raise LoadRefused("cannot carry files: the next exec is not a Kexec HandOver (KHO is "
+                          f"{'off' if st.kho_active is False else 'not known to be on'}); see `pykexec status`")
+    preserved = carry.preserve(files)
+    try:
+        control.execute(syscalls or LinuxSyscalls(), loaded=st.loaded, sync=sync)
+    finally:
+        preserved.close()  # the reboot returned: it failed, and the files are unpreserved

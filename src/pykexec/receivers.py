@@ -40,6 +40,13 @@ MODES = {"file": ("linux-file",), "user": ("linux-user",), "auto": ("linux-file"
 #: the same under Xen, where kexec belongs to the hypervisor: user space builds the load (as for
 #: kexec_load) and hands it to the hypercall; there is no file mode (kexec-tools refuses -s there)
 XEN_MODES = {"file": (), "user": ("xen",), "auto": ("xen",)}
+#: the same while Kexec HandOver is active: only kexec_file_load hands over (kho_fill_kimage,
+#: setup_kho in kexec-bzimage64.c), so auto never falls back and user mode is refused with
+#: the kernel's reason (Documentation/admin-guide/mm/kho.rst)
+KHO_MODES = {"file": ("linux-file",), "user": (), "auto": ("linux-file",)}
+KHO_USER_MODE = ("Kexec HandOver is active, and only kexec_file_load hands over: the kernel's "
+                 "kho.rst says \"user space kexec tooling currently has no support for KHO with the "
+                 "user space based file loader\"; use --mode file (or auto)")
 
 
 @dataclass(frozen=True)

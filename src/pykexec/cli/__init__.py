@@ -54,6 +54,14 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
              lambda: _load_options()),
     "exec": ("reboot into the loaded kernel now (syncs file systems first)", [
         (("--no-sync",), {"action": "store_true", "help": "do not sync file systems first"}),
+        (("--carry",), {"action": "append", "default": [], "metavar": "NAME=FILE",
+                        "help": "carry FILE into the next kernel in RAM (LUO, under KHO) as NAME; "
+                                "`pykexec carried` there gets it back"}),
+    ]),
+    "carried": ("in a kernel started by `exec --carry`: list the carried files, or write one out", [
+        (("name",), {"nargs": "?", "metavar": "NAME", "help": "the carried file to write out"}),
+        (("-o", "--output"), {"metavar": "FILE", "help": "write NAME there (default: standard output)"}),
+        (("--json",), {"action": "store_true", "help": "list as JSON"}),
     ]),
     "unload": ("unload the loaded kernel", [
         (("--crash",), {"action": "store_true", "help": "unload the crash kernel instead"}),
@@ -237,7 +245,37 @@ def _load_json(summary, report, predicted) -> dict:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     from .. import api
-    api.execute(sync=not args.no_sync)
+    carry = None
+    if args.carry:
+        from ..carry import parse_carry
+        carry = {}
+        for spec in args.carry:
+            name, path = parse_carry(spec)
+            if name in carry:
+                raise UsageError(f"--carry {spec!r}: {name} is carried twice")
+            carry[name] = path
+    api.execute(sync=not args.no_sync, carry=carry)
+    return 0
+
+
+def cmd_carried(args: argparse.Namespace) -> int:
+    from .. import carry
+    if args.name is None:
+        if args.output is not None:
+            raise UsageError("-o FILE needs the NAME of the carried file to write")
+        files = carry.carried()
+        if args.json:
+            import dataclasses
+            import json
+            print(json.dumps([dataclasses.asdict(f) for f in files]))
+        for f in [] if args.json else files:
+            print(f"{f.name}\t{f.size}\t{f.sha256}")
+        return 0
+    path = carry.retrieve(args.name, args.output)
+    if args.output is None:
+        with open(path, "rb") as f:
+            while chunk := f.read(carry.CHUNK):
+                sys.stdout.buffer.write(chunk)
     return 0
 
 
@@ -261,6 +299,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"kernel loaded: {show[st.loaded]}")
     print(f"crash kernel loaded: {show[st.crash_loaded]}")
     print(f"crash region size: {'unknown' if st.crash_size is None else st.crash_size}")
+    print(f"kexec handover (KHO) active: {show[st.kho_active]}")
+    print(f"next exec is a KHO handover: {show[st.kho_handover]}")
     return 0
 
 
@@ -271,6 +311,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "exec": cmd_exec,
     "unload": cmd_unload,
     "status": cmd_status,
+    "carried": cmd_carried,
 }
 
 

@@ -22,12 +22,16 @@ the "half of RAM" limit of sanity_check_segment_list), and whether
 ``getrandom(GRND_NONBLOCK)`` answers (the RNG is ready: the arm64 kexec_file
 DTB then carries seeds).
 
-KHO (kernel/kexec_handover.c, v6.16+; kernel/liveupdate/ later): it is on when
-the command line says ``kho=on`` (or ``kho=1``/``y``); the scratch areas are
-printed one per line by ``/sys/kernel/debug/kho/out/scratch_phys`` and
-``scratch_len`` (debugfs, mode 0400).  Nothing else exposes them: neither
-/proc/iomem nor sysfs.  Without root they are unknown, and plans that need
-them say so.
+KHO (kernel/liveupdate/kexec_handover.c in 7.2): ``kho_init`` creates
+``/sys/kernel/debug/kho/`` only when KHO is enabled (``kho=on``, or
+CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT, and the scratch areas were reserved:
+a failed reservation disables KHO however the command line asked), so the
+directory is the authority; ``kho/out/scratch_phys`` and ``scratch_len``
+print the scratch areas one ``0x...`` value a line, in ``kho_scratch[]``
+order (kexec_handover_debugfs.c).  Nothing else exposes them: neither
+/proc/iomem nor sysfs.  Without root (debugfs is 0700) the command line and
+the configuration say whether KHO was asked for; the areas are then unknown,
+and plans that need them say so.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ CONFIG_KEYS = ("CONFIG_KEXEC", "CONFIG_KEXEC_FILE", "CONFIG_KEXEC_SIG", "CONFIG_
                "CONFIG_CRASH_HOTPLUG", "CONFIG_MEMORY_HOTPLUG", "CONFIG_NR_CPUS_DEFAULT",
                "CONFIG_CRASH_MAX_MEMORY_RANGES", "CONFIG_IMA_KEXEC", "CONFIG_KEXEC_HANDOVER",
                "CONFIG_EFI", "CONFIG_X86_5LEVEL", "CONFIG_DMA_CMA", "CONFIG_OF_FLATTREE",
-               "CONFIG_ARCH_KEEP_MEMBLOCK", "CONFIG_EFI_RUNTIME_MAP")
+               "CONFIG_ARCH_KEEP_MEMBLOCK", "CONFIG_EFI_RUNTIME_MAP",
+               "CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT", "CONFIG_LIVEUPDATE")
 KHO_ON = {"on", "1", "y", "yes", "true"}
 
 
@@ -109,7 +114,6 @@ def snapshot(*, proc: str | Path = "/proc", sys: str | Path = "/sys", boot: str 
         rd.notes.append(f"/sys/kernel/kexec_crash_size says {crash_size:#x} bytes but the high "
                         f"'Crash kernel' entry is {crashk_res.size:#x} bytes")
 
-    kho_active, kho_scratch = _kho(rd, sys, cmdline)
     fdt_blob = rd.data(sys / "firmware/fdt", quiet_missing=True)
     if fdt_blob is not None and not memory:
         memory, source = _memory_from_fdt(fdt_blob), "fdt"
@@ -126,6 +130,7 @@ def snapshot(*, proc: str | Path = "/proc", sys: str | Path = "/sys", boot: str 
             crashk_res = crashk_low_res = None
 
     config = _config(rd, proc, boot, release)
+    kho_active, kho_scratch = _kho(rd, sys, cmdline, config)
     cpuinfo = rd.text(proc / "cpuinfo", quiet_missing=True) or ""
     la57 = bool(re.search(r"^flags\s*:.*\bla57\b", cpuinfo, re.M)) if arch == "x86_64" else None
     efi = (sys / "firmware/efi").exists()
@@ -283,17 +288,49 @@ def memory_from_fdt(parsed: FdtMemory) -> tuple[TypedRange, ...]:
     return tuple(sorted(out, key=lambda r: (r.start, r.depth)))
 
 
-def _kho(rd: _Reader, sys: Path, cmdline: str) -> tuple[bool | None, tuple[Range, ...]]:
+def kernel_config(*, proc: str | Path = "/proc", boot: str | Path = "/boot") -> dict[str, str]:
+    """The running kernel's selected ``CONFIG_*`` values (empty when no configuration is readable)."""
+    proc, boot = Path(proc), Path(boot)
+    rd = _Reader()
+    return _config(rd, proc, boot, _strip(rd.text(proc / "sys/kernel/osrelease")))
+
+
+def kho_state(*, proc: str | Path = "/proc", sys: str | Path = "/sys",
+              boot: str | Path = "/boot") -> tuple[bool | None, tuple[Range, ...]]:
+    """Whether KHO is on and its scratch areas, without the rest of a snapshot (for ``status``)."""
+    proc, sys, boot = Path(proc), Path(sys), Path(boot)
+    rd = _Reader()
+    cmdline = rd.text(proc / "cmdline") or ""
+    return _kho(rd, sys, cmdline, _config(rd, proc, boot, _strip(rd.text(proc / "sys/kernel/osrelease"))))
+
+
+def _kho(rd: _Reader, sys: Path, cmdline: str, config: dict[str, str]) -> tuple[bool | None, tuple[Range, ...]]:
+    """Whether KHO is on, and its scratch areas: debugfs when it can be read, else what was asked for."""
+    debug = sys / "kernel/debug"
+    out = debug / "kho/out"
+    phys = rd.text(out / "scratch_phys", quiet_missing=True)
+    lens = rd.text(out / "scratch_len", quiet_missing=True)
+    if phys is not None and lens is not None:
+        starts = [int(x, 0) for x in phys.split()]
+        sizes = [int(x, 0) for x in lens.split()]
+        return True, tuple(Range(s, n) for s, n in zip(starts, sizes) if n)
+    try:
+        listing = os.listdir(debug)
+    except OSError:
+        listing = []
+    if listing:  # debugfs is mounted and readable: kho/ is there exactly when KHO is enabled
+        if "kho" not in listing:
+            return False, ()
+        rd.unreadable.append((str(out / "scratch_phys"), "absent, though KHO is enabled"))
+        return True, ()
     words = dict(w.split("=", 1) for w in cmdline.split() if "=" in w)
-    on = words.get("kho", "").lower() in KHO_ON
-    out = sys / "kernel/debug/kho/out"
-    phys = rd.text(out / "scratch_phys", quiet_missing=not on)
-    lens = rd.text(out / "scratch_len", quiet_missing=not on)
-    if phys is None or lens is None:
-        return (True if on else (None if (sys / "kernel/debug/kho").exists() else False)), ()
-    starts = [int(x, 0) for x in phys.split()]
-    sizes = [int(x, 0) for x in lens.split()]
-    return True, tuple(Range(s, n) for s, n in zip(starts, sizes) if n)
+    asked = words.get("kho", "").lower()
+    if config.get("CONFIG_KEXEC_HANDOVER") != "y" and config:
+        return False, ()
+    on = asked in KHO_ON if asked else config.get("CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT") == "y"
+    if on:
+        rd.unreadable.append((str(out / "scratch_phys"), "debugfs unreadable (needs root, and debugfs mounted)"))
+    return on, ()
 
 
 def _memblock(rd: _Reader, sys: Path) -> tuple[Range, ...] | None:

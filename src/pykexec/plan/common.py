@@ -89,7 +89,8 @@ def normal_walks(machine: Machine, *, file_mode: bool, rev_walk: bool) -> list[W
                                  "memory, but the scratch areas are unknown (root can read "
                                  "/sys/kernel/debug/kho/out/scratch_phys; or pass --machine)",
                                  errno="EADDRNOTAVAIL")
-        return [Walk("KHO scratch", machine.kho_scratch, "given")]
+        areas = ", ".join(f"{r.start:#x}-{r.last:#x}" for r in machine.kho_scratch)
+        return [Walk(f"KHO scratch ({areas})", machine.kho_scratch, "given")]
     if file_mode and machine.arch in ARCH_KEEP_MEMBLOCK:
         return [Walk("memblock free", machine.memblock_free_ranges(), "rev-if-top-down")]
     return [Walk("System RAM", machine.walkable_ram(), "rev-if-top-down" if rev_walk else "ascending")]
@@ -125,13 +126,14 @@ def _no_room(placer: Placer, kbuf: KexecBuf, walks: list[Walk]) -> str:
     """One sentence: what needed how much, and the largest free piece where it could go."""
     window = Range.span(kbuf.buf_min, min(kbuf.buf_max, (1 << 64) - 1) + 1)
     where = " and ".join(w.name for w in walks) or "memory"
+    used = [s.range for s in placer.segments]
     free = []
     for w in walks:
-        for r in w.ranges:
-            part = r.intersect(window)
-            if part:
-                free.append(part)
-    free = subtract(free, [s.range for s in placer.segments])
+        parts = [p for p in (r.intersect(window) for r in w.ranges) if p]
+        if w.order == "given":  # the kernel offers each area alone: adjacent areas make no bigger hole
+            free += [piece for p in parts for piece in subtract([p], used)]
+        else:
+            free += subtract(parts, used)
     largest = max((r.size for r in free), default=0)
     total = sum(r.size for r in free)
     need = human_size(max(kbuf.memsz, 1))

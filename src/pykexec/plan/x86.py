@@ -115,7 +115,9 @@ def boot_params_size(machine: Machine, behaviour: KernelBehaviour, cmdline_len: 
         efi_map=efi_map, efi_setup_data=SIZEOF_SETUP_DATA + SIZEOF_EFI_SETUP_DATA,
         rng_seed=SIZEOF_SETUP_DATA + RNG_SEED_LENGTH,
         ima=SIZEOF_SETUP_DATA + SIZEOF_IMA_SETUP_DATA if behaviour.ima_kexec else 0,
-        kho=SIZEOF_SETUP_DATA + SIZEOF_KHO_DATA if behaviour.kho_setup_data and machine.kho_active else 0,
+        # "if (IS_ENABLED(CONFIG_KEXEC_HANDOVER))": the room is there whether KHO is on or not
+        kho=SIZEOF_SETUP_DATA + SIZEOF_KHO_DATA if behaviour.kho_setup_data and (
+            machine.kho_active or machine.config("CONFIG_KEXEC_HANDOVER") == "y") else 0,
         dtb=SIZEOF_SETUP_DATA + dtb_size if force_dtb else 0)
 
 

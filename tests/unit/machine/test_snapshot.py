@@ -100,9 +100,31 @@ def test_xen_and_kho(tmp_path):
 
 def test_kho_on_but_scratch_unreadable(tmp_path):
     roots = fake_host(tmp_path, iomem="00001000-0009fbff : System RAM\n", cmdline="kho=on\n")
+    write(roots["boot"], "config-6.1.0-56-cloud-amd64", "CONFIG_KEXEC_HANDOVER=y\n")
     m = snapshot(**roots)
     assert m.kho_active is True and m.kho_scratch == ()
     assert any("scratch_phys" in w for w, _ in m.unreadable)
+
+
+def test_kho_asked_for_by_a_kernel_without_it(tmp_path):
+    roots = fake_host(tmp_path, iomem="00001000-0009fbff : System RAM\n", cmdline="kho=on\n")
+    assert snapshot(**roots).kho_active is False  # the config has no CONFIG_KEXEC_HANDOVER: kho= is ignored
+
+
+def test_kho_on_by_default_in_the_config(tmp_path):
+    roots = fake_host(tmp_path, iomem="00001000-0009fbff : System RAM\n")
+    write(roots["boot"], "config-6.1.0-56-cloud-amd64",
+          "CONFIG_KEXEC_HANDOVER=y\nCONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT=y\n")
+    assert snapshot(**roots).kho_active is True
+
+
+def test_kho_disabled_though_asked_for_when_debugfs_has_no_kho(tmp_path):
+    # kho=on, but the scratch reservation failed: kho_init made no kho/ in the mounted debugfs
+    roots = fake_host(tmp_path, iomem="00001000-0009fbff : System RAM\n", cmdline="kho=on\n",
+                      kernel__debug__memblock__memory="")
+    write(roots["boot"], "config-6.1.0-56-cloud-amd64", "CONFIG_KEXEC_HANDOVER=y\n")
+    m = snapshot(**roots)
+    assert m.kho_active is False and m.kho_scratch == ()
 
 
 def test_arm64_fdt_memblock_and_config_gz(tmp_path):

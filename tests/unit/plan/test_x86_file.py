@@ -102,6 +102,13 @@ def test_boot_params_components(pc_1g):
     assert boot_params_size(efi, beh, 28).total == 0x10E0 + 480
     ima = pc_1g.with_changes(kernel_config=(("CONFIG_IMA_KEXEC", "y"),))
     assert boot_params_size(ima, KernelBehaviour.of(ima), 28).ima == 32
+    # kexec-bzimage64.c reserves a setup_data header + struct kho_data (fdt_addr, fdt_size,
+    # scratch_addr, scratch_size: 16 + 32 bytes) in every 6.16+ kernel built with KEXEC_HANDOVER,
+    # KHO on or off
+    built = pc_1g.with_changes(kernel_release="7.2.13", kernel_config=(("CONFIG_KEXEC_HANDOVER", "y"),))
+    assert boot_params_size(built, KernelBehaviour.of(built), 28).kho == 48
+    off = built.with_changes(kernel_config=(("CONFIG_KEXEC_HANDOVER", "n"),))
+    assert boot_params_size(off, KernelBehaviour.of(off), 28).kho == 0
 
 
 def test_crash_before_5_5_has_a_backup_region(bz, q35_crash):
@@ -153,6 +160,38 @@ def test_kho_confines_to_scratch(bz):
         plan(bz, machine=m.with_changes(kho_scratch=()))
     crash = m.with_changes(crashk_res=Range(0x80000000, 0x10000000))
     assert all(s.range in crash.crashk_res for s in plan(bz, machine=crash, crash=True).segments)
+
+
+def test_a_load_too_big_for_kho_scratch_names_the_areas(bz):
+    # the guest of tests/vm/test_kho.py: kho_scratch=16M,96M,16M, the global and per-node areas adjacent
+    scratch = (Range(0x53C00000, 16 * MiB), Range(0x4DC00000, 96 * MiB), Range(0x4CC00000, 16 * MiB))
+    m = simple_machine(Range(MiB, 4 * GiB), release="7.2", kho_active=True, kho_scratch=scratch)
+    with pytest.raises(PlacementError, match=r"initrd needs 112 MiB .* but KHO scratch \(0x53c00000-0x54bfffff, "
+                                             r"0x4dc00000-0x53bfffff, 0x4cc00000-0x4dbfffff\) has .* free") as e:
+        plan(bz, machine=m, cmdline="x", initrd=bytes(112 * MiB))
+    largest = re.search(r"the largest piece ([\d.]+) MiB$", str(e.value))
+    assert largest and float(largest.group(1)) < 112, str(e.value)
+
+
+def test_adjacent_kho_scratch_areas_are_separate_holes():
+    # kho_walk_scratch offers the kernel's hole finder each area alone: two adjacent 64 MiB areas
+    # cannot hold 100 MiB, and the largest piece the refusal reports is 64 MiB, not 128
+    from pykexec.plan.common import place
+    from pykexec.plan.kexec_buf import KexecBuf, Placer, Walk
+    walk = Walk("KHO scratch", (Range(0x4000000, 64 * MiB), Range(0x8000000, 64 * MiB)), "given")
+    with pytest.raises(PlacementError, match=r"has 128 MiB free, the largest piece 64 MiB$"):
+        place(Placer(), KexecBuf("initrd", 100 * MiB, 100 * MiB), [walk])
+
+
+def test_under_kho_only_kexec_file_load_hands_over():
+    from pykexec.api import receivers_for
+    from pykexec.errors import LoadRefused
+    m = simple_machine(Range(MiB, GiB), kho_active=True, kho_scratch=(Range(0x1000000, 0x1000000),))
+    assert receivers_for("auto", m) == ("linux-file",) and receivers_for("file", m) == ("linux-file",)
+    with pytest.raises(LoadRefused, match=r"--mode user: .*kho.rst"):
+        receivers_for("user", m)
+    assert receivers_for("user", m, crash=True) == ("linux-user",)  # a crash image never hands over
+    assert receivers_for("auto", m.with_changes(kho_active=False)) == ("linux-file", "linux-user")
 
 
 def test_too_little_ram_everywhere(bz):

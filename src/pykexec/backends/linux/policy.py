@@ -50,8 +50,9 @@ ADVICE = {
     errno.ENOTSUP: "the running kernel does not support this kind of load; try --mode user",
     errno.ENOMEM: "the kernel found no room for the segments; use a smaller initrd, or for "
                   "--crash a larger crashkernel= reservation (see `pykexec plan`)",
-    errno.EADDRNOTAVAIL: "a segment falls outside the memory the kernel allows (for --crash: "
-                         "outside the crash region); see `pykexec plan --crash`",
+    errno.EADDRNOTAVAIL: "a segment found no room in the memory the kernel places it in (for --crash "
+                         "the crash region; while Kexec HandOver is on, the KHO scratch areas); "
+                         "see `pykexec plan`",
     errno.EBUSY: "a kexec operation is in progress, or the crash kernel is in use; retry",
     errno.EFBIG: "the image or initrd is larger than the kernel accepts (4 GiB)",
     errno.EACCES: "access denied: IMA appraisal or an LSM refused the file; check its "

@@ -139,6 +139,11 @@ class Status:
     loaded: bool | None
     crash_loaded: bool | None
     crash_size: int | None
+    #: Kexec HandOver is on in the running kernel (see pykexec.machine.snapshot)
+    kho_active: bool | None = False
+    #: the next exec hands over (KHO active and a kernel loaded; pykexec loads it only with
+    #: kexec_file_load then, though sysfs cannot show which call another tool used)
+    kho_handover: bool | None = False
 
 
 def read_status(sysfs: Path = Path("/sys")) -> Status:
