@@ -104,7 +104,7 @@ EFI_CMDLINE_OFFSET = 4096
 
 
 def build_xen_efi_load(prepared, *, initrd, cmdline, crash: bool, machine, sys_root="/sys",
-                       getrandom=os.getrandom, firmware=None, target: str = "xen-efi", **_ignored) -> UserLoad:
+                       getrandom=os.getrandom, firmware=None, modules=(), dtb=None, **_ignored) -> UserLoad:
     """A load of Xen's EFI types (``KEXEC_TYPE_DEFAULT_EFI``/``CRASH_EFI``) for ``prepared``'s bzImage.
 
     The segments are the planner's (:func:`pykexec.plan.xen.plan_xen_efi`); this fills them:
@@ -114,13 +114,16 @@ def build_xen_efi_load(prepared, *, initrd, cmdline, crash: bool, machine, sys_r
     a crash load's elfcorehdr describes the machine and Xen's per-CPU notes.  There is no backup
     of the low 640 KiB (no purgatory of ours runs to copy it), so the dump reads that memory as the
     capture kernel leaves it.  The options of the other builders that concern our purgatory
-    (checks, verbosity) have no meaning here and are ignored."""
+    (checks, verbosity) have no meaning here and are ignored; modules and a DTB are refused."""
     from ..boot import e820 as e820_mod, zeropage
     from ..boot.firmware import read_firmware
     from ..formats.bzimage import BzImage
     from ..plan.xen import plan_xen_efi
-    from ..errors import NotLoadable
+    from ..errors import NotLoadable, UsageError
 
+    if modules or dtb is not None:
+        raise UsageError("Xen's EFI load types take a bzImage, an initrd and a command line; "
+                         "no --module and no --dtb")
     layer = prepared.kernel_layer
     if not isinstance(layer, BzImage):
         raise NotLoadable(layer.format, "is not a bzImage; Xen's EFI load types boot Linux bzImages only")
