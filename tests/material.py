@@ -1578,7 +1578,6 @@ def fetch_all(progress=None) -> dict:
         ("arm64_image", arm64_image),
         ("arm64_image_gz", arm64_image_gz),
         ("xen_hypervisor_gz", xen_hypervisor_gz),
-        ("xenserver_xen", xenserver_xen),
         ("ipxe_lkrn", ipxe_lkrn),
         ("systemd_stub(bookworm, x64, linux)", lambda: systemd_stub("bookworm", "x64", "linux")),
         ("systemd_stub(bookworm, aa64, linux)", lambda: systemd_stub("bookworm", "aa64", "linux")),
@@ -1602,6 +1601,7 @@ def fetch_all(progress=None) -> dict:
         ("arm64_python_tree", arm64_python_tree),
         ("arm64_kexec_tools_tree", arm64_kexec_tools_tree),
         ("arm64_busybox", arm64_busybox),
+        ("xenserver_xen", xenserver_xen),   # last: it needs the fetched xenserver-next/xen git directory
     ]
     results = {}
     for name, fn in steps:

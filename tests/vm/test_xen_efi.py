@@ -84,8 +84,9 @@ def test_lockdown_then_crash_efi_kdump(vm_material):
     g.stage(1, h.sh_script(XEN_SETUP + f"""
 run classic pykexec load --crash --target xen /vm/vmlinuz --command-line "console=ttyS0 classic"
 run explicit pykexec load {load} --target xen-efi --json
+run status1 pykexec status --json
 run auto pykexec load {load} --json || exit 1
-run status pykexec status --json
+run status2 pykexec status --json
 """ + PANIC))
     g.stage(2, h.py_script(pattern + '\nmark("cmdline", open("/proc/cmdline").read().strip())\n' + SCANNER))
     serial = boot_xenserver(g, xen_cmdline=XEN_CMDLINE + " lockdown")
@@ -103,8 +104,13 @@ run status pykexec status --json
     said = " ".join(serial.values("auto.err"))
     if "lockdown" not in said or "KEXEC_TYPE_CRASH_EFI" not in said:
         serial.fail(f"load without --target did not say it picked the EFI type:\n{serial.command('auto')}")
-    if not h.status_json(serial, "status")["crash_loaded"]:
-        serial.fail("Xen does not hold the crash kernel")
+    # Xen's kexec_status answers the slot-position bit (KEXEC_FLAG_CRASH_POS), which every load and
+    # unload toggles: after one load it reads 1, after a second load 0 although an image is held
+    # (docs/xen.md).  The crash below shows the image is there.
+    crash_loaded = (h.status_json(serial, "status1")["crash_loaded"], h.status_json(serial, "status2")["crash_loaded"])
+    if crash_loaded != (True, False):
+        serial.fail(f"Xen's kexec_status after one and two CRASH_EFI loads read {crash_loaded}, expected "
+                    "(True, False): the parity of the loads")
     serial.expect_in_order("stage-begin 1", "holder-ready", "crashing", "stage-begin 2", "pattern",
                            "stage-end 2 rc=0")
     words = serial.value("cmdline").split()
