@@ -1501,9 +1501,11 @@ XENSERVER_GIT = "/work/.mirror/xenserver-next+xen/repo"
 #: the commit the scenarios boot: "Support non-page-aligned kexec segments", the last of the
 #: series on branch NUMA-claims-v2+-nodes_api (lockdown, purgatory in Xen, EFI load types)
 XENSERVER_COMMIT = "19b98a02d5e77021e10b39276c3bacd70fe72b11"
-#: defconfig (x86_64_defconfig is empty: every default, KEXEC among them) plus these; each must
-#: come out of olddefconfig as set, else the build fails naming it
-XENSERVER_CONFIG = {"KEXEC": "y"}
+#: defconfig (x86_64_defconfig is empty: every default, KEXEC among them) made minimal for a PV
+#: dom0 with kexec: no HVM (VMX, SVM, altp2m, ioreq servers), no live patching and so no debug
+#: info (DEBUG_INFO defaults to LIVEPATCH), no hypervisor file system; each must come out of
+#: olddefconfig as asked, else the build fails naming it
+XENSERVER_CONFIG = {"KEXEC": "y", "HVM": "n", "LIVEPATCH": "n", "DEBUG_INFO": "n", "HYPFS": "n"}
 
 
 def _xen_git() -> Path:
@@ -1545,10 +1547,11 @@ def xenserver_xen(commit: str = XENSERVER_COMMIT) -> Path:
             _run([*make, "defconfig"], what="make -C xen defconfig", env=env)
             config = src / "xen" / ".config"
             with config.open("a") as f:
-                f.writelines(f"CONFIG_{k}={v}\n" for k, v in XENSERVER_CONFIG.items())
+                f.writelines(f"CONFIG_{k}={v}\n" if v != "n" else f"# CONFIG_{k} is not set\n"
+                             for k, v in XENSERVER_CONFIG.items())
             _run([*make, "olddefconfig"], what="make -C xen olddefconfig", env=env)
             got = _kconfig(src / "xen")
-            dropped = [k for k, v in XENSERVER_CONFIG.items() if got.get(f"CONFIG_{k}") != v]
+            dropped = [k for k, v in XENSERVER_CONFIG.items() if got.get(f"CONFIG_{k}", "n") != v]
             if dropped:
                 raise _fail(f"xenserver xen {commit[:12]}: olddefconfig dropped {dropped}")
             jobs = str((os.cpu_count() or 1) + 1)

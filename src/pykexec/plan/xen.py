@@ -142,11 +142,14 @@ def _plan_efi(target: str, layer: BzImage, data: bytes, *, machine: Machine, cra
     kernel = _place_kernel(layer, data, walks, crash=crash)
     placer.add_fixed(kernel)
     if purgatory:   # keep Xen's first fit in its crash area free: the purgatory goes there
-        placer.add_fixed(Segment("xen-purgatory", xen_purgatory_at(machine, [kernel]),
-                                 XENSERVER_PURGATORY_MEMSZ, 0, None))
-    params = place(placer, KexecBuf("boot-params", _params_size(layer, machine, cmdline, crash),
-                                    _params_size(layer, machine, cmdline, crash), buf_min=MiB, top_down=False),
-                   walks)
+        at = xen_purgatory_at(machine, [kernel])
+        if at < 0:
+            raise PlacementError(f"Xen's crash area {machine.xen_crash_area} has no "
+                                 f"{human_size(XENSERVER_PURGATORY_MEMSZ)} left beside the kernel for Xen's "
+                                 "own purgatory", errno="ENOMEM")
+        placer.add_fixed(Segment("xen-purgatory", at, XENSERVER_PURGATORY_MEMSZ, 0, None))
+    params_size = _params_size(machine, cmdline, crash)
+    params = place(placer, KexecBuf("boot-params", params_size, params_size, buf_min=MiB, top_down=False), walks)
     if initrd is not None:
         place(placer, KexecBuf("initrd", len(initrd), len(initrd), buf_min=MiB, top_down=False, buffer=initrd),
               walks)
@@ -163,6 +166,8 @@ def _plan_efi(target: str, layer: BzImage, data: bytes, *, machine: Machine, cra
     segments = [kernel, *(s for s in segments if s is not kernel),
                 *(s for s in null_segments_below_1mib(segments) if s.null)]
     notes = [f"planned for {variant}",
+             f"segment 0 is the whole bzImage from {kernel.mem + kernel.offset:#x} ({kernel.offset:#x} into its "
+             f"first page: dest_maddr), its protected-mode kernel at {kernel.mem + kernel.offset + layer.setup_size:#x}",
              "boot_params, setup_data and elfcorehdr are built by the loader; sizes assume one "
              "page of boot_params, the command line and an RNG seed"]
     if purgatory:
@@ -217,7 +222,7 @@ def xen_purgatory_at(machine: Machine, segments) -> int:
     return start if start + XENSERVER_PURGATORY_MEMSZ <= area.end else -1
 
 
-def _params_size(layer: BzImage, machine: Machine, cmdline: str | None, crash: bool) -> int:
+def _params_size(machine: Machine, cmdline: str | None, crash: bool) -> int:
     """boot_params (a page), the command line (with room for `` elfcorehdr=<KiB>K``), and an RNG seed."""
     cmdline_len = len((cmdline or "").encode()) + 1 + (MAX_ELFCOREHDR_STR_LEN if crash else 0)
     size = SIZEOF_BOOT_PARAMS + align_up(cmdline_len, 16) + SIZEOF_SETUP_DATA + RNG_SEED_LENGTH
