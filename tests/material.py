@@ -815,6 +815,25 @@ def ipxe_lkrn() -> Path:
 
 
 # --------------------------------------------------------------------------
+# 32-bit boot protocol images: memtest86+ and syslinux's memdisk
+
+def memtest86_bin() -> Path:
+    """boot/memtest86+x64.bin from memtest86+: a bzImage (2.12, XLF_KERNEL_64 without
+    XLF_CAN_BE_LOADED_ABOVE_4G, not relocatable) that reports on ttyS0 with console=ttyS0."""
+    tree = _package(_apt(_SYSTEM), "memtest86+", ["./boot/memtest86+x64.bin"])
+    return _one(tree, "boot/memtest86+x64.bin", "memtest86+")
+
+
+def syslinux_memdisk() -> Path:
+    """usr/lib/syslinux/memdisk from syslinux-common: a bzImage of protocol 2.03."""
+    tree = _package(_apt(_SYSTEM), "syslinux-common", ["./usr/lib/syslinux/memdisk"])
+    return _one(tree, "usr/lib/syslinux/memdisk", "syslinux-common")
+
+
+__all__ += ["memtest86_bin", "syslinux_memdisk"]
+
+
+# --------------------------------------------------------------------------
 # systemd-boot stubs and ukify
 
 
@@ -1582,6 +1601,7 @@ def fetch_all(progress=None) -> dict:
         ("arm64_image_gz", arm64_image_gz),
         ("xen_hypervisor_gz", xen_hypervisor_gz),
         ("ipxe_lkrn", ipxe_lkrn),
+        ("memtest86_bin", memtest86_bin), ("syslinux_memdisk", syslinux_memdisk),
         ("systemd_stub(bookworm, x64, linux)", lambda: systemd_stub("bookworm", "x64", "linux")),
         ("systemd_stub(bookworm, aa64, linux)", lambda: systemd_stub("bookworm", "aa64", "linux")),
         ("systemd_stub(sid, x64, linux)", lambda: systemd_stub("sid", "x64", "linux")),

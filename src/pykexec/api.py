@@ -211,7 +211,8 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
                                        limits or Limits.from_env(), host)
         _refuse_foreign(prepared, host)
         req = _request(opts, files, prepared, host, sysfs)
-        names = _receivers(opts, host, syscalls, probe=machine is None)
+        names = _xen_receivers(_probed(receivers_for(opts.mode, host), req, table, lockdown), opts, host,
+                               syscalls, probe=machine is None)
         handoffs = _Handoffs(req, table, advice)
         first = handoffs.get(names[0])
         summary = _summary(req, files, policy.summary)
@@ -221,6 +222,23 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
         with LoadLock():
             report = _execute(names, handoffs, sys_, lockdown=lockdown, prepared=prepared)
         return summary, report, _plan_of(handoffs.last)
+
+
+def _probed(names: tuple[str, ...], req: "Request", table: Sequence[Entry], lockdown: str | None) -> tuple[str, ...]:
+    """``auto`` skips a receiver whose own probe refuses the image (bzImage64_probe's -ENOEXEC), as
+    ``kexec -a`` falls back to kexec_load when kexec_file_load fails so; not under lockdown, where
+    kexec_load is refused and the first receiver's reason is the one to give."""
+    if len(names) < 2 or lockdown not in (None, "none"):
+        return names
+    keep = []
+    for name in names[:-1]:
+        entry = find(req.machine.arch, req.layer, name, table)
+        why = entry.refusal(req.layer, req.machine) if entry is not None else None
+        if why is None:
+            keep.append(name)
+        else:
+            log.info("%s refuses this image (%s); trying %s", name, why, names[-1])
+    return (*keep, names[-1])
 
 
 def _plan_of(handoff: Any) -> LoadPlan | None:
@@ -241,13 +259,13 @@ def receivers_for(mode: str, machine: Machine) -> tuple[str, ...]:
     return XEN_MODES[mode]
 
 
-def _receivers(opts: LoadOptions, host: Machine, syscalls: Any, *, probe: bool) -> tuple[str, ...]:
-    """``opts.target`` alone when given; else ``opts.mode``'s receivers, where under a Xen in
-    lockdown the hypercall's classic types give way to the EFI ones (``xen-efi``), saying so.
+def _xen_receivers(names: tuple[str, ...], opts: LoadOptions, host: Machine, syscalls: Any, *,
+                   probe: bool) -> tuple[str, ...]:
+    """``opts.target`` alone when given; else ``names`` (``opts.mode``'s receivers), where under a
+    Xen in lockdown the hypercall's classic types give way to the EFI ones (``xen-efi``), saying so.
     ``probe``: the host is this machine (not a description), so Xen can be asked."""
     if opts.target is not None:
         return (_explicit_target(opts.target, host),)
-    names = receivers_for(opts.mode, host)
     if names == ("xen",) and probe:
         from .backends.xen.backend import hypercalls_from
         from .backends.xen.probe import xen_locked_down
@@ -513,8 +531,8 @@ class _Handoffs:
             predicted = plan_load(req.prepared, machine=machine, target=target, crash=req.crash,
                                   initrd=req.initrd_data, cmdline=req.cmdline or "", table=self.table)
         except PlacementError as e:
-            if strict:
-                raise LoadRefused(f"the load cannot fit: {e}") from e
+            if strict:  # ENOEXEC: the receiver's probe refuses the image, whatever the memory
+                raise LoadRefused(str(e) if e.errno == "ENOEXEC" else f"the load cannot fit: {e}") from e
             log.info("no placement prediction: %s", e)
             return None
         if strict:

@@ -882,8 +882,10 @@ class Guest:
 
     def boot(self, append: str = "", *, memory: int = DEFAULT_MEMORY, timeout: float = DEFAULT_TIMEOUT,
              kernel: Optional[PathLike] = None, quiet: bool = True, embed_initrd: bool = True,
-             extra_args: Sequence[str] = ()) -> Serial:
-        """Boot once.  ``extra_args`` go to QEMU as they are (e.g. UEFI firmware as pflash)."""
+             extra_args: Sequence[str] = (), until: Optional[str] = None) -> Serial:
+        """Boot once.  ``extra_args`` go to QEMU as they are (e.g. UEFI firmware as pflash);
+        ``until`` ends the run at that console text (:func:`run_qemu`), for a next image that
+        never powers off."""
         inner = self.initrd()
         boot_kernel = Path(kernel) if kernel is not None else self.kernel
         self.embedded.file(GUEST_VMLINUZ, boot_kernel)
@@ -893,7 +895,8 @@ class Guest:
         full = atomic_write(self.dir / "boot-initrd.img", lambda f: concat([inner, emb], f))
         cmdline = " ".join(w for w in ["console=ttyS0", "panic=-1", "quiet" if quiet else "", append] if w)
         return run_qemu(kernel=boot_kernel, initrd=full, append=cmdline, memory=memory, timeout=timeout,
-                        log_path=self.dir / "serial.log", scenario=self.scenario, extra_args=extra_args)
+                        log_path=self.dir / "serial.log", scenario=self.scenario, extra_args=extra_args,
+                        until=until)
 
 
 def concat(parts: Sequence[Path], out: BinaryIO) -> None:

@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -366,49 +365,3 @@ mark exec-returned
     expect_xen_dom0(serial)
     h.expect_ok(serial, "load")
     filler_outcome(serial, next_cmdline, tok)
-
-
-# -- benchmark: pykexec against kexec-tools (which links libxenctrl) in the same dom0 ---------------------
-
-BENCH = r'''
-import os, subprocess, time
-subprocess.run(["/bin/sh", "-c", """
-insmod /vm/xen/xen-privcmd.ko && insmod /vm/xen/xenfs.ko
-mkdir -p /proc/xen && mount -t xenfs xenfs /proc/xen
-"""], check=True)
-TOOLS = {
-    "kexec-tools": ["/opt/kexec-tools/sbin/kexec"],
-    "pykexec": ["pykexec", "kexec"],
-}
-def measure(name, args):
-    t0 = time.monotonic()
-    p = subprocess.Popen(TOOLS[name] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.monotonic() - t0
-    err = p.stderr.read().decode(errors="replace").strip().replace("\n", " | ")
-    mark("bench", name, args[0], f"{wall:.2f}", ru.ru_maxrss, os.waitstatus_to_exitcode(status), err[:300])
-for run in range(2):
-    for name in ("kexec-tools", "pykexec"):
-        measure(name, ["-l", "/vm/vmlinuz", "--initrd", "/vm/initrd.img", "--append", "console=ttyS0 bench"])
-        measure(name, ["-p", "/vm/vmlinuz", "--initrd", "/vm/initrd.img", "--append", "console=ttyS0 bench"])
-        run_ = subprocess.run(["pykexec", "status", "--json"], capture_output=True, text=True)
-        mark("bench-status", name, run_.stdout.strip())
-        subprocess.run(["pykexec", "unload"]); subprocess.run(["pykexec", "unload", "--crash"])
-'''
-
-
-def test_benchmark_against_kexec_tools(vm_material):
-    g = xen_guest("xen-dom0-bench")
-    g.stage(1, h.py_script(BENCH))
-    serial = boot_xen(g)
-    expect_xen_dom0_booted = "(XEN) *** Building a PV Dom0 ***" in serial.text
-    assert expect_xen_dom0_booted
-    rows = [v.split(" ", 6) for v in serial.values("bench")]
-    for name, what, wall, rss, rc, *err in rows:
-        print(f"[bench] {name:12} {what}  {wall:>6} s  peak {int(rss) >> 10:>5} MiB  rc {rc} {err}")
-    for v in serial.values("bench-status"):
-        name, _, st = v.partition(" ")
-        if json.loads(st)["loaded"] is not True or json.loads(st)["crash_loaded"] is not True:
-            serial.fail(f"{name}: Xen does not hold both images after -l and -p: {st}")
-    if any(r[4] != "0" for r in rows):
-        serial.fail(f"a load failed: {rows}")

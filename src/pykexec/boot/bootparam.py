@@ -29,6 +29,8 @@ BOOT_PARAMS = Layout("boot_params", [
     Field("orig_video_lines", 0x00E, "B"),
     Field("orig_video_isVGA", 0x00F, "B"),
     Field("orig_video_points", 0x010, "H"),
+    Field("cl_magic", 0x020, "H"),               # screen_info.cl_magic: the command line before 2.02
+    Field("cl_offset", 0x022, "H"),
     Field("acpi_rsdp_addr", 0x070, "Q"),
     Field("ext_ramdisk_image", 0x0C0, "I"),
     Field("ext_ramdisk_size", 0x0C4, "I"),
@@ -65,6 +67,7 @@ SETUP_DATA_HEADER = struct.Struct("<QII")     # u64 next, u32 type, u32 len
 EFI_SETUP_DATA = struct.Struct("<QQQQ64x")    # fw_vendor, __unused (runtime), tables, smbios, reserved[8]
 RNG_SEED_LENGTH = 32                          # what the kernel's own kexec_file loader passes
 
+CL_MAGIC_VALUE = 0xA33F      # boot.rst "The old command line protocol": cl_offset is valid
 TYPE_OF_LOADER_KEXEC = 0xD0   # LOADER_TYPE_KEXEC (0x0D) << 4, version 0: kexec-tools and the kernel both
 
 

@@ -3,7 +3,8 @@
 With kexec_load the kernel copies segments and jumps; user space builds every
 byte.  :func:`build_user_load` does that for x86_64:
 
-* **bzImage** (Linux x86 boot protocol, 64-bit entry at kernel + 0x200): the
+* **bzImage** (Linux x86 boot protocol, 64-bit entry at kernel + 0x200, or
+  the 32-bit entry at the kernel's start for what bzImage64_probe refuses): the
   segments the ``linux-user`` planner places (:func:`pykexec.plan.x86.build_user_segments`,
   kexec-tools' layout), filled here: zero page and command line, EFI runtime map,
   SETUP_EFI, SETUP_RNG_SEED, SETUP_E820_EXT when the map has more than 128 entries;
@@ -41,9 +42,9 @@ from ..formats.layer import Buffer
 from ..formats.multiboot import Multiboot
 from ..formats.multiboot2 import Multiboot2
 from ..machine.model import Machine
-from ..machine.ranges import MiB, Range, align_down, align_up
+from ..machine.ranges import U64_MAX, MiB, Range, align_down, align_up
 from ..plan import x86 as plan_x86
-from ..plan.common import crash_backup, crash_walk, normal_walks, place, require_memory
+from ..plan.common import add_fixed, crash_backup, crash_walk, normal_walks, place, require_memory
 from ..plan.kexec_buf import KexecBuf, Placer, Segment
 from ..plan.loadplan import LoadPlan
 from . import e820 as e820_mod
@@ -210,43 +211,52 @@ class _Context:
 # -- Linux: bzImage -------------------------------------------------------------------------------
 
 def _bzimage(ctx: _Context, layer: BzImage, data: Buffer, initrd: Buffer | None, cmdline: str | None) -> UserLoad:
-    plan_x86.probe_user(layer, data)
+    bits = plan_x86.user_entry(layer, data)
     pg = purgatory.load()
     placer, walks = ctx.placer(), ctx.walks()
     final = cmdline or ""
-    crash = _crash_segments(ctx, placer, walks, final) if ctx.crash else None
+    crash = _crash_segments(ctx, placer, walks, final) if ctx.crash and bits == 64 else None
     if crash is not None:
         final = crash.cmdline
     pur, setup, final, notes = plan_x86.build_user_segments(
-        layer, data, machine=ctx.machine, crash=False, initrd=initrd, cmdline=final, walks=walks,
-        placer=placer, purgatory=pg.size(ctx.page))
+        layer, data, machine=ctx.machine, crash=ctx.crash and bits == 32, initrd=initrd, cmdline=final,
+        walks=walks, placer=placer, purgatory=pg.size(ctx.page))
     ctx.notes.extend(notes)
     e820 = crash.e820 if crash is not None else e820_mod.from_machine(ctx.machine)
     table, e820_ext = zeropage.e820_table(e820)
+    if e820_ext is not None and not layer.has("setup_data"):
+        ctx.notes.append(f"protocol {layer.version} has no setup_data: the e820 map is cut to its first "
+                         f"{len(table)} entries")
+        e820_ext = None
     if e820_ext is not None:
-        place(placer, KexecBuf("setup-data-e820", e820_ext.size, e820_ext.size, buf_min=MiB, top_down=True),
-              walks)
+        place(placer, KexecBuf("setup-data-e820", e820_ext.size, e820_ext.size, buf_min=MiB,
+                               buf_max=FOUR_GIB - 1 if bits == 32 else U64_MAX, top_down=True), walks)
     segs = {s.role: s for s in placer.segments}
     kernel, cmdline_off = segs["kernel"], max(layer.setup_size, 4096)
     fills: dict[str, Buffer] = {"kernel": memoryview(data)[layer.setup_size:]}
     nodes: list[tuple[int, zeropage.SetupData]] = []
     if e820_ext is not None:
         nodes.append((segs["setup-data-e820"].mem, e820_ext))
-    efi_memmap = _efi(ctx, layer.xloadflags & XLF_EFI_KEXEC, segs, fills, nodes)
-    rng = zeropage.rng_seed(ctx.getrandom)
-    nodes.append((segs["setup-data-rng"].mem, rng))
+    efi_memmap = _efi(ctx, layer.xloadflags & XLF_EFI_KEXEC, segs, fills, nodes) if bits == 64 else None
+    if "setup-data-rng" in segs:
+        nodes.append((segs["setup-data-rng"].mem, zeropage.rng_seed(ctx.getrandom)))
     for addr, raw in zeropage.chain(nodes):
         fills[_role_at(segs, addr)] = raw
     initrd_seg = segs.get("initrd")
     params = zeropage.BootParams(
-        header=zeropage.setup_header(data), e820=table, cmd_line_ptr=setup.mem + cmdline_off,
+        header=zeropage.setup_header(data), e820=table,
+        cmd_line_ptr=setup.mem + cmdline_off if layer.has("cmd_line_ptr") else 0,
+        cl_offset=None if layer.has("cmd_line_ptr") else cmdline_off,
         ramdisk_image=initrd_seg.mem if initrd_seg else 0, ramdisk_size=len(initrd) if initrd else 0,
-        setup_data=nodes[0][0] if nodes else 0, firmware=ctx.firmware, efi_memmap=efi_memmap)
+        setup_data=nodes[0][0] if nodes else 0,
+        firmware=ctx.firmware if bits == 64 else dataclasses.replace(ctx.firmware, efi=None),
+        efi_memmap=efi_memmap, code32_start=kernel.mem if bits == 32 else None)
     fills["boot-params"] = _params_segment(params.pack(), cmdline_off, final, setup.bufsz)
     if initrd is not None:
         fills["initrd"] = initrd
-    regs = {"rsi": setup.mem, "rip": kernel.mem + STARTUP_64_OFFSET}
-    return _finish(ctx, placer, fills, regs, entry32=False, cmdline=final, entry_arg=setup.mem,
+    # boot.rst: the 64-bit entry is kernel + 0x200; the 32-bit entry is the kernel's first byte.
+    regs = {"rsi": setup.mem, "rip": kernel.mem + (STARTUP_64_OFFSET if bits == 64 else 0)}
+    return _finish(ctx, placer, fills, regs, entry32=bits == 32, cmdline=final, entry_arg=setup.mem,
                    protocol="linux", crash=crash)
 
 
@@ -393,17 +403,7 @@ def _page_segments(pieces: Sequence[tuple[int, bytes, int]], page: int) -> list[
 
 
 def _add_fixed(ctx: _Context, placer: Placer, seg: Segment) -> None:
-    """A segment at an address the image dictates: it must be free RAM (or in the crash region)."""
-    clash = placer.clash(seg.mem, seg.end)
-    if clash is not None:
-        raise PlacementError(f"{seg.role} [{seg.mem:#x}, {seg.end:#x}) overlaps {clash.role}", role=seg.role,
-                             errno="EINVAL")
-    allowed = [ctx.machine.crashk_res] if ctx.crash else list(ctx.machine.walkable_ram())
-    if not any(r is not None and seg.range in r for r in allowed):
-        where = "the crash region" if ctx.crash else "System RAM"
-        raise PlacementError(f"{seg.role} must go to [{seg.mem:#x}, {seg.end:#x}), which is not inside "
-                             f"{where}", role=seg.role, errno="EADDRNOTAVAIL")
-    placer.add_fixed(seg)
+    add_fixed(placer, seg, ctx.machine, crash=ctx.crash)
 
 
 # -- kdump --------------------------------------------------------------------------------------

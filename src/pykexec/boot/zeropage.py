@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 from ..errors import FormatError
 from ..formats.bzimage import (BOOT_FLAG, HDRS_MAGIC, LOADED_HIGH, SETUP_HEADER, XLF_CAN_BE_LOADED_ABOVE_4G,
                                XLF_KERNEL_64, has_setup_header, header_end)
-from .bootparam import (BOOT_PARAMS, E820_MAX_ENTRIES_ZEROPAGE, EFI_SETUP_DATA, HDR_LIMIT, HDR_OFFSET,
+from .bootparam import (BOOT_PARAMS, CL_MAGIC_VALUE, E820_MAX_ENTRIES_ZEROPAGE, EFI_SETUP_DATA, HDR_LIMIT, HDR_OFFSET,
                         RNG_SEED_LENGTH, SETUP_DATA_HEADER, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED,
                         SIZEOF_BOOT_PARAMS, TYPE_OF_LOADER_KEXEC, put)
 from .e820 import E820_RAM, E820Entry
@@ -130,6 +130,8 @@ class BootParams:
     firmware: Firmware = Firmware()
     efi_memmap: tuple[int, int] | None = None    # (address, size) of the runtime map copy
     hardware_subarch: int | None = None
+    code32_start: int | None = None               # the 32-bit entry: where the kernel was put
+    cl_offset: int | None = None                  # before 2.02: the command line's offset from the zero page
 
     @property
     def protocol(self) -> int:
@@ -156,6 +158,12 @@ class BootParams:
         put(buf, "type_of_loader", TYPE_OF_LOADER_KEXEC, layout=SETUP_HEADER)
         put(buf, "loadflags", 0, layout=SETUP_HEADER)
         put(buf, "sentinel", 0)
+        if self.code32_start is not None:
+            # boot.rst: "the address to jump to in protected mode"; memtest86+ relocates by it.
+            put(buf, "code32_start", self.code32_start, layout=SETUP_HEADER)
+        if self.cl_offset is not None:
+            put(buf, "cl_magic", CL_MAGIC_VALUE)
+            put(buf, "cl_offset", self.cl_offset)
         self._pointers(buf, version)
         if self.firmware.acpi_rsdp and version >= 0x020E:
             put(buf, "acpi_rsdp_addr", self.firmware.acpi_rsdp)

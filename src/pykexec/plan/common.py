@@ -95,6 +95,20 @@ def normal_walks(machine: Machine, *, file_mode: bool, rev_walk: bool) -> list[W
     return [Walk("System RAM", machine.walkable_ram(), "rev-if-top-down" if rev_walk else "ascending")]
 
 
+def add_fixed(placer: Placer, seg: Segment, machine: Machine, *, crash: bool) -> Segment:
+    """A segment at an address the image dictates: it must be free RAM (or in the crash region)."""
+    clash = placer.clash(seg.mem, seg.end)
+    if clash is not None:
+        raise PlacementError(f"{seg.role} [{seg.mem:#x}, {seg.end:#x}) overlaps {clash.role}", role=seg.role,
+                             errno="EINVAL")
+    allowed = [machine.crashk_res] if crash else list(machine.walkable_ram())
+    if not any(r is not None and seg.range in r for r in allowed):
+        where = "the crash region" if crash else "System RAM"
+        raise PlacementError(f"{seg.role} must go to [{seg.mem:#x}, {seg.end:#x}), which is not inside "
+                             f"{where}", role=seg.role, errno="EADDRNOTAVAIL")
+    return placer.add_fixed(seg)
+
+
 def place(placer: Placer, kbuf: KexecBuf, walks: list[Walk]) -> Segment:
     """``kexec_add_buffer`` or a PlacementError saying what did not fit and how much room there was."""
     try:

@@ -31,6 +31,19 @@ highest above 1 MiB (x86-linux-setup.c ``add_setup_data``), and the initrd
 highest in [16 MiB, initrd_addr_max]; crash loads first get the backup of the
 first 640 KiB and the elfcorehdr (crashdump-x86.c ``load_crashdump_segments``)
 and ``" elfcorehdr=<KiB>K"`` appended to the command line.
+
+A bzImage that bzImage64_probe refuses but that has a setup header (2.00+)
+and LOADED_HIGH is entered through the 32-bit boot protocol, as kexec-tools'
+next loader (kexec/arch/i386/kexec-bzImage.c ``bzImage_probe``,
+``do_bzImage_load``) does on x86_64: memtest86+ (2.12 without
+XLF_CAN_BE_LOADED_ABOVE_4G), kernels before 2.12.  Everything a 32-bit entry
+reads sits below 4 GiB: the kernel at 0x100000 when it is not relocatable,
+else lowest in [1 MiB, min(initrd_addr_max, 0x37ffffff)] at kernel_alignment
+(DEFAULT_BZIMAGE_ADDR_MAX); the initrd highest in [16 MiB, initrd_addr_max]
+(0x37ffffff before 2.03); the command line within cmdline_size (255 before
+2.06); setup_data only from 2.09.  The kernel's segment spans init_size
+(2.10+), which boot.rst says the kernel needs from its start, so nothing else
+is put there.
 """
 
 from __future__ import annotations
@@ -40,10 +53,11 @@ from dataclasses import dataclass
 from ..boot.e820 import backup_source
 from ..boot.bootparam import EFI_SETUP_DATA, RNG_SEED_LENGTH, SETUP_DATA_HEADER, SIZEOF_BOOT_PARAMS
 from ..errors import PlacementError
-from ..formats.bzimage import LOADED_HIGH, XLF_5LEVEL, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64, BzImage
+from ..formats.bzimage import (LOADED_HIGH, SETUP_HEADER, XLF_5LEVEL, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64,
+                               BzImage)
 from ..machine.model import Machine
 from ..machine.ranges import MiB, PAGE_SIZE, U64_MAX, align_up, human_size
-from .common import (LINUX_X86_64_PURGATORY, PurgatorySize, crash_backup, crash_walk,
+from .common import (LINUX_X86_64_PURGATORY, PurgatorySize, add_fixed, crash_backup, crash_walk,
                      normal_walks, place, require_memory)
 from .kexec_buf import KexecBuf, Placer, Segment
 from .linux import KernelBehaviour, elfcorehdr_ranges, elfcorehdr_size, user_elfcorehdr_size
@@ -53,6 +67,8 @@ MIN_PURGATORY_ADDR = 0x3000
 MIN_BOOTPARAM_ADDR = 0x3000
 MIN_KERNEL_LOAD_ADDR = 0x100000
 MIN_INITRD_LOAD_ADDR = 0x1000000
+DEFAULT_BZIMAGE_ADDR_MAX = 0x37FFFFFF   # kexec-tools kexec/arch/i386/kexec-x86.h: a relocatable 32-bit kernel's top
+FOUR_GIB = 1 << 32
 MAX_ELFCOREHDR_STR_LEN = 30  # "elfcorehdr=0x<64bit-value> "
 SIZEOF_SETUP_DATA = SETUP_DATA_HEADER.size
 SIZEOF_EFI_SETUP_DATA = EFI_SETUP_DATA.size
@@ -207,10 +223,38 @@ def probe_user(layer: BzImage, data: bytes) -> None:
                              errno="ENOEXEC")
 
 
+def user_entry(layer: BzImage, data: bytes) -> int:
+    """The entry a kexec_load loader uses, 64 or 32, trying kexec-tools' x86_64 loaders in order:
+    bzImage64_probe, then bzImage_probe (2.00+ and LOADED_HIGH: the 32-bit boot protocol)."""
+    try:
+        probe_user(layer, data)
+        return 64
+    except PlacementError:
+        pass
+    if len(data) < 1024 or not layer.loadflags & LOADED_HIGH:
+        raise PlacementError(f"a zImage (protocol {layer.version}, LOADED_HIGH clear): its kernel loads at "
+                             "0x10000 and starts only through its real-mode setup code; pykexec enters "
+                             "bzImages through the 32-bit or 64-bit boot protocol", errno="ENOEXEC")
+    if not SETUP_HEADER.get(data, "code32_start"):
+        raise PlacementError(f"protocol {layer.version}, but code32_start (0x214) is 0: the image declares "
+                             "no 32-bit entry and starts only through its real-mode setup code and the "
+                             "BIOS (as iPXE's ipxe.lkrn does, which kexec-tools boots with --real-mode); "
+                             "pykexec enters bzImages through the 32-bit or 64-bit boot protocol",
+                             errno="ENOEXEC")
+    return 32
+
+
 def build_user_segments(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, initrd: bytes | None,
                         cmdline: str | None, walks: list, placer: Placer,
                         purgatory: PurgatorySize) -> tuple[Segment, Segment, str, list[str]]:
-    """Place a kexec_load bzImage64 load; returns (purgatory, setup segment, final cmdline, notes)."""
+    """Place a kexec_load bzImage load; returns (purgatory, setup segment, final cmdline, notes)."""
+    if user_entry(layer, data) == 32:
+        if crash:
+            raise PlacementError(f"kdump (--crash) through the 32-bit boot protocol (protocol {layer.version}, "
+                                 "not a relocatable bzImage64) is not supported; load a bzImage64 capture "
+                                 "kernel", errno="ENOEXEC")
+        return _user32_segments(layer, data, machine=machine, initrd=initrd, cmdline=cmdline, walks=walks,
+                                placer=placer, purgatory=purgatory)
     notes: list[str] = []
     final = cmdline or ""
     if crash:
@@ -249,11 +293,58 @@ def build_user_segments(layer: BzImage, data: bytes, *, machine: Machine, crash:
     return pur, setup, final, notes
 
 
+def _user32_segments(layer: BzImage, data: bytes, *, machine: Machine, initrd: bytes | None,
+                     cmdline: str | None, walks: list, placer: Placer,
+                     purgatory: PurgatorySize) -> tuple[Segment, Segment, str, list[str]]:
+    """The 32-bit boot protocol's segments, all below 4 GiB (kexec-bzImage.c ``do_bzImage_load``)."""
+    final = cmdline or ""
+    cmdline_len = len(final.encode()) + 1
+    limit = layer.assumed("cmdline_size")
+    if cmdline_len > limit:
+        raise PlacementError(f"the command line is {cmdline_len} bytes with its NUL; this kernel (protocol "
+                             f"{layer.version}) takes at most {limit} (cmdline_size"
+                             f"{'' if layer.has('cmdline_size') else ', 255 before 2.06'})", errno="EINVAL")
+    notes = [f"32-bit boot protocol (protocol {layer.version}): kexec-tools' bzImage loader, not bzImage64"]
+    _user32_kernel(layer, data, machine=machine, walks=walks, placer=placer, notes=notes)
+    pur = place(placer, KexecBuf("purgatory", purgatory.bufsz, purgatory.memsz, buf_align=purgatory.align,
+                                 buf_min=MIN_PURGATORY_ADDR, buf_max=FOUR_GIB - 1, top_down=False), walks)
+    setup_size = max(layer.setup_size, 4096) + cmdline_len
+    setup = place(placer, KexecBuf("boot-params", setup_size, setup_size, buf_align=16,
+                                   buf_min=MIN_BOOTPARAM_ADDR, buf_max=FOUR_GIB - 1, top_down=False), walks)
+    if layer.has("setup_data"):
+        size = SIZEOF_SETUP_DATA + RNG_SEED_LENGTH
+        place(placer, KexecBuf("setup-data-rng", size, size, buf_min=MiB, buf_max=FOUR_GIB - 1, top_down=True),
+              walks)
+    if machine.efi:
+        notes.append("a 32-bit entry gets no EFI state (no EFI memory map or system table)")
+    if initrd is not None:
+        place(placer, KexecBuf("initrd", len(initrd), len(initrd), buf_align=PAGE_SIZE,
+                               buf_min=MIN_INITRD_LOAD_ADDR, buf_max=layer.assumed("initrd_addr_max"),
+                               top_down=True, buffer=initrd), walks)
+    return pur, setup, final, notes
+
+
+def _user32_kernel(layer: BzImage, data: bytes, *, machine: Machine, walks: list, placer: Placer,
+                   notes: list[str]) -> Segment:
+    """The protected-mode kernel: at 0x100000 unless relocatable (2.05+), spanning init_size (2.10+)."""
+    size = len(data) - layer.setup_size
+    memsz = align_up(max(size, layer.init_size or 0), PAGE_SIZE)
+    kernel = memoryview(data)[layer.setup_size:]
+    if layer.relocatable_kernel:
+        _check_alignment(layer)
+        top = min(layer.assumed("initrd_addr_max"), DEFAULT_BZIMAGE_ADDR_MAX)
+        return place(placer, KexecBuf("kernel", size, memsz, buf_align=layer.kernel_alignment,
+                                      buf_min=MIN_KERNEL_LOAD_ADDR, buf_max=top, top_down=False,
+                                      buffer=kernel), walks)
+    notes.append(f"not relocatable: the kernel goes to {MIN_KERNEL_LOAD_ADDR:#x}")
+    return add_fixed(placer, Segment("kernel", MIN_KERNEL_LOAD_ADDR, memsz, size, kernel), machine, crash=False)
+
+
 def plan_user(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, initrd: bytes | None,
               cmdline: str | None, purgatory: PurgatorySize) -> LoadPlan:
-    """What a kexec_load loader (kexec-tools' bzImage64 loader, or pykexec's) would load."""
-    probe_user(layer, data)
-    _check_alignment(layer)
+    """What a kexec_load loader (kexec-tools' bzImage64 or bzImage loader, or pykexec's) would load."""
+    if user_entry(layer, data) == 64:
+        _check_alignment(layer)
     placer = Placer(page_size=machine.page_size, exact_top_down=True, max_segments=None)
     walks = [crash_walk(machine)] if crash else normal_walks(machine, file_mode=False, rev_walk=True)
     pur, setup, final, notes = build_user_segments(layer, data, machine=machine, crash=crash, initrd=initrd,

@@ -147,6 +147,22 @@ def test_fallback_builds_a_kexec_load_on_x86(tmp_path, sysfs):
     assert any(s.mem <= entry < s.mem + s.memsz for s in segments)
 
 
+def test_auto_skips_kexec_file_load_when_bzimage64_probe_refuses(tmp_path, sysfs):
+    """kexec -a: kexec_file_load fails with ENOEXEC for a bzImage without XLF_CAN_BE_LOADED_ABOVE_4G and
+    kexec_load takes it through the 32-bit entry; pykexec knows the probe's answer and goes there directly."""
+    machine = description.load(QEMU_GUEST)
+    image = write(tmp_path, "memtest", builders.bzimage(version=0x20C, xloadflags=0x9, relocatable_kernel=0,
+                                                         loadflags=0x01, init_size=0x6ACF8))
+    fake = FakeSyscalls()
+    _, report, shown = run_load(api.LoadOptions(image=image, command_line="console=ttyS0",
+                                                require_signature=False), fake, sysfs, machine=machine)
+    assert [c[0] for c in fake.calls] == ["kexec_load"] and report.syscall == "kexec_load"
+    assert shown.target == "linux-user" and [s.mem for s in shown.segments if s.role == "kernel"] == [0x100000]
+    (sysfs / "kernel" / "security" / "lockdown").write_text("none [integrity] confidentiality\n")
+    with pytest.raises(LoadRefused, match="cannot be loaded above 4G"):
+        run_load(api.LoadOptions(image=image, require_signature=False), FakeSyscalls(), sysfs, machine=machine)
+
+
 def test_no_fallback_under_lockdown(tmp_path, sysfs):
     (sysfs / "kernel" / "security" / "lockdown").write_text("none [integrity] confidentiality\n")
     fake = FakeSyscalls(fail={"kexec_file_load": errno.ENOEXEC})

@@ -43,15 +43,16 @@ def test_efi_load_hands_xen_the_whole_bzimage(tmp_path, crash, want_type):
     kexec_type, parameters, segments = the_load(fake)
     assert kexec_type == want_type and report.flags == want_type
     kernel = segments[0]
-    assert kernel.buf == data                                    # the file as it is: what Secure Boot verified
+    assert bytes(kernel.buf) == data                                    # the file as it is: what Secure Boot verified
     assert (kernel.dest_maddr + (SETUP_SECTS + 1) * 512) % ALIGN == 0 and kernel.dest_maddr % 4096
     # parameters (the union with entry_maddr) is the boot_params address: the zero page is there
     params = next(s for s in segments if s.dest_maddr == parameters)
-    zp = read_zero_page(params.buf)
-    cmdline = params.buf[zp["cmd_line_ptr"] - parameters:].split(b"\0")[0].decode()
+    raw = bytes(params.buf)
+    zp = read_zero_page(raw)
+    cmdline = raw[zp["cmd_line_ptr"] - parameters:].split(b"\0")[0].decode()
     assert cmdline.startswith(CMDLINE) and ("elfcorehdr=" in cmdline) is crash
     assert zp["hardware_subarch"] == 0 and zp["ramdisk_size"] == len(INITRD)
-    assert next(s for s in segments if s.dest_maddr == zp["ramdisk_image"]).buf == INITRD
+    assert bytes(next(s for s in segments if s.dest_maddr == zp["ramdisk_image"]).buf) == INITRD
     # no purgatory of ours: every segment with bytes is the kernel, boot_params, initrd or elfcorehdr
     assert len([s for s in segments if s.buf is not None]) == 3 + crash
     start, size = fake.crash_area
@@ -65,10 +66,10 @@ def test_lockdown_picks_the_efi_types_and_says_so(tmp_path, caplog):
     fake = FakeXen(efi_types=True, lockdown=True)
     opts = api.LoadOptions(image=tmp_path / "vmlinuz", crash=True)
     with caplog.at_level(logging.WARNING):
-        assert api._receivers(opts, dom0(fake), fake, probe=True) == ("xen-efi",)
+        assert api._xen_receivers(("xen",), opts, dom0(fake), fake, probe=True) == ("xen-efi",)
     assert "lockdown" in caplog.text and "KEXEC_TYPE_CRASH_EFI" in caplog.text
     # the probe asked for nothing Xen could keep
-    assert fake.loaded == {} and api._receivers(opts, dom0(FakeXen()), FakeXen(), probe=True) == ("xen",)
+    assert fake.loaded == {} and api._xen_receivers(("xen",), opts, dom0(FakeXen()), FakeXen(), probe=True) == ("xen",)
 
 
 def test_lockdown_refuses_the_classic_types_in_one_line(tmp_path):

@@ -90,9 +90,10 @@ class Emulated:
 
     def run(self, entry: int, *, limit: int = 50_000_000) -> Outcome:
         from unicorn import UcError
-        from unicorn.x86_const import (UC_X86_REG_CR0, UC_X86_REG_CS, UC_X86_REG_DS, UC_X86_REG_MSR,
-                                       UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RIP, UC_X86_REG_RSI,
-                                       UC_X86_REG_RSP, UC_X86_REG_SS)
+        from unicorn.x86_const import (UC_X86_REG_CR0, UC_X86_REG_CS, UC_X86_REG_DS, UC_X86_REG_EBP,
+                                       UC_X86_REG_ECX, UC_X86_REG_EDI, UC_X86_REG_EDX, UC_X86_REG_ES,
+                                       UC_X86_REG_MSR, UC_X86_REG_RAX, UC_X86_REG_RBX,
+                                       UC_X86_REG_RIP, UC_X86_REG_RSI, UC_X86_REG_RSP, UC_X86_REG_SS)
 
         def stop(uc, addr, size, user):
             self.stopped_at = addr
@@ -106,8 +107,16 @@ class Emulated:
             raise AssertionError(f"the purgatory faulted at {self.uc.reg_read(UC_X86_REG_RIP):#x}: {e}") from e
         names = {"rax": UC_X86_REG_RAX, "rbx": UC_X86_REG_RBX, "rsi": UC_X86_REG_RSI, "rsp": UC_X86_REG_RSP,
                  "rip": UC_X86_REG_RIP, "cs": UC_X86_REG_CS, "ds": UC_X86_REG_DS, "ss": UC_X86_REG_SS,
-                 "cr0": UC_X86_REG_CR0}
+                 "cr0": UC_X86_REG_CR0, "es": UC_X86_REG_ES, "ecx": UC_X86_REG_ECX, "edx": UC_X86_REG_EDX,
+                 "edi": UC_X86_REG_EDI, "ebp": UC_X86_REG_EBP}
         regs = {k: self.uc.reg_read(v) for k, v in names.items()}
         efer = self.uc.reg_read(UC_X86_REG_MSR, 0xC0000080)
         return Outcome(self.stopped_at, regs, "".join(self.serial), self.stopped_at == self.refuse,
-                       mode32=regs["cs"] == 0x08, efer=efer)
+                       mode32=self._code32(regs["cs"]), efer=efer)
+
+    def _code32(self, cs: int) -> bool:
+        """Whether CS's descriptor in the loaded GDT is 32-bit code (D set, L clear), as the CPU decodes it."""
+        from unicorn.x86_const import UC_X86_REG_GDTR
+        _, base, _, _ = self.uc.reg_read(UC_X86_REG_GDTR)
+        desc = int.from_bytes(self.read(base + (cs & ~7), 8), "little")
+        return bool(desc >> 54 & 1) and not desc >> 53 & 1

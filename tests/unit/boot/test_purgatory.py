@@ -230,8 +230,22 @@ def test_multiboot_entry_is_32_bit_protected_mode_without_paging(image):
     assert out.stopped_at == 0x1000000
     assert out.regs["rax"] & 0xFFFFFFFF == 0x36D76289 and out.regs["rbx"] == 0x123000
     assert out.mode32 and out.regs["ds"] == 0x18
+    assert out.regs["cs"] == 0x10                               # the one 32-bit code selector the GDT leaves
     assert out.regs["cr0"] & 0x80000001 == 0x00000001          # PE on, PG off
     assert not out.efer & 0x100                                 # EFER.LME off (LMA is the CPU's to clear)
+
+
+def test_linux_32_bit_entry_follows_the_32_bit_boot_protocol(image):
+    # boot.rst "32-bit Boot Protocol": CS = __BOOT_CS (0x10) and DS = ES = SS = __BOOT_DS (0x18), both
+    # flat 4 GiB; %esi = boot_params; %ebp, %edi and %ebx zero; interrupts and paging off.
+    params = Params(regs={"rsi": 0x14000, "rip": 0x100000}, entry32=True,
+                    regions=(Region.of(0x100000, b"\x90" * 16, 0x1000),))
+    _, out = _emulate(image, params, memory={0x100000: b"\x90" * 16})
+    assert out.stopped_at == 0x100000
+    assert out.mode32 and (out.regs["cs"], out.regs["ds"], out.regs["es"], out.regs["ss"]) == (0x10, 0x18, 0x18, 0x18)
+    assert out.regs["rsi"] & 0xFFFFFFFF == 0x14000
+    assert out.regs["rbx"] & 0xFFFFFFFF == 0 and out.regs["edi"] == 0 and out.regs["ebp"] == 0
+    assert out.regs["cr0"] & 0x80000001 == 0x00000001 and not out.efer & 0x100
 
 
 def test_multiboot_entry_code_runs_as_32_bit(image):

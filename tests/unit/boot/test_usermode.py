@@ -63,6 +63,36 @@ def check_digests(load):
 
 # -- bzImage --------------------------------------------------------------------------------------
 
+def test_bzimage_32_bit_entry():
+    # memtest86+'s header shape: 2.12, XLF_KERNEL_64 without XLF_CAN_BE_LOADED_ABOVE_4G, not relocatable.
+    image = builders.bzimage(version=0x20C, xloadflags=0x9, relocatable_kernel=0, loadflags=0x01,
+                             init_size=0x6ACF8, cmdline_size=255, initrd_addr_max=0xFFFFFFFF)
+    load = build(image, initrd=None)
+    kernel, params = load.segment("kernel"), load.segment("boot-params")
+    assert (kernel.mem, kernel.memsz) == (0x100000, 0x6B000) and kernel.buf == image[5 * 512:]
+    assert all(s.end <= 1 << 32 for s in load.plan.segments)
+    block, _ = params_of(load)
+    # boot.rst "32-bit Boot Protocol": enter at the protected-mode kernel's first byte, %esi = boot_params
+    assert purgatory.PARAMS.get(block, "flags") == purgatory.PG_ENTRY32
+    assert (purgatory.PARAMS.get(block, "rip"), purgatory.PARAMS.get(block, "rsi")) == (0x100000, params.mem)
+    assert (purgatory.PARAMS.get(block, "rax"), purgatory.PARAMS.get(block, "rbx")) == (0, 0)
+    page = read_zero_page(params.buf)
+    assert SETUP_HEADER.get(params.buf, "code32_start") == 0x100000
+    assert params.buf[page["cmd_line_ptr"] - params.mem:].split(b"\0")[0] == CMDLINE.encode()
+    assert page["efi_systab"] == 0 and page["e820_entries"] > 0
+    check_digests(load)
+
+
+def test_bzimage_old_command_line_protocol():
+    # boot.rst "The old command line protocol" (before 2.02): cl_magic 0xA33F, cl_offset from the zero page.
+    image = builders.bzimage(version=0x201, loadflags=0x01)
+    load = build(image, initrd=None)
+    params = load.segment("boot-params")
+    assert (BOOT_PARAMS.get(params.buf, "cl_magic"), SETUP_HEADER.get(params.buf, "cmd_line_ptr")) == (0xA33F, 0)
+    off = BOOT_PARAMS.get(params.buf, "cl_offset")
+    assert off >= 0x1000 and params.buf[off:].split(b"\0")[0] == CMDLINE.encode()
+
+
 def test_bzimage_load():
     image = builders.bzimage()
     load = build(image)

@@ -62,7 +62,7 @@ class XenBackend:
         efi = load.plan.kexec_type in EFI_TYPES
         entry = load.plan.entry_arg if efi else load.entry
         # a segment starting mid-page (the EFI types' segment 0) is described by its byte address
-        segments = [XenSegment(None if s.null else bytes(s.view), s.mem + s.offset, s.memsz - s.offset)
+        segments = [XenSegment(None if s.null else s.view, s.mem + s.offset, s.memsz - s.offset)
                     for s in load.segments]
         segments = _test_move(segments, load, os.environ.get(TEST_MOVE))
         if os.environ.get(TEST_NO_FILLER) == "1":

@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from ...errors import SyscallError
+from ...formats.layer import Buffer
 
 __HYPERVISOR_memory_op = 12
 __HYPERVISOR_kexec_op = 37
@@ -124,9 +125,10 @@ MAX_MEMORY_MAP_ENTRIES = 1024
 
 @dataclass(frozen=True)
 class XenSegment:
-    """One ``xen_kexec_segment_t``: bytes (None: a null segment, no buffer) and where they go."""
+    """One ``xen_kexec_segment_t``: bytes (None: a null segment, no buffer) and where they go.
+    ``buf`` may be a view of the file that was read: it is copied once, into the hypercall buffer."""
 
-    buf: bytes | None
+    buf: Buffer | None
     dest_maddr: int
     dest_size: int
 
@@ -193,7 +195,7 @@ class _Buffer:
             raise SyscallError("mlock", err, f"cannot lock {self.size} bytes for the hypercall: "
                                f"{os.strerror(err)}")
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: Buffer) -> None:
         self.map[offset:offset + len(data)] = data
 
     def read(self, offset: int, size: int) -> bytes:

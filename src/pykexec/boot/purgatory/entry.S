@@ -7,16 +7,20 @@
  * general register zero, CR4 = PAE (| LA57), and the old kernel's GDT, which may
  * already be overwritten.  We:
  *
- *   1. take our own stack and load our own GDT (flat 32-bit code 0x08, 64-bit code
- *      0x10 = __BOOT_CS, data 0x18 = __BOOT_DS);
+ *   1. take our own stack and load our own GDT (64-bit code 0x10 = __BOOT_CS, data
+ *      0x18 = __BOOT_DS, and at 0x08 the flat 32-bit code descriptor that replaces
+ *      0x10 for a 32-bit entry);
  *   2. enable SSE (CR4.OSFXSR) for the SHA-NI path and call pg_main, which hashes
  *      every region and halts in pg_refuse on a mismatch;
  *   3. restore CR0/CR4 and enter the next image:
  *        - 64-bit (Linux, boot.rst "64-bit Boot Protocol"): every register from
  *          pg_params.regs, rip last (rsi = boot_params);
- *        - 32-bit (PG_ENTRY32, Multiboot 1 and 2 "Machine state"): drop to
- *          compatibility mode, turn paging and EFER.LME off, and jump with
- *          eax = magic, ebx = information structure, CS/DS flat 4 GiB.
+ *        - 32-bit (PG_ENTRY32: Multiboot 1 and 2 "Machine state", Linux's "32-bit
+ *          Boot Protocol"): make 0x10 a flat 32-bit code segment (__BOOT_CS, as
+ *          the Linux protocol requires), drop to compatibility mode through it,
+ *          turn paging and EFER.LME off, and jump with eax, ebx and esi from
+ *          pg_params.regs (Multiboot: magic and information structure; Linux:
+ *          esi = boot_params) and ecx, edx, edi, ebp zero, CS/DS flat 4 GiB.
  *
  * Everything is position independent (RIP-relative), so the image runs wherever
  * the planner put it; PG_ENTRY32 needs that to be below 4 GiB.
@@ -66,7 +70,7 @@ purgatory_start:
 	movq	%rax, pg_gdt_desc+2(%rip)
 	lgdt	pg_gdt_desc(%rip)
 	leaq	1f(%rip), %rax
-	pushq	$PG_CS64
+	pushq	$PG_CS
 	pushq	%rax
 	lretq
 1:	movl	$PG_DS, %eax
@@ -121,13 +125,18 @@ purgatory_start:
 	ret
 
 enter32:
-	/* eax = magic, ebx = info structure, eip = entry; edi/esi carry them over. */
+	/* eax = magic, ebx = info structure, esi = boot_params, eip = entry; edi/ebp carry
+	 * eax and eip over the rdmsr/wrmsr below. */
 	leaq	PG_REGS(%rax), %rax
 	movl	PG_RBX(%rax), %ebx
+	movl	PG_RSI(%rax), %esi
 	movl	PG_RAX(%rax), %edi
-	movl	PG_RIP(%rax), %esi
+	movl	PG_RIP(%rax), %ebp
+	/* __BOOT_CS becomes 32-bit code: the Linux 32-bit protocol enters with CS = 0x10. */
+	movq	pg_gdt + PG_CS32(%rip), %rcx
+	movq	%rcx, pg_gdt + PG_CS(%rip)
 	leaq	3f(%rip), %rcx
-	pushq	$PG_CS32
+	pushq	$PG_CS
 	pushq	%rcx
 	lretq
 	.code32
@@ -146,11 +155,12 @@ enter32:
 	wrmsr
 	xorl	%ecx, %ecx		/* no PAE, no LA57, nothing */
 	movl	%ecx, %cr4
+	pushl	%ebp			/* the entry, for the ret: our stack is below 4 GiB */
 	xorl	%edx, %edx
 	xorl	%ebp, %ebp
 	movl	%edi, %eax
 	xorl	%edi, %edi
-	jmp	*%esi
+	ret
 	.code64
 
 	/* A segment did not match: never return, never jump. */
@@ -181,16 +191,14 @@ pg_reset:
 	int3
 	jmp	pg_refuse
 
-	.section .rodata
+	.data
 	.balign	16
-pg_gdt:
+pg_gdt:					/* in .data: a 32-bit entry rewrites 0x10 */
 	.quad	0				/* 0x00 null */
-	.quad	0x00cf9a000000ffff		/* 0x08 32-bit code, base 0, 4 GiB */
+	.quad	0x00cf9a000000ffff		/* 0x08 32-bit code, base 0, 4 GiB: 0x10's for a 32-bit entry */
 	.quad	0x00af9a000000ffff		/* 0x10 64-bit code (__BOOT_CS) */
 	.quad	0x00cf92000000ffff		/* 0x18 data, base 0, 4 GiB (__BOOT_DS) */
 pg_gdt_end:
-
-	.data
 	.balign	16
 pg_null_idt:
 	.word	0

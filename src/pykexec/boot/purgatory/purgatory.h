@@ -53,10 +53,11 @@
 #define PG_R15	0x78
 #define PG_RIP	0x80
 
-/* GDT selectors.  0x10/0x18 are the Linux 64-bit boot protocol's __BOOT_CS/__BOOT_DS
- * (Documentation/arch/x86/boot.rst, "64-bit Boot Protocol"). */
+/* GDT selectors.  0x10/0x18 are the Linux boot protocol's __BOOT_CS/__BOOT_DS
+ * (Documentation/arch/x86/boot.rst, "32-bit Boot Protocol" and "64-bit Boot Protocol"):
+ * 0x10 is 64-bit code until a 32-bit entry copies the 32-bit descriptor at PG_CS32 over it. */
 #define PG_CS32			0x08
-#define PG_CS64			0x10
+#define PG_CS			0x10
 #define PG_DS			0x18
 
 #ifndef __ASSEMBLER__

@@ -1,0 +1,126 @@
+"""The 32-bit boot protocol in QEMU: Linux, then Debian's memtest86+, both entered at their 32-bit entry.
+
+One boot, one chain of kexecs through ``pykexec load --mode auto``:
+
+1. The guest's own kernel with XLF_CAN_BE_LOADED_ABOVE_4G cleared in its
+   header (as a kernel before protocol 2.12 has it): bzImage64_probe refuses
+   it, so auto goes to kexec_load and the purgatory enters Linux's startup_32
+   (boot.rst "32-bit Boot Protocol": CS 0x10, DS 0x18, %esi = boot_params,
+   paging off).  The second kernel shows the command line and the initrd
+   (a token only its initrd holds) it was given.
+2. From there, memtest86+x64.bin: a bzImage of protocol 2.12 with
+   XLF_KERNEL_64 but not XLF_CAN_BE_LOADED_ABOVE_4G, not relocatable, so its
+   kernel goes to 0x100000 (kexec-tools boots it the same way).  pykexec loads
+   the segments ``plan --target linux-user`` placed; memtest86+ writes to the
+   serial port only when ``console=ttyS0`` reached it through the command line
+   pykexec passed, and the memory it reports comes from the e820 map in the
+   boot_params (compared with the RAM in the firmware's own map, read by the
+   first kernel from /sys/firmware/memmap).
+
+The dry runs and file mode's refusal are tests/real/test_boot32_real.py's.
+memtest86+ never powers off: the run ends when its first test starts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests import material
+
+from . import harness as h
+
+pytestmark = pytest.mark.vm
+
+MEMTEST_CMDLINE = "console=ttyS0,115200"
+
+STAGE1 = '''
+import glob, struct, subprocess
+def ram_mib():
+    total = 0
+    for d in glob.glob("/sys/firmware/memmap/*"):
+        if open(d + "/type").read().strip() == "System RAM":
+            total += int(open(d + "/end").read(), 16) + 1 - int(open(d + "/start").read(), 16)
+    return total / (1 << 20)
+mark("firmware-ram-mib", "%.3f" % ram_mib())
+kernel = bytearray(open("/vm/vmlinuz", "rb").read())
+xlf, = struct.unpack_from("<H", kernel, 0x236)
+struct.pack_into("<H", kernel, 0x236, xlf & ~0x2)        # XLF_CAN_BE_LOADED_ABOVE_4G off
+open("/tmp/vmlinuz32", "wb").write(kernel)
+subprocess.run("cat /vm/initrd.img /vm/token.cpio > /tmp/stage2.img", shell=True, check=True)
+if run("load1", "pykexec", "load", "--mode", "auto", "/tmp/vmlinuz32", "--initrd", "/tmp/stage2.img",
+       "--command-line", {cmdline!r}, "--json").returncode:
+    raise SystemExit(1)
+run("exec1", "pykexec", "exec")
+mark("exec1-returned")
+'''
+
+STAGE2 = '''
+mark("cmdline", open("/proc/cmdline").read().strip())
+mark("token", open("/vm/token").read().strip())
+run("plan", "pykexec", "plan", "--target", "linux-user", "--command-line", {cmdline!r}, "--json", "/vm/memtest.bin")
+if run("load2", "pykexec", "load", "--mode", "auto", "--command-line", {cmdline!r}, "--json",
+       "/vm/memtest.bin").returncode:
+    raise SystemExit(1)
+run("exec2", "pykexec", "exec")
+mark("exec2-returned")
+'''
+
+
+def _json(serial: h.Serial, name: str) -> dict:
+    h.expect_ok(serial, name)
+    return json.loads(serial.lines(name + ".out"))
+
+
+def _placed(plan: dict) -> list:
+    return [(s["role"], s["mem"], s["memsz"]) for s in plan["segments"]]
+
+
+def _through_kexec_load(serial: h.Serial, name: str) -> dict:
+    """The load's JSON, which must show that auto went to kexec_load and planned the 32-bit entry."""
+    loaded = _json(serial, name)
+    if loaded["syscall"] != "kexec_load" or not any("32-bit boot protocol" in n for n in loaded["plan"]["notes"]):
+        serial.fail(f"{name}: not the 32-bit entry through kexec_load: {loaded['syscall']}, "
+                    f"{loaded['attempts']}, {loaded['plan']['notes']}")
+    return loaded
+
+
+def test_linux_then_memtest86_through_the_32_bit_entry(vm_material):
+    image = material.memtest86_bin()
+    version = material.package_of(image)[1].split("-")[0]          # 6.10-4 -> 6.10
+    marker, tok = h.token(), h.token()
+    cmdline2 = f"console=ttyS0 stage=2 marker={marker}"
+    g = h.Guest("boot32-linux-memtest86")
+    g.host_file("/vm/memtest.bin", image)
+    h.add_token_archive(g, tok)
+    g.stage(1, h.py_script(STAGE1.format(cmdline=cmdline2)))
+    g.stage(2, h.py_script(STAGE2.format(cmdline=MEMTEST_CMDLINE)))
+    serial = g.boot(timeout=300, until="Address test")     # 1024 MiB: memtest86+ shows MB below 1 GiB
+
+    # 1. Linux through startup_32
+    _through_kexec_load(serial, "load1")
+    if serial.has("exec1-returned"):
+        serial.fail(f"the first `pykexec exec` returned:\n{serial.command('exec1')}")
+    serial.expect_in_order("stage-begin 1", "stage-begin 2")
+    if (serial.value("cmdline"), serial.value("token")) != (cmdline2, tok):
+        serial.fail(f"the second kernel got {serial.value('cmdline')!r} and token {serial.value('token')!r}, "
+                    f"expected {cmdline2!r} and {tok!r}")
+
+    # 2. memtest86+ at 0x100000
+    loaded = _through_kexec_load(serial, "load2")
+    planned, used = _placed(_json(serial, "plan")), _placed(loaded["plan"])
+    if planned != used:
+        serial.fail(f"plan --target linux-user placed {planned}, the load {used}")
+    if ("kernel", "0x100000") not in [(r, m) for r, m, _ in planned]:
+        serial.fail(f"memtest86+ is not relocatable: its kernel belongs at 0x100000, planned {planned}")
+    if serial.has("exec2-returned"):
+        serial.fail(f"the second `pykexec exec` returned:\n{serial.command('exec2')}")
+    after = serial.text[serial.text.rfind("exec2.") if serial.has("exec2.rc") else 0:]
+    if f"Memtest86+ v{version}" not in after:
+        serial.fail(f"memtest86+ v{version} did not report on the serial console after the second exec")
+    found = re.search(r"Memory\s*:\s*(\d+)MB", after)
+    ram = float(serial.value("firmware-ram-mib"))
+    if found is None or abs(int(found.group(1)) - ram) > 1:
+        serial.fail(f"memtest86+ reports {found and found.group(0)!r}; the firmware's map has {ram:.1f} MiB of RAM")
