@@ -145,6 +145,11 @@ def read_registers_after(log: Path, line: str, monitor: Path, out: Path, *, sett
                     got += sock.recv(65536)
             out.write_bytes(got)
             sock.sendall(b"quit\n")
+            try:    # stay connected until QEMU has gone: a monitor closed at once may drop the quit
+                while sock.recv(65536):
+                    pass
+            except OSError:
+                pass
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
