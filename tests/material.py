@@ -92,6 +92,7 @@ __all__ = [
     "arm64_zboot",
     "arm64_zboot_debian",
     "xen_hypervisor_gz",
+    "xenserver_xen",
     "ipxe_lkrn",
     "sid_arm64_image",
     "sid_arm64_16k_image",
@@ -1549,6 +1550,83 @@ def packages_of(tree: PathLike) -> dict:
 
 
 # --------------------------------------------------------------------------
+# XenServer's Xen with the EFI kexec load types (issue #18), built from its git
+# history: the hypervisor alone (make -C xen), cached by commit and configuration
+
+#: where the fetched ``xenserver-next/xen`` git directory is (``fetch github:xenserver-next/xen``)
+XENSERVER_GIT = "/work/.mirror/xenserver-next+xen/repo"
+#: the commit the scenarios boot: "Support non-page-aligned kexec segments", the last of the
+#: series on branch NUMA-claims-v2+-nodes_api (lockdown, purgatory in Xen, EFI load types)
+XENSERVER_COMMIT = "19b98a02d5e77021e10b39276c3bacd70fe72b11"
+#: defconfig (x86_64_defconfig is empty: every default, KEXEC among them) made minimal for a PV
+#: dom0 with kexec: no HVM (VMX, SVM, altp2m, ioreq servers), no live patching and so no debug
+#: info (DEBUG_INFO defaults to LIVEPATCH), no hypervisor file system; each must come out of
+#: olddefconfig as asked, else the build fails naming it
+XENSERVER_CONFIG = {"KEXEC": "y", "HVM": "n", "LIVEPATCH": "n", "DEBUG_INFO": "n", "HYPFS": "n"}
+
+
+def _xen_git() -> Path:
+    git = Path(os.environ.get("PYKEXEC_XENSERVER_GIT", XENSERVER_GIT))
+    if not (git / "objects").is_dir() and not (git / ".git").is_dir():
+        raise _fail(f"XenServer's Xen git directory not found at {git} (bring github:xenserver-next/xen "
+                    "here, or set PYKEXEC_XENSERVER_GIT to a clone's git directory)")
+    return git
+
+
+def xenserver_xen(commit: str = XENSERVER_COMMIT) -> Path:
+    """``xen/xen`` (an ELF32 with Multiboot headers, booted by QEMU's Multiboot loader) built
+    from ``git archive <commit>`` of XenServer's tree with defconfig + :data:`XENSERVER_CONFIG`.
+
+    Cached as ``xen/xenserver_<commit[:12]>_<hash of the configuration>/`` with ``xen``,
+    ``config`` and ``build-seconds`` (the build's wall time, for the CI budget)."""
+    digest = hashlib.sha256(json.dumps(sorted(XENSERVER_CONFIG.items())).encode()).hexdigest()[:12]
+    final = cache_root() / "xen" / f"xenserver_{commit[:12]}_{digest}"
+    if _done(final):
+        return final / "xen"
+    with _lock("xen-" + final.name):
+        if _done(final):
+            return final / "xen"
+        git = _xen_git()
+        t0 = time.monotonic()
+        _ensure_build_tools()
+        stage = _staging(final.name)
+        try:
+            src = stage / "src"
+            src.mkdir()
+            archive = _run(["git", "--git-dir", git, "archive", "--format=tar", commit, "xen", "Config.mk",
+                            "config", "version.sh"], what=f"git archive {commit[:12]}").stdout
+            with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+                tar.extractall(src, filter="data")
+            env = dict(os.environ, XEN_BUILD_DATE="Thu Jan  1 00:00:00 UTC 2026", XEN_WHOAMI="pykexec",
+                       XEN_DOMAIN="material", LC_ALL="C")
+            make = ["make", "-C", os.fspath(src / "xen")]
+            _log(f"xenserver xen {commit[:12]}: make defconfig")
+            _run([*make, "defconfig"], what="make -C xen defconfig", env=env)
+            config = src / "xen" / ".config"
+            with config.open("a") as f:
+                f.writelines(f"CONFIG_{k}={v}\n" if v != "n" else f"# CONFIG_{k} is not set\n"
+                             for k, v in XENSERVER_CONFIG.items())
+            _run([*make, "olddefconfig"], what="make -C xen olddefconfig", env=env)
+            got = _kconfig(src / "xen")
+            dropped = [k for k, v in XENSERVER_CONFIG.items() if got.get(f"CONFIG_{k}", "n") != v]
+            if dropped:
+                raise _fail(f"xenserver xen {commit[:12]}: olddefconfig dropped {dropped}")
+            jobs = str((os.cpu_count() or 1) + 1)
+            _log(f"xenserver xen {commit[:12]}: make -C xen -j{jobs}")
+            _run([*make, f"-j{jobs}"], what=f"make -C xen ({commit[:12]})", env=env, timeout=3600)
+            shutil.copyfile(src / "xen" / "xen", stage / "xen")
+            shutil.copyfile(config, stage / "config")
+            (stage / "build-seconds").write_text(f"{time.monotonic() - t0:.0f}\n")
+            shutil.rmtree(src)
+            _mark_done(stage)
+            _publish(stage, final)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        _log(f"xenserver xen {commit[:12]} built in {time.monotonic() - t0:.0f}s")
+    return final / "xen"
+
+
+# --------------------------------------------------------------------------
 
 
 def fetch_all(progress=None) -> dict:
@@ -1586,6 +1664,7 @@ def fetch_all(progress=None) -> dict:
         ("arm64_busybox", arm64_busybox),
         ("arm64_file_kernel", arm64_file_kernel),
         ("kho_kernel", kho_kernel),
+        ("xenserver_xen", xenserver_xen),   # last: it needs the fetched xenserver-next/xen git directory
     ]
     results = {}
     for name, fn in steps:

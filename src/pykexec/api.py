@@ -165,6 +165,7 @@ class LoadOptions:
     checks: bool = True
     via_emulator: bool = False
     dtb: str | Path | None = None
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,8 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
                                        limits or Limits.from_env(), host)
         _refuse_foreign(prepared, host)
         req = _request(opts, files, prepared, host, sysfs)
-        names = _probed(names, req, table, lockdown)
+        names = _xen_receivers(_probed(names, req, table, lockdown), opts, host, syscalls,
+                               probe=machine is None)
         handoffs = _Handoffs(req, table, advice)
         first = handoffs.get(names[0])
         summary = _summary(req, files, policy.summary)
@@ -265,6 +267,38 @@ def receivers_for(mode: str, machine: Machine, *, crash: bool = False) -> tuple[
                          "would load into dom0's Linux, which cannot take over the machine; use --mode "
                          "auto or user (the kexec hypercall)")
     return XEN_MODES[mode]
+
+
+def _xen_receivers(names: tuple[str, ...], opts: LoadOptions, host: Machine, syscalls: Any, *,
+                   probe: bool) -> tuple[str, ...]:
+    """``opts.target`` alone when given; else ``names`` (``opts.mode``'s receivers), where under a
+    Xen in lockdown the hypercall's classic types give way to the EFI ones (``xen-efi``), saying so.
+    ``probe``: the host is this machine (not a description), so Xen can be asked."""
+    if opts.target is not None:
+        return (_explicit_target(opts.target, host),)
+    if names == ("xen",) and probe:
+        from .backends.xen.backend import hypercalls_from
+        from .backends.xen.probe import xen_locked_down
+        try:
+            calls = hypercalls_from(syscalls)
+        except SyscallError:   # no privcmd: the load itself says so
+            return names
+        if xen_locked_down(calls):
+            log.warning("Xen is in lockdown (it refuses the classic kexec load types): loading with its "
+                        "EFI load types, %s (--target xen-efi)",
+                        "KEXEC_TYPE_CRASH_EFI" if opts.crash else "KEXEC_TYPE_DEFAULT_EFI")
+            return ("xen-efi",)
+    return names
+
+
+def _explicit_target(target: str, host: Machine) -> str:
+    if target not in RECEIVERS:
+        raise UsageError(f"unknown target {target!r}; choose one of {', '.join(RECEIVERS)}")
+    if host.under_xen != target.startswith("xen"):
+        where = "Xen's dom0" if host.under_xen else "a Linux host without Xen"
+        raise UsageError(f"--target {target} cannot load on {where}; there, use "
+                         + ("xen or xen-efi" if host.under_xen else "--mode"))
+    return target
 
 
 class _Files:

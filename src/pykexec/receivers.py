@@ -3,7 +3,8 @@
 A receiver is what takes the load: Linux's ``kexec_file_load``
 (``linux-file``), Linux's ``kexec_load`` with pykexec's own boot data and
 purgatory (``linux-user``), or Xen's kexec hypercall (``xen``, and
-``xen-efi`` for its CRASH_EFI load type).  Each :class:`Entry` names, for
+``xen-efi`` for the EFI load types of XenServer's Xen, ``xen-efi-v2`` for
+those of the series posted upstream, which only plans).  Each :class:`Entry` names, for
 one machine architecture and the kernel layers it boots there:
 
 * the **planner**, which predicts where the receiver puts each segment;
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from .backends import Backend
 
 #: the receivers, in the order a plan lists them
-TARGETS = ("linux-file", "linux-user", "xen", "xen-efi")
+TARGETS = ("linux-file", "linux-user", "xen", "xen-efi", "xen-efi-v2")
 #: ``load --mode``: the receivers tried, in order (auto falls back as kexec-tools' -a does)
 MODES = {"file": ("linux-file",), "user": ("linux-user",), "auto": ("linux-file", "linux-user")}
 #: the same under Xen, where kexec belongs to the hypervisor: user space builds the load (as for
@@ -63,8 +64,10 @@ RECEIVERS = {
     "linux-file": Receiver("linux-file", builds=False, backend="pykexec.backends.linux.file:FileBackend"),
     "linux-user": Receiver("linux-user", builds=True, backend="pykexec.backends.linux.user:UserBackend"),
     "xen": Receiver("xen", builds=True, backend="pykexec.backends.xen.backend:XenBackend"),
-    "xen-efi": Receiver("xen-efi", builds=True, why_not="KEXEC_TYPE_CRASH_EFI is only proposed (xen-devel, "
-                        "2026-06), in no released Xen; pykexec only plans it (`pykexec plan --target xen-efi`)"),
+    "xen-efi": Receiver("xen-efi", builds=True, backend="pykexec.backends.xen.backend:XenBackend"),
+    "xen-efi-v2": Receiver("xen-efi-v2", builds=True, why_not="the v2 series' KEXEC_TYPE_CRASH_EFI is only "
+                           "proposed (xen-devel, 2026-06), in no released Xen; pykexec only plans it "
+                           "(`pykexec plan --target xen-efi-v2`); XenServer's Xen takes --target xen-efi"),
 }
 
 
@@ -152,7 +155,9 @@ TABLE: tuple[Entry, ...] = (
           builder=_X86_XEN, purgatory=_X86_PURGATORY),
     Entry("x86_64", frozenset({"elf", "multiboot2", "multiboot"}), "xen", builder=_X86_XEN,
           purgatory=_X86_PURGATORY),
-    Entry("x86_64", frozenset({"bzimage"}), "xen-efi", planner="pykexec.plan.xen:plan_xen_efi"),
+    Entry("x86_64", frozenset({"bzimage"}), "xen-efi", planner="pykexec.plan.xen:plan_xen_efi",
+          builder="pykexec.boot.xen:build_xen_efi_load"),
+    Entry("x86_64", frozenset({"bzimage"}), "xen-efi-v2", planner="pykexec.plan.xen:plan_xen_efi_v2"),
     Entry("arm64", frozenset({"arm64-image"}), "linux-file", planner="pykexec.plan.arm64:plan_file"),
     Entry("arm64", frozenset({"arm64-image"}), "linux-user", builder="pykexec.boot.arm64:build_arm64_load"),
 )

@@ -36,6 +36,7 @@ Finally the plan goes through Xen's own checks
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from ..errors import LoadRefused, UserLoadRefused
 from ..plan.xen import null_segments_below_1mib
@@ -94,3 +95,88 @@ def _zeros(seg):
     if seg.null or seg.buffer is None or seg.bufsz or seg.role != "backup":
         return seg
     return dataclasses.replace(seg, buffer=bytes(seg.memsz), bufsz=seg.memsz)
+
+
+# -- the EFI load types: the whole bzImage, no purgatory of ours ----------------------------------
+
+#: where the command line sits in the boot-params segment: after the zero page
+EFI_CMDLINE_OFFSET = 4096
+
+
+def build_xen_efi_load(prepared, *, initrd, cmdline, crash: bool, machine, sys_root="/sys",
+                       getrandom=os.getrandom, firmware=None, modules=(), dtb=None, **_ignored) -> UserLoad:
+    """A load of Xen's EFI types (``KEXEC_TYPE_DEFAULT_EFI``/``CRASH_EFI``) for ``prepared``'s bzImage.
+
+    The segments are the planner's (:func:`pykexec.plan.xen.plan_xen_efi`); this fills them:
+    segment 0 is the file's own bytes (what Secure Boot verifies), boot-params holds the zero page
+    (the bare machine's e820: the next kernel runs without Xen; for a crash load the crash area, the
+    low 640 KiB and the firmware's ranges), then the command line, then an RNG seed as setup_data;
+    a crash load's elfcorehdr describes the machine and Xen's per-CPU notes.  There is no backup
+    of the low 640 KiB (no purgatory of ours runs to copy it), so the dump reads that memory as the
+    capture kernel leaves it.  The options of the other builders that concern our purgatory
+    (checks, verbosity) have no meaning here and are ignored; modules and a DTB are refused."""
+    from ..boot import e820 as e820_mod, zeropage
+    from ..boot.firmware import read_firmware
+    from ..formats.bzimage import BzImage
+    from ..plan.xen import plan_xen_efi
+    from ..errors import NotLoadable, UsageError
+
+    if modules or dtb is not None:
+        raise UsageError("Xen's EFI load types take a bzImage, an initrd and a command line; "
+                         "no --module and no --dtb")
+    layer = prepared.kernel_layer
+    if not isinstance(layer, BzImage):
+        raise NotLoadable(layer.format, "is not a bzImage; Xen's EFI load types boot Linux bzImages only")
+    if machine.memory_source in DOM0_VIEWS:
+        raise LoadRefused(f"Xen's machine memory map is unknown here (only dom0's {machine.memory_source} "
+                          "was read); load xen-privcmd and run as root in dom0")
+    data = prepared.kernel
+    plan = plan_xen_efi(layer, data, machine=machine, crash=crash, initrd=initrd, cmdline=cmdline)
+    segs = {s.role: s for s in plan.segments if not s.null}
+    params_seg = segs["boot-params"]
+    fills = {"kernel": data}
+    view = machine.with_changes(crashk_res=machine.xen_crash_area, crashk_low_res=None, kexec_crash_size=None)
+    if crash:
+        elf = segs["elfcorehdr"]
+        header = elfcore.build(elfcore.crash_ranges(view), sources=crash_sources(machine))
+        if len(header) > elf.memsz:
+            raise LoadRefused(f"the ELF core header is {len(header)} bytes but {elf.memsz} were planned "
+                              "(more CPUs or memory ranges than the machine description says)")
+        fills["elfcorehdr"] = header
+        e820 = e820_mod.crash_map(view, keep_out=[elf.range], backup=e820_mod.backup_source(view))
+    else:
+        e820 = e820_mod.from_machine(machine)
+    table, extended = zeropage.e820_table(e820)
+    if extended is not None:
+        raise LoadRefused(f"{len(e820)} memory ranges do not fit the zero page's 128 e820 entries "
+                          "(SETUP_E820_EXT is not built for Xen's EFI load types)")
+    raw_cmdline = plan.cmdline.encode() + b"\0"
+    rng_at = params_seg.mem + EFI_CMDLINE_OFFSET + -(-len(raw_cmdline) // 16) * 16
+    ((_, rng),) = zeropage.chain([(rng_at, zeropage.rng_seed(getrandom))])
+    initrd_seg = segs.get("initrd")
+    zero_page = zeropage.BootParams(
+        header=zeropage.setup_header(data), e820=table, cmd_line_ptr=params_seg.mem + EFI_CMDLINE_OFFSET,
+        ramdisk_image=initrd_seg.mem if initrd_seg else 0, ramdisk_size=len(initrd) if initrd else 0,
+        setup_data=rng_at, firmware=read_firmware(sys_root) if firmware is None else firmware,
+        hardware_subarch=0).pack()   # the next kernel runs on the bare machine, not as a Xen guest
+    params = bytearray(rng_at - params_seg.mem + len(rng))
+    params[:len(zero_page)] = zero_page
+    params[EFI_CMDLINE_OFFSET:EFI_CMDLINE_OFFSET + len(raw_cmdline)] = raw_cmdline
+    params[rng_at - params_seg.mem:] = rng
+    fills["boot-params"] = bytes(params)
+    if initrd is not None:
+        fills["initrd"] = initrd
+    segments = []
+    for s in plan.segments:
+        fill = fills.get(s.role)
+        if fill is not None:
+            if len(fill) > s.memsz - s.offset:
+                raise LoadRefused(f"{s.role} holds {len(fill)} bytes but was planned with {s.memsz - s.offset}")
+            s = dataclasses.replace(s, buffer=fill, bufsz=len(fill))
+        segments.append(s)
+    plan = dataclasses.replace(plan, segments=tuple(segments))
+    violations = plan.validate()
+    if violations:
+        raise UserLoadRefused("Xen would refuse this load: " + "; ".join(str(v) for v in violations),
+                              violations)
+    return UserLoad(plan=plan, protocol="linux")

@@ -105,6 +105,9 @@ def _load_options() -> list[tuple[tuple[str, ...], dict]]:
                             "help": "kexec_load: the purgatory skips its SHA-256 checks (kexec -i)"}),
         (("--mode",), {"choices": ("auto", "file", "user"), "default": "auto",
                        "help": "auto: kexec_file_load, falling back to kexec_load"}),
+        (("--target",), {"choices": ("xen", "xen-efi"),
+                         "help": "under Xen: the classic kexec load types (xen) or XenServer's EFI load "
+                                 "types (xen-efi); default: xen, or xen-efi when Xen is in lockdown"}),
         (("--debug-syscall",), {"action": "store_true",
                                 "help": "pass KEXEC_FILE_DEBUG: the kernel logs where it put each segment"}),
         (("--via-emulator",), {"action": "store_true",
@@ -207,7 +210,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         addons=None if args.addon is None else tuple(args.addon), crash=args.crash,
         mode=args.mode, debug=args.debug_syscall, require_signature=args.require_signature,
         trust=tuple(args.trust), modules=tuple(args.module), checks=not args.no_checks,
-        via_emulator=args.via_emulator, dtb=args.dtb)
+        via_emulator=args.via_emulator, dtb=args.dtb, target=args.target)
     from .plan import load_machine
     described = load_machine(args)  # the machine to plan for in a dry run; advice for a real load
     summary, report, predicted = api.load(opts, dry_run=args.dry_run, limits=_limits(args),

@@ -38,7 +38,8 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
         (("--command-line",), {"metavar": "S", "help": "replace the command line"}),
         (("--crash",), {"action": "store_true", "help": "plan a crash (kdump) load"}),
         (("--target",), {"choices": TARGETS, "help": "receiver: kexec_file_load (linux-file), kexec_load "
-                         "(linux-user), Xen (xen), Xen CRASH_EFI (xen-efi); default from image and machine"}),
+                         "(linux-user), Xen (xen), Xen's EFI load types as XenServer's Xen has them (xen-efi) or as "
+                         "the v2 series posted them (xen-efi-v2); default from image and machine"}),
         MACHINE_OPTION,
         (("--json",), {"action": "store_true", "help": "print the plan as one JSON object"}),
         (("--profile",), {"type": int, "metavar": "N", "help": "UKI profile @N (default @0)"}),

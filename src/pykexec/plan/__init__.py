@@ -4,7 +4,7 @@ One planner per protocol, chosen from :data:`pykexec.receivers.TABLE`:
 
 * x86 bzImage: :mod:`.x86` (``linux-file``: the kernel's kexec_file loader;
   ``linux-user``: a kexec_load loader) and :mod:`.xen` (``xen``,
-  ``xen-efi``).
+  ``xen-efi``, ``xen-efi-v2``).
 * arm64 Image: :mod:`.arm64` (``linux-file``).
 
 Each planner mirrors ``kexec_add_buffer`` (:mod:`.kexec_buf`) and returns a

@@ -23,9 +23,16 @@ Xen (xen/common/kexec.c ``kexec_load``, xen/common/kimage.c):
    it -> EADDRNOTAVAIL
 3. ``do_kimage_alloc``: dest_maddr or dest_maddr + dest_size not page-aligned
    -> EADDRNOTAVAIL; overlap -> EINVAL; ``buf_size > dest_size`` -> EINVAL
-4. CRASH_EFI ``kimage_find_kernel_entry_maddr`` (seed 000): "HdrS" magic and
-   version >= 2.02, kernel_alignment a multiple of 2 MiB in [2 MiB, 16 MiB],
-   ``dest + (setup_sects + 1) * 512`` aligned to it -> EINVAL
+4. the EFI types, on segment 0, the v2 series' ``kimage_find_kernel_entry_maddr``
+   (seed 000): "HdrS" magic and version >= 2.02, kernel_alignment a multiple
+   of 2 MiB in [2 MiB, 16 MiB], ``dest + (setup_sects + 1) * 512`` aligned to
+   it -> EINVAL.  XenServer's Xen (``xen-efi``) checks only the alignment's
+   range, and even that refusal is lost (its ``rip < 0`` test is on a
+   ``uint64_t``): it enters at ``ROUNDUP(dest, kernel_alignment) + 0x200``
+   whatever segment 0 holds, so pykexec keeps the v2 checks for both and adds
+   that this address is the plan's entry;
+5. XenServer's EFI types: ``kimage_purgatory_find_hole`` finds no room for
+   Xen's own purgatory in the crash area -> ENOMEM
 
 Each check is a small rule returning its violations; the two validators are
 lists of rules (:data:`LINUX_RULES`, :data:`XEN_RULES`), and the checks both
@@ -208,8 +215,32 @@ def _xen_crash_area(plan: "LoadPlan") -> Iterable[Violation]:
                             f"[{s.mem:#x}, {s.mem + s.memsz:#x}) is outside the Xen crash area {area}", i, s.role)
 
 
+XEN_EFI_TYPES = ("KEXEC_TYPE_CRASH_EFI", "KEXEC_TYPE_DEFAULT_EFI")
+
+
 def _xen_efi_kernel_rule(plan: "LoadPlan") -> Iterable[Violation]:
-    return _xen_efi_kernel(plan) if _xen_type(plan) == "KEXEC_TYPE_CRASH_EFI" else ()
+    return _xen_efi_kernel(plan) if _xen_type(plan) in XEN_EFI_TYPES else ()
+
+
+def _xenserver_efi_rule(plan: "LoadPlan") -> Iterable[Violation]:
+    """XenServer's entry (ROUNDUP(dest, kernel_alignment) + 0x200) and its purgatory's room."""
+    if plan.target != "xen-efi" or _xen_type(plan) not in XEN_EFI_TYPES or not plan.segments:
+        return
+    from .xen import XENSERVER_PURGATORY_MEMSZ, xen_purgatory_at
+    seg = plan.segments[0]
+    data = seg.buffer
+    if data is not None and len(data) >= SETUP_HEADER.offset("cmdline_size"):
+        alignment = SETUP_HEADER.get(data, "kernel_alignment")
+        dest = seg.mem + seg.offset
+        if alignment and -(-dest // alignment) * alignment + STARTUP_64_OFFSET != plan.entry:
+            yield Violation("efi-entry", "EINVAL",
+                            f"XenServer's Xen enters at ROUNDUP({dest:#x}, {alignment:#x}) + 0x200, not at the "
+                            f"kernel's 64-bit entry {plan.entry:#x}", 0, seg.role)
+    if xen_purgatory_at(plan.machine, plan.segments) < 0:
+        yield Violation("efi-purgatory", "ENOMEM",
+                        f"Xen's crash area {plan.machine.xen_crash_area} has no free "
+                        f"{human_size(XENSERVER_PURGATORY_MEMSZ)} for Xen's own purgatory "
+                        "(crashkernel= on Xen's command line)")
 
 
 XEN_RULES: tuple[Rule, ...] = (
@@ -218,7 +249,7 @@ XEN_RULES: tuple[Rule, ...] = (
                   f" (null ones included); Xen refuses nr_segments >= {KEXEC_SEGMENT_MAX}"),
     _xen_crash_area,
     each_segment(page_aligned(lambda plan: XEN_PAGE_SIZE)),
-    no_overlap, bufsz_within_memsz, _xen_efi_kernel_rule,
+    no_overlap, bufsz_within_memsz, _xen_efi_kernel_rule, _xenserver_efi_rule,
 )
 
 

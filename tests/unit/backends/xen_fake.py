@@ -5,17 +5,26 @@ xen/common/kimage.c ``kimage_crash_alloc`` and ``do_kimage_alloc``), and a
 load goes into a spare slot that replaces the loaded image only when every
 check passed (``kexec_swap_images``): what the tests check about refusals
 and atomicity comes from Xen's behaviour, not from pykexec's validator.
+
+``efi_types=True`` is XenServer's Xen (xenserver-next/xen 19b98a02d5): the
+EFI load types 2 and 3, segments described by byte addresses (``kimage_alloc``
+rounds each out to pages; there is no page check any more), and with
+``lockdown=True`` every other type refused with EPERM before anything else
+(56cf11184e).  Without it the fake is upstream Xen 4.17, which knows types 0
+and 1 only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from dataclasses import dataclass, field
 
 from pykexec.backends.xen.hypercalls import (KEXEC_RANGE_MA_CPU, KEXEC_RANGE_MA_CRASH,
                                              KEXEC_RANGE_MA_VMCOREINFO, KEXEC_RANGE_MA_XEN,
-                                             KEXEC_TYPE_CRASH, KEXEC_TYPE_DEFAULT)
+                                             KEXEC_TYPE_CRASH, KEXEC_TYPE_CRASH_EFI, KEXEC_TYPE_DEFAULT,
+                                             KEXEC_TYPE_DEFAULT_EFI)
 from pykexec.errors import SyscallError
 
 PAGE = 4096
@@ -35,6 +44,8 @@ class FakeXen:
                                                       (0x7ffe0000, 0x20000, 2)])
     cpus: int = 2
     fail: dict = field(default_factory=dict)
+    efi_types: bool = False
+    lockdown: bool = False
     calls: list = field(default_factory=list)
     loaded: dict = field(default_factory=dict)
 
@@ -46,16 +57,23 @@ class FakeXen:
         self.calls.append(("load", kexec_type, entry_maddr, list(segments), arch))
         self._maybe_fail("load")
         call = "KEXEC_CMD_kexec_load"
+        efi = self.efi_types and kexec_type in (KEXEC_TYPE_DEFAULT_EFI, KEXEC_TYPE_CRASH_EFI)
+        if self.lockdown and not efi:
+            _fail(call, errno.EPERM)
         if len(segments) >= 16:
             _fail(call, errno.EINVAL)
-        if kexec_type == KEXEC_TYPE_CRASH:
+        if self.efi_types:   # kimage_alloc: the page offset kept aside, each segment rounded out to pages
+            segments = [dataclasses.replace(s, dest_maddr=s.dest_maddr // PAGE * PAGE,
+                                            dest_size=-(-(s.dest_maddr + s.dest_size) // PAGE) * PAGE
+                                            - s.dest_maddr // PAGE * PAGE) for s in segments]
+        if kexec_type == KEXEC_TYPE_CRASH or (efi and kexec_type == KEXEC_TYPE_CRASH_EFI):
             start, size = self.crash_area
-            if not start <= entry_maddr <= start + size:
+            if kexec_type == KEXEC_TYPE_CRASH and not start <= entry_maddr <= start + size:
                 _fail(call, errno.EADDRNOTAVAIL)
             for s in segments:
                 if s.buf is not None and (s.dest_maddr < start or s.dest_maddr + s.dest_size > start + size):
                     _fail(call, errno.EADDRNOTAVAIL)
-        elif kexec_type != KEXEC_TYPE_DEFAULT:
+        elif kexec_type != KEXEC_TYPE_DEFAULT and not efi:
             _fail(call, errno.EINVAL)
         for s in segments:
             if s.dest_maddr % PAGE or (s.dest_maddr + s.dest_size) % PAGE:
@@ -67,7 +85,9 @@ class FakeXen:
         for s in segments:
             if len(s.buf or b"") > s.dest_size:
                 _fail(call, errno.EINVAL)
-        self.loaded[kexec_type] = (entry_maddr, list(segments))
+        # Xen keeps an EFI image in the slot of its base type (do_kimage_alloc's type)
+        slot = {KEXEC_TYPE_DEFAULT_EFI: KEXEC_TYPE_DEFAULT, KEXEC_TYPE_CRASH_EFI: KEXEC_TYPE_CRASH}
+        self.loaded[slot.get(kexec_type, kexec_type)] = (entry_maddr, list(segments))
 
     def kexec_unload(self, kexec_type):
         self.calls.append(("unload", kexec_type))

@@ -55,7 +55,7 @@ def own_validator(p):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(machines(), images, st.sampled_from(["linux-file", "linux-user", "xen", "xen-efi"]), st.booleans(),
+@given(machines(), images, st.sampled_from(["linux-file", "linux-user", "xen", "xen-efi", "xen-efi-v2"]), st.booleans(),
        st.integers(0, 40 * MiB), st.text(max_size=60))
 def test_random_maps_place_or_refuse_and_plans_validate(machine, bz, target, crash, initrd, cmdline):
     try:
@@ -94,7 +94,7 @@ MUTATIONS = {
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.sampled_from(["linux-file", "linux-user", "xen", "xen-efi"]), st.sampled_from(sorted(MUTATIONS)),
+@given(st.sampled_from(["linux-file", "linux-user", "xen", "xen-efi", "xen-efi-v2"]), st.sampled_from(sorted(MUTATIONS)),
        st.data())
 def test_mutations_are_caught_with_the_right_errno(target, name, data):
     mutate, rule, errno = MUTATIONS[name]

@@ -70,20 +70,46 @@ def test_xen_default_and_crash(bz, pc_1g):
         plan(bz, machine=m.with_changes(xen_crash_area=None), crash=True)
 
 
-def test_xen_efi_crash(pc_1g):
-    bz = debian61_bzimage(setup_sects=30)  # kern16 = 31 * 512, not a page multiple
-    m = pc_1g.with_changes(xen_crash_area=Range(0x20000000, 0x10000000))
-    p = plan(bz, machine=m, target="xen-efi", crash=True, initrd=INITRD, cmdline="console=hvc0")
+EFI_AREA = Range(0x20000000, 0x10000000)
+
+
+@pytest.mark.parametrize("target, params_at", [
+    # XenServer: Xen's purgatory takes the crash area's first 16 KiB, boot_params follows
+    ("xen-efi", 0x20004000),
+    ("xen-efi-v2", 0x20000000),
+])
+def test_xen_efi_crash(pc_1g, target, params_at):
+    bz = debian61_bzimage(setup_sects=30)  # kern16 = 31 * 512 = 0x3e00, not a page multiple
+    m = pc_1g.with_changes(xen_crash_area=EFI_AREA)
+    p = plan(bz, machine=m, target=target, crash=True, initrd=INITRD, cmdline="console=hvc0")
     kernel = p.segments[0]
-    dest = kernel.mem + kernel.offset
-    assert kernel.role == "kernel" and kernel.bufsz == len(bz.data) and kernel.mem % 4096 == 0
-    assert (dest + 31 * 512) % 0x200000 == 0 and p.entry == dest + 31 * 512 + 0x200
-    assert p.entry_arg == p.segments[1].mem and p.kexec_type == "KEXEC_TYPE_CRASH_EFI"
+    # the lowest 2 MiB boundary K in the area with room below it for the setup code: 0x20200000
+    assert kernel.role == "kernel" and kernel.bufsz == len(bz.data)
+    assert (kernel.mem, kernel.offset) == (0x201fc000, 0x200) and p.entry == 0x20200200
+    assert p.entry_arg == params_at and p.kexec_type == "KEXEC_TYPE_CRASH_EFI"
+    assert [s.role for s in p.segments if not s.null] == ["kernel", "boot-params", "initrd", "elfcorehdr"]
+    assert [(s.mem, s.memsz) for s in p.segments if s.null] == [(0, MiB)] and p.segments[-1].null
     assert "elfcorehdr=" in p.cmdline and p.validate() == ()
-    with pytest.raises(UsageError, match="--crash"):
-        plan(bz, machine=m, target="xen-efi")
+    assert ("XenServer" if target == "xen-efi" else "v2 series") in p.notes[0]
     with pytest.raises(PlacementError, match="multiple of 2 MiB"):
-        plan(debian61_bzimage(kernel_alignment=0x100000), machine=m, target="xen-efi", crash=True)
+        plan(debian61_bzimage(kernel_alignment=0x100000), machine=m, target=target, crash=True)
+    with pytest.raises(PlacementError, match="2.02 or later"):
+        plan(debian61_bzimage(version=0x201), machine=m, target=target, crash=True)
+
+
+def test_xen_efi_default_is_xenservers_alone(pc_1g):
+    bz = debian61_bzimage(setup_sects=30)
+    m = pc_1g.with_changes(xen_crash_area=EFI_AREA)
+    p = plan(bz, machine=m, target="xen-efi", initrd=INITRD, cmdline="console=hvc0")
+    kernel = p.segments[0]
+    # the lowest K >= 16 MiB + 2 MiB (a whole alignment below it for the setup code)
+    assert (kernel.mem + kernel.offset, p.entry) == (0x1200000 - 0x3e00, 0x1200200)
+    assert p.kexec_type == "KEXEC_TYPE_DEFAULT_EFI" and p.validate() == ()
+    assert any("purgatory" in n and "at 0x20000000" in n for n in p.notes)   # in the crash area, for a default load too
+    with pytest.raises(UsageError, match="--crash"):
+        plan(bz, machine=m, target="xen-efi-v2")
+    with pytest.raises(PlacementError, match="no(ne)? reserved"):
+        plan(bz, machine=m.with_changes(xen_crash_area=None), target="xen-efi")
 
 
 def test_every_user_mode_elfcorehdr_is_sized_alike(bz, q35_crash):

@@ -78,28 +78,45 @@ def test_xen_rules(segments, crash, entry, want):
     assert rules(validate_xen(p)) == want
 
 
-def _efi_plan(**fields):
+def _efi_plan(target="xen-efi", **fields):
     bz = debian61_bzimage(**fields)
     m = MACHINE.with_changes(possible_cpus=1)
-    return plan(bz, machine=m, target="xen-efi", crash=True)
+    return plan(bz, machine=m, target=target, crash=True)
 
 
-def test_xen_crash_efi_kernel_checks():
-    good = _efi_plan()
+def _with_kernel(p, **changes):
+    return dataclasses.replace(p, segments=(dataclasses.replace(p.segments[0], **changes),) + p.segments[1:])
+
+
+@pytest.mark.parametrize("target", ["xen-efi", "xen-efi-v2"])
+def test_xen_efi_kernel_checks(target):
+    """The v2 series' checks hold on both variants, XenServer's Xen making only part of them."""
+    good = _efi_plan(target)
     assert validate_xen(good) == ()
     k = good.segments[0]
-    shifted = dataclasses.replace(good, segments=(dataclasses.replace(k, offset=k.offset + 0x200),)
-                                  + good.segments[1:])
-    assert rules(validate_xen(shifted)) == [("efi-kernel-alignment", "EINVAL", 0)]
+    # moved by 0x200: XenServer's ROUNDUP(dest) + 0x200 is unchanged, but the kernel is no longer there
+    assert rules(validate_xen(_with_kernel(good, offset=k.offset + 0x200))) == [
+        ("efi-kernel-alignment", "EINVAL", 0)]
     bad = bytearray(k.buffer)
     bad[0x230:0x234] = (0x300000).to_bytes(4, "little")
-    assert rules(validate_xen(dataclasses.replace(good, segments=(dataclasses.replace(k, buffer=bytes(bad)),)
-                                                  + good.segments[1:]))) == [("efi-kernel-alignment", "EINVAL", 0)]
+    assert rules(validate_xen(_with_kernel(good, buffer=bytes(bad)))) == (
+        [("efi-kernel-alignment", "EINVAL", 0)] + ([("efi-entry", "EINVAL", 0)] if target == "xen-efi" else []))
     bad[0x202:0x206] = b"NOPE"
-    assert rules(validate_xen(dataclasses.replace(good, segments=(dataclasses.replace(k, buffer=bytes(bad)),)
-                                                  + good.segments[1:]))) == [("efi-kernel-header", "EINVAL", 0)]
-    wrong_entry = dataclasses.replace(good, entry=good.entry + 0x1000)
-    assert rules(validate_xen(wrong_entry)) == [("efi-entry", "EINVAL", 0)]
+    assert rules(validate_xen(_with_kernel(good, buffer=bytes(bad))))[0] == ("efi-kernel-header", "EINVAL", 0)
+    old = bytearray(k.buffer)
+    old[0x206:0x208] = (0x201).to_bytes(2, "little")
+    assert rules(validate_xen(_with_kernel(good, buffer=bytes(old))))[0] == ("efi-kernel-header", "EINVAL", 0)
+
+
+@pytest.mark.parametrize("target, used, want", [
+    ("xen-efi", 0x10000000, True),             # the whole crash area taken: no room for Xen's purgatory
+    ("xen-efi", 0x10000000 - 0x4000, False),   # its last 16 KiB free: room
+    ("xen-efi-v2", 0x10000000, False),         # the v2 series has no purgatory
+])
+def test_xenserver_purgatory_needs_room(target, used, want):
+    p = make([seg(0x20000000, used)], target=target, crash=True, entry=0x20000200,
+             kexec_type="KEXEC_TYPE_CRASH_EFI")
+    assert (("efi-purgatory", "ENOMEM", None) in rules(validate_xen(p))) is want
 
 
 def test_violation_sentences():

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import SyscallError, UsageError
 from ..linux.signals import kernel_call
-from .hypercalls import KEXEC_TYPE_CRASH, KEXEC_TYPE_DEFAULT, XenSegment
-from .policy import explain, loaded_sentence
+from .hypercalls import KEXEC_TYPE_CRASH, KEXEC_TYPE_DEFAULT, KEXEC_TYPE_NUMBERS, XenSegment
+from .policy import explain, explain_load, loaded_sentence
 
 if TYPE_CHECKING:
     from ...boot.usermode import UserLoad
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 TEST_MOVE = "PYKEXEC_TEST_XEN_MOVE"
 TEST_NO_FILLER = "PYKEXEC_TEST_XEN_NO_FILLER"
+EFI_TYPES = ("KEXEC_TYPE_DEFAULT_EFI", "KEXEC_TYPE_CRASH_EFI")
 
 
 def hypercalls_from(calls: Any) -> "Hypercalls":
@@ -54,8 +55,14 @@ class XenBackend:
         self._calls = calls
 
     def execute(self, load: "UserLoad") -> int:
-        kexec_type = KEXEC_TYPE_CRASH if load.crash else KEXEC_TYPE_DEFAULT
-        segments = [XenSegment(None if s.null else (s.buffer or b""), s.mem, s.memsz)
+        """Load; the type is the plan's (the EFI types put the boot_params address in
+        ``parameters``, where the others put the entry)."""
+        kexec_type = KEXEC_TYPE_NUMBERS.get(load.plan.kexec_type or "",
+                                            KEXEC_TYPE_CRASH if load.crash else KEXEC_TYPE_DEFAULT)
+        efi = load.plan.kexec_type in EFI_TYPES
+        entry = load.plan.entry_arg if efi else load.entry
+        # a segment starting mid-page (the EFI types' segment 0) is described by its byte address
+        segments = [XenSegment(None if s.null else s.view, s.mem + s.offset, s.memsz - s.offset)
                     for s in load.segments]
         segments = _test_move(segments, load, os.environ.get(TEST_MOVE))
         if os.environ.get(TEST_NO_FILLER) == "1":
@@ -65,9 +72,9 @@ class XenBackend:
         try:
             calls = hypercalls_from(self._calls)
             with kernel_call(loaded_sentence(load.crash)):
-                calls.kexec_load(kexec_type, load.entry, segments)
+                calls.kexec_load(kexec_type, entry, segments)
         except SyscallError as e:
-            raise explain(e) from None
+            raise explain_load(e, load.plan.kexec_type or "") from None
         return kexec_type
 
 

@@ -8,7 +8,10 @@ The ABI, each layout declared once here:
 
   - ``KEXEC_CMD_kexec`` 0, ``kexec_get_range`` 3, ``kexec_load`` 4,
     ``kexec_unload`` 5, ``kexec_status`` 6 (1 and 2 are the retired v1 calls);
-  - ``KEXEC_TYPE_DEFAULT`` 0, ``KEXEC_TYPE_CRASH`` 1;
+  - ``KEXEC_TYPE_DEFAULT`` 0, ``KEXEC_TYPE_CRASH`` 1; the EFI types, in
+    XenServer's Xen only (``xenserver-next/xen`` 85d0be0de4; docs/xen.md):
+    ``KEXEC_TYPE_DEFAULT_EFI`` 2, ``KEXEC_TYPE_CRASH_EFI`` 3, for which
+    ``entry_maddr`` is read as ``parameters`` (the boot_params address);
   - ``KEXEC_RANGE_MA_CRASH`` 0, ``XEN`` 1, ``CPU`` 2, ``XENHEAP`` 3,
     ``BOOT_PARAM`` 4, ``EFI_MEMMAP`` 5, ``VMCOREINFO`` 6;
   - ``xen_kexec_exec_t {int type;}``;
@@ -75,7 +78,11 @@ KEXEC_CMD_kexec_status = 6
 
 KEXEC_TYPE_DEFAULT = 0
 KEXEC_TYPE_CRASH = 1
-KEXEC_TYPES = {KEXEC_TYPE_DEFAULT: "KEXEC_TYPE_DEFAULT", KEXEC_TYPE_CRASH: "KEXEC_TYPE_CRASH"}
+KEXEC_TYPE_DEFAULT_EFI = 2
+KEXEC_TYPE_CRASH_EFI = 3
+KEXEC_TYPES = {KEXEC_TYPE_DEFAULT: "KEXEC_TYPE_DEFAULT", KEXEC_TYPE_CRASH: "KEXEC_TYPE_CRASH",
+               KEXEC_TYPE_DEFAULT_EFI: "KEXEC_TYPE_DEFAULT_EFI", KEXEC_TYPE_CRASH_EFI: "KEXEC_TYPE_CRASH_EFI"}
+KEXEC_TYPE_NUMBERS = {name: number for number, name in KEXEC_TYPES.items()}
 
 KEXEC_RANGE_MA_CRASH = 0
 KEXEC_RANGE_MA_XEN = 1

@@ -35,6 +35,26 @@ def explain(err: SyscallError) -> SyscallError:
     return SyscallError(err.call, err.errno_value, os.strerror(err.errno_value), advice=advice)
 
 
+def explain_load(err: SyscallError, kexec_type: str) -> SyscallError:
+    """A refused ``KEXEC_CMD_kexec_load``: the two refusals that depend on the load type get their own
+    sentence, the rest :func:`explain`'s.
+
+    * an EFI type refused with EINVAL: pykexec checked the segments as Xen does, so what is left is
+      ``kimage_alloc``'s unknown type -- a Xen without the EFI load types (upstream Xen up to 4.22);
+    * a classic type refused with EPERM: not dom0, or XenServer's lockdown (56cf11184e), which
+      takes only the EFI types."""
+    if err.errno_value == errno.EINVAL and kexec_type.endswith("_EFI"):
+        return KernelRefused(err.call, err.errno_value,
+                             f"this Xen does not implement the EFI load types ({kexec_type} is unknown to it: "
+                             "only XenServer's Xen 4.20 has them); the image loaded before is still loaded")
+    if err.errno_value == errno.EPERM and not kexec_type.endswith("_EFI"):
+        return KernelRefused(err.call, err.errno_value,
+                             f"Xen refused {kexec_type or 'the load'}: only dom0 may load, and a Xen in lockdown "
+                             "(Secure Boot, or `lockdown` on its command line) takes only the EFI load types; "
+                             "in dom0 load with --target xen-efi (or without --target, which picks it)")
+    return explain(err)
+
+
 def loaded_sentence(crash: bool) -> str:
     kind = "crash kernel" if crash else "new kernel"
     undo = "pykexec unload --crash" if crash else "pykexec unload"

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ...errors import SyscallError
 from ...machine.ranges import Range, TypedRange
 from .hypercalls import (KEXEC_RANGE_MA_CPU, KEXEC_RANGE_MA_CRASH, KEXEC_RANGE_MA_VMCOREINFO,
-                         KEXEC_RANGE_MA_XEN)
+                         KEXEC_RANGE_MA_XEN, KEXEC_TYPE_CRASH)
 
 if TYPE_CHECKING:
     from .hypercalls import Hypercalls
@@ -97,3 +97,22 @@ def read_view(calls: "Hypercalls") -> XenView:
             notes.append(Range(start, size))
     return XenView(memory=memory, crash_area=crash, xen_image=image, cpu_notes=tuple(notes),
                    vmcoreinfo=vmcoreinfo, unreadable=tuple(unreadable))
+
+
+#: an entry no crash area reaches: the probe's load is refused before Xen allocates anything
+PROBE_ENTRY = (1 << 64) - 1
+
+
+def xen_locked_down(calls: "Hypercalls") -> bool:
+    """Whether Xen is in lockdown (XenServer's Xen: Secure Boot, or ``lockdown`` on its command line).
+
+    Xen has no call that says so.  This asks for a ``KEXEC_TYPE_CRASH`` load of no segments with
+    an entry past any crash area, which changes nothing: a Xen in lockdown refuses every classic
+    type first, with EPERM (``kexec_load``, xenserver-next/xen 56cf11184e); any other Xen refuses
+    the entry with EADDRNOTAVAIL (``kimage_crash_alloc``) before allocating the image.  Any other
+    answer (not dom0, no privcmd) is left to the load itself to report."""
+    try:
+        calls.kexec_load(KEXEC_TYPE_CRASH, PROBE_ENTRY, [])
+    except SyscallError as e:
+        return e.errno_value == errno.EPERM
+    return False
