@@ -113,3 +113,45 @@ def expect_dump(serial: "h.Serial", capture_cmdline: str, who_adds: str) -> None
                     f"elfcorehdr= ({who_adds} adds it)")
     if serial.value("pattern") != "FOUND":
         serial.fail(f"the pattern is not in /proc/vmcore: pages found {serial.value('pages-found')}")
+
+
+def iomem_ranges(text: str, kind: str) -> list:
+    """Top-level ``kind`` ranges of a /proc/iomem text, as (start, end) inclusive."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(" "):
+            continue
+        span, _, name = line.partition(" : ")
+        if name.strip() == kind:
+            lo, _, hi = span.partition("-")
+            out.append((int(lo, 16), int(hi, 16)))
+    return out
+
+
+def crash_regions(iomem: str) -> list:
+    """The "Crash kernel" entries (children of System RAM) of a /proc/iomem text."""
+    out = []
+    for line in iomem.splitlines():
+        span, _, name = line.strip().partition(" : ")
+        if name.strip() == "Crash kernel":
+            lo, _, hi = span.partition("-")
+            out.append((int(lo, 16), int(hi, 16)))
+    return out
+
+
+def expect_capture(serial: h.Serial, capture_cmdline: str, cmdline_mark: str) -> None:
+    """The capture kernel of an arm64 kdump: sysrq-c stopped the first kernel, the capture
+    kernel got exactly ``capture_cmdline`` (reported as ``cmdline_mark``), found the whole
+    pattern in /proc/vmcore, and its System RAM (``iomem2``) lies inside the first kernel's
+    crash region(s) (``iomem1``)."""
+    if serial.has("still-alive"):
+        serial.fail("the first kernel survived sysrq-c")
+    if serial.value(cmdline_mark) != capture_cmdline:
+        serial.fail(f"the capture kernel's cmdline is {serial.value(cmdline_mark)!r}, not {capture_cmdline!r}")
+    if serial.value("pattern") != "FOUND":
+        serial.fail(f"the pattern is not in /proc/vmcore: pages found {serial.value('pages-found')}")
+    crash = crash_regions(serial.lines("iomem1"))
+    ram2 = iomem_ranges(serial.lines("iomem2"), "System RAM")
+    if not crash or not ram2 or not all(any(a <= lo and hi <= b for a, b in crash) for lo, hi in ram2):
+        serial.fail(f"the capture kernel's System RAM {[(hex(a), hex(b)) for a, b in ram2]} is not inside "
+                    f"the crash region {[(hex(a), hex(b)) for a, b in crash]}")
