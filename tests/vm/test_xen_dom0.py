@@ -347,6 +347,7 @@ def filler_outcome(serial: h.Serial, next_cmdline: str, tok: str) -> None:
         serial.fail("the next kernel ran without the low-1 MiB filler: Xen 4.17 no longer needs it, "
                     "drop it from pykexec.boot.xen (seed 004)")
 
+
 def test_without_the_low_megabyte_filler(vm_material):
     """The same DEFAULT load as above with the null segments below 1 MiB dropped (the backend's
     test hook): Xen takes it, but the machine dies on exec, so the filler is still needed."""
