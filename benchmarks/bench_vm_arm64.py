@@ -88,7 +88,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.vm import arm64  # noqa: E402
-from tests.vm import harness as h  # noqa: E402
 from tests.vm import usermode_support as um  # noqa: E402
 from bench_vm_usermode import chain_arguments, chain_results, report_hops, report_loads  # noqa: E402
 from vmmeasure import CHAIN, MEASURE, NEWC  # noqa: E402
@@ -175,21 +174,6 @@ def image_gz(image: Path, out: Path) -> Path:
     return out
 
 
-def report_crash(crash: dict) -> None:
-    """Part (c)'s table: per loader the medians of wall, user, sys and peak RSS; then the ratios."""
-    med = um.median
-    print(f"(c) crash load (crashkernel={CRASH}): whole process, medians")
-    print(f"{'case':<32} {'wall s':>8} {'min':>7} {'max':>7} {'user s':>8} {'sys s':>7} {'peak RSS MiB':>13}")
-    for key, rs in crash.items():
-        walls = [r["wall"] for r in rs]
-        print(f"{key:<32} {med(walls):8.2f} {min(walls):7.2f} {max(walls):7.2f} "
-              f"{med([r['utime'] for r in rs]):8.2f} {med([r['stime'] for r in rs]):7.2f} "
-              f"{med([r['maxrss_kib'] for r in rs]) / 1024:13.1f}")
-    p, k = crash["pykexec load --crash --mode user"], crash["kexec -p"]
-    print(f"pykexec / kexec-tools: wall x{med([r['wall'] for r in p]) / med([r['wall'] for r in k]):.2f}, "
-          f"peak RSS x{med([r['maxrss_kib'] for r in p]) / med([r['maxrss_kib'] for r in k]):.2f}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = chain_arguments(__doc__, argv)
 
@@ -232,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key:<26} {r['wall']:8.2f} {'(once)':>15} {r['utime']:8.2f} {r['stime']:7.2f} "
               f"{r['maxrss_kib'] / 1024:13.1f}")
     print()
-    report_crash(crash)
+    report_loads(crash, "kexec -p", title=f"(c) crash load (crashkernel={CRASH})",
+                 ours="pykexec load --crash --mode user")
     print()
     report_hops(chain, "  (target: first line <= 1.0x)")
     print(f"serial log with host stamps: {g.dir / 'serial.stamped'}")

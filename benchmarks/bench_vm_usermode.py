@@ -215,17 +215,20 @@ def chain_arguments(doc: str, argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def report_loads(loads: dict, peer: str, target: str = "") -> None:
-    """Part (a)'s table: per loader the medians of wall, user, sys and peak RSS; then the ratios."""
+def report_loads(loads: dict, peer: str, target: str = "", *, title: str = "(a) load",
+                 ours: str = "pykexec load --mode user") -> None:
+    """A load table: per loader (``ours`` and ``peer`` among them) the medians of wall, user,
+    sys and peak RSS; then pykexec's ratios to the peer."""
     med = um.median
-    print("(a) load: whole process, medians")
-    print(f"{'case':<28} {'wall s':>8} {'min':>7} {'max':>7} {'user s':>8} {'sys s':>7} {'peak RSS MiB':>13}")
+    width = max(28, *map(len, loads))
+    print(f"{title}: whole process, medians")
+    print(f"{'case':<{width}} {'wall s':>8} {'min':>7} {'max':>7} {'user s':>8} {'sys s':>7} {'peak RSS MiB':>13}")
     for key, rs in loads.items():
         walls = [r["wall"] for r in rs]
-        print(f"{key:<28} {med(walls):8.2f} {min(walls):7.2f} {max(walls):7.2f} "
+        print(f"{key:<{width}} {med(walls):8.2f} {min(walls):7.2f} {max(walls):7.2f} "
               f"{med([r['utime'] for r in rs]):8.2f} {med([r['stime'] for r in rs]):7.2f} "
               f"{med([r['maxrss_kib'] for r in rs]) / 1024:13.1f}")
-    p, k = loads["pykexec load --mode user"], loads[peer]
+    p, k = loads[ours], loads[peer]
     print(f"pykexec / kexec-tools: wall x{med([r['wall'] for r in p]) / med([r['wall'] for r in k]):.2f}, "
           f"peak RSS x{med([r['maxrss_kib'] for r in p]) / med([r['maxrss_kib'] for r in k]):.2f}{target}")
 
