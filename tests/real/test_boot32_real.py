@@ -1,4 +1,5 @@
-"""Real bzImages that bzImage64_probe refuses: memtest86+ (2.12), syslinux's memdisk (2.03), iPXE (2.07).
+"""Real bzImages that bzImage64_probe refuses: memtest86+ (2.12), syslinux's memdisk (2.03), iPXE (2.07),
+the last with no 32-bit entry, so through real mode.
 
 The expected values are read from the images' own setup headers with struct at
 boot.rst's offsets (code32_start 0x214, init_size 0x260), not through pykexec.
@@ -64,10 +65,27 @@ def test_memdisk_old_command_line_limit():
     assert b"256 bytes with its NUL" in proc.stderr and b"255 before 2.06" in proc.stderr, describe(proc)
 
 
-def test_ipxe_lkrn_has_no_32_bit_entry():
+def test_ipxe_lkrn_through_the_real_mode_entry():
     path = material.ipxe_lkrn()
-    assert struct.unpack_from("<I", path.read_bytes(), 0x214)[0] == 0   # code32_start, as iPXE's lkrnprefix.S
+    data = path.read_bytes()
+    assert struct.unpack_from("<I", data, 0x214)[0] == 0          # code32_start, as iPXE's lkrnprefix.S
+    plan = _json("plan", "--target", "linux-user", "--command-line", CMDLINE, path)
     for mode in ("user", "auto"):
-        proc = run_cli("load", "--dry-run", "--mode", mode, "--machine", MACHINE, path)
-        assert_clean_error(proc)
-        assert b"code32_start (0x214) is 0" in proc.stderr and b"real-mode" in proc.stderr, describe(proc)
+        dry = _json("load", "--dry-run", "--mode", mode, "--command-line", CMDLINE, path)["plan"]
+        assert _placed(dry) == _placed(plan) and dry["target"] == "linux-user"
+    segs = {s["role"]: (int(s["mem"], 16), int(s["memsz"], 16)) for s in plan["segments"]}
+    setup_size = (data[0x1F1] + 1) * 512
+    # boot.rst "Loading the Rest of the Kernel": real-mode code and heap in 64 KiB, then the command line,
+    # below 0xA0000; the purgatory above it (kexec-tools --real-mode); the rest at 0x100000
+    assert segs["kernel"][0] == 0x100000 and segs["kernel"][1] >= len(data) - setup_size
+    setup, pur = segs["boot-params"], segs["purgatory"]
+    assert setup[1] >= 0x10000 + len(CMDLINE) + 1 and setup[0] + setup[1] <= pur[0] and sum(pur) <= 0xA0000
+    assert int(plan["entry"], 16) == pur[0] and int(plan["entry_arg"], 16) == setup[0]
+    assert any("real-mode entry" in n for n in plan["notes"])
+
+
+def test_ipxe_lkrn_crash_load_is_refused():
+    proc = run_cli("plan", "--target", "linux-user", "--crash", "--machine",
+                   MACHINE.with_name("qemu-q35-1g-crashkernel256m-debian6.1.iomem"), material.ipxe_lkrn())
+    assert_clean_error(proc)
+    assert b"through the real-mode entry" in proc.stderr and b"not supported" in proc.stderr, describe(proc)

@@ -1,6 +1,6 @@
-"""The 32-bit boot protocol in QEMU: Linux, then Debian's memtest86+, both entered at their 32-bit entry.
+"""The 32-bit boot protocol and the real-mode entry in QEMU.
 
-One boot, one chain of kexecs through ``pykexec load --mode auto``:
+First boot, one chain of kexecs through ``pykexec load --mode auto``, both at the 32-bit entry:
 
 1. The guest's own kernel with XLF_CAN_BE_LOADED_ABOVE_4G cleared in its
    header (as a kernel before protocol 2.12 has it): bzImage64_probe refuses
@@ -17,8 +17,14 @@ One boot, one chain of kexecs through ``pykexec load --mode auto``:
    boot_params (compared with the RAM in the firmware's own map, read by the
    first kernel from /sys/firmware/memmap).
 
+Second boot: Linux, then Debian's iPXE ``ipxe.lkrn`` (protocol 2.07, ``code32_start`` 0), which
+starts only through its real-mode setup code and the BIOS: the purgatory returns to real mode with
+the BIOS's interrupt table and enters it at setup + 0x200.  Its command line is an iPXE script that
+sets a variable and echoes it; iPXE writes through the BIOS, and SeaBIOS copies that to ttyS0.  The
+echoed line, with the variable expanded, appears nowhere in what the first kernel printed.
+
 The dry runs and file mode's refusal are tests/real/test_boot32_real.py's.
-memtest86+ never powers off: the run ends when its first test starts.
+memtest86+ and iPXE never power off: each run ends at the line it waits for.
 """
 
 from __future__ import annotations
@@ -124,3 +130,35 @@ def test_linux_then_memtest86_through_the_32_bit_entry(vm_material):
     ram = float(serial.value("firmware-ram-mib"))
     if found is None or abs(int(found.group(1)) - ram) > 1:
         serial.fail(f"memtest86+ reports {found and found.group(0)!r}; the firmware's map has {ram:.1f} MiB of RAM")
+
+
+IPXE_STAGE1 = '''
+run("plan", "pykexec", "plan", "--target", "linux-user", "--command-line", {cmdline!r}, "--json", "/vm/ipxe.lkrn")
+if run("load", "pykexec", "load", "--mode", "auto", "--command-line", {cmdline!r}, "--json",
+       "/vm/ipxe.lkrn").returncode:
+    raise SystemExit(1)
+run("exec", "pykexec", "exec")
+mark("exec-returned")
+'''
+
+
+def test_linux_then_ipxe_through_the_real_mode_entry(vm_material):
+    tok = h.token()
+    said = f"pykexec-ipxe-{tok}-ok"
+    cmdline = f"set t {tok} && echo pykexec-ipxe-${{t}}-ok"      # iPXE expands ${t}; our own output cannot
+    g = h.Guest("real-mode-linux-ipxe")
+    g.host_file("/vm/ipxe.lkrn", material.ipxe_lkrn())
+    g.stage(1, h.py_script(IPXE_STAGE1.format(cmdline=cmdline)))
+    serial = g.boot(timeout=240, until=said)
+
+    loaded = _json(serial, "load")
+    if loaded["syscall"] != "kexec_load" or not any("real-mode entry" in n for n in loaded["plan"]["notes"]):
+        serial.fail(f"not the real-mode entry through kexec_load: {loaded['syscall']}, {loaded['plan']['notes']}")
+    planned, used = _placed(_json(serial, "plan")), _placed(loaded["plan"])
+    if planned != used:
+        serial.fail(f"plan --target linux-user placed {planned}, the load {used}")
+    if serial.has("exec-returned"):
+        serial.fail(f"`pykexec exec` returned:\n{serial.command('exec')}")
+    if said not in serial.text:
+        serial.fail(f"iPXE did not run its command line: {said!r} is not on the console")
+

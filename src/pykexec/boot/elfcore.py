@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence

@@ -4,7 +4,8 @@ With kexec_load the kernel copies segments and jumps; user space builds every
 byte.  :func:`build_user_load` does that for x86_64:
 
 * **bzImage** (Linux x86 boot protocol, 64-bit entry at kernel + 0x200, or
-  the 32-bit entry at the kernel's start for what bzImage64_probe refuses): the
+  the 32-bit entry at the kernel's start for what bzImage64_probe refuses, or
+  real mode at the setup code for what has no 32-bit entry): the
   segments the ``linux-user`` planner places (:func:`pykexec.plan.x86.build_user_segments`,
   kexec-tools' layout), filled here: zero page and command line, EFI runtime map,
   SETUP_EFI, SETUP_RNG_SEED, SETUP_E820_EXT when the map has more than 128 entries;
@@ -212,6 +213,8 @@ class _Context:
 
 def _bzimage(ctx: _Context, layer: BzImage, data: Buffer, initrd: Buffer | None, cmdline: str | None) -> UserLoad:
     bits = plan_x86.user_entry(layer, data)
+    if bits == 16:
+        return _bzimage_real_mode(ctx, layer, data, initrd, cmdline)
     pg = purgatory.load()
     placer, walks = ctx.placer(), ctx.walks()
     final = cmdline or ""
@@ -258,6 +261,27 @@ def _bzimage(ctx: _Context, layer: BzImage, data: Buffer, initrd: Buffer | None,
     regs = {"rsi": setup.mem, "rip": kernel.mem + (STARTUP_64_OFFSET if bits == 64 else 0)}
     return _finish(ctx, placer, fills, regs, entry32=bits == 32, cmdline=final, entry_arg=setup.mem,
                    protocol="linux", crash=crash)
+
+
+def _bzimage_real_mode(ctx: _Context, layer: BzImage, data: Buffer, initrd: Buffer | None,
+                       cmdline: str | None) -> UserLoad:
+    """The real-mode entry: the setup code gets the BIOS, and builds the zero page from it."""
+    placer, walks = ctx.placer(), ctx.walks()
+    _, setup, final, notes = plan_x86.build_user_segments(
+        layer, data, machine=ctx.machine, crash=ctx.crash, initrd=initrd, cmdline=cmdline, walks=walks,
+        placer=placer, purgatory=purgatory.load().size(ctx.page))
+    ctx.notes.extend(notes)
+    segs = {s.role: s for s in placer.segments}
+    kernel, initrd_seg = segs["kernel"], segs.get("initrd")
+    real = zeropage.real_mode_segment(
+        data, layer.setup_size, base=setup.mem, span=plan_x86.REAL_MODE_SPAN, heap_end=plan_x86.REAL_MODE_HEAP_END,
+        cmdline=final, ramdisk_image=initrd_seg.mem if initrd_seg else 0,
+        ramdisk_size=len(initrd) if initrd else 0, code32_start=kernel.mem)
+    fills: dict[str, Buffer] = {"kernel": memoryview(data)[layer.setup_size:], "boot-params": real}
+    if initrd is not None:
+        fills["initrd"] = initrd
+    return _finish(ctx, placer, fills, {}, entry32=False, cmdline=final, entry_arg=setup.mem, protocol="linux",
+                   crash=None, real_mode=purgatory.RealMode.linux(setup.mem, plan_x86.REAL_MODE_HEAP_END))
 
 
 def _role_at(segs: dict[str, Segment], addr: int) -> str:
@@ -535,7 +559,8 @@ def parse_rsdp(raw: bytes) -> tuple[bytes | None, bytes | None]:
 # -- the end: purgatory, validation, kexec_load's arguments ------------------------------------------
 
 def _finish(ctx: _Context, placer: Placer, fills: dict[str, Buffer], regs: dict[str, int], *, entry32: bool,
-            cmdline: str, entry_arg: int, protocol: str, crash: _Crash | None) -> UserLoad:
+            cmdline: str, entry_arg: int, protocol: str, crash: _Crash | None,
+            real_mode: purgatory.RealMode | None = None) -> UserLoad:
     pg = purgatory.load()
     segments: list[Segment] = []
     for seg in placer.segments:
@@ -553,7 +578,7 @@ def _finish(ctx: _Context, placer: Placer, fills: dict[str, Buffer], regs: dict[
         [s for s in segments if s.role != "purgatory"])
     backup = crash.backup if crash is not None else None
     params = purgatory.Params(
-        regs=regs, regions=regions, entry32=entry32, skip_checks=not ctx.checks, verbose=ctx.verbose,
+        regs=regs, regions=regions, entry32=entry32, real_mode=real_mode, skip_checks=not ctx.checks, verbose=ctx.verbose,
         reset_on_failure=ctx.reset_on_failure, serial_port=ctx.serial_port,
         backup_src=crash.backup_source.start if backup is not None else 0,
         backup_dst=backup.mem if backup is not None else 0,

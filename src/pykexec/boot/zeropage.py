@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..errors import FormatError
-from ..formats.bzimage import (BOOT_FLAG, HDRS_MAGIC, LOADED_HIGH, SETUP_HEADER, XLF_CAN_BE_LOADED_ABOVE_4G,
+from ..formats.bzimage import (BOOT_FLAG, CAN_USE_HEAP, HDRS_MAGIC, LOADED_HIGH, SETUP_HEADER, XLF_CAN_BE_LOADED_ABOVE_4G,
                                XLF_KERNEL_64, has_setup_header, header_end)
 from .bootparam import (BOOT_PARAMS, CL_MAGIC_VALUE, E820_MAX_ENTRIES_ZEROPAGE, EFI_SETUP_DATA, HDR_LIMIT, HDR_OFFSET,
                         RNG_SEED_LENGTH, SETUP_DATA_HEADER, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED,
@@ -82,6 +82,28 @@ def synthetic_header(*, cmdline_size: int = COMMAND_LINE_SIZE - 1) -> bytes:
     for name, value in fields:
         put(buf, name, value, layout=SETUP_HEADER)
     return bytes(buf[HDR_OFFSET:header_end(buf)])
+
+
+def real_mode_segment(image: bytes | memoryview, setup_size: int, *, base: int, span: int, heap_end: int,
+                      cmdline: str, ramdisk_image: int, ramdisk_size: int, code32_start: int) -> bytes:
+    """The segment a real-mode entry starts in, loaded at ``base``: the image's boot sector and setup
+    code (its first ``setup_size`` bytes) with their setup header filled in as boot.rst's "Loading the Rest of the Kernel" says (the
+    setup code builds the zero page itself, from the BIOS), heap and stack up to ``span``, then the
+    command line.
+
+    ``loadflags`` keeps the image's bits and gains CAN_USE_HEAP with ``heap_end_ptr = heap_end - 0x200``;
+    ``code32_start`` is where the protected-mode part went (kexec-tools sets it too)."""
+    raw = cmdline.encode() + b"\0"
+    out = bytearray(span + len(raw))
+    out[:setup_size] = image[:setup_size]
+    out[span:] = raw
+    flags = SETUP_HEADER.get(out, "loadflags") | CAN_USE_HEAP
+    for name, value in (("type_of_loader", TYPE_OF_LOADER_KEXEC), ("loadflags", flags),
+                        ("heap_end_ptr", heap_end - 0x200), ("cmd_line_ptr", base + span),
+                        ("ramdisk_image", ramdisk_image), ("ramdisk_size", ramdisk_size),
+                        ("code32_start", code32_start)):
+        put(out, name, value, layout=SETUP_HEADER)
+    return bytes(out)
 
 
 def e820_table(entries: Sequence[E820Entry]) -> tuple[tuple[E820Entry, ...], SetupData | None]:

@@ -44,6 +44,16 @@ else lowest in [1 MiB, min(initrd_addr_max, 0x37ffffff)] at kernel_alignment
 2.06); setup_data only from 2.09.  The kernel's segment spans init_size
 (2.10+), which boot.rst says the kernel needs from its start, so nothing else
 is put there.
+
+A bzImage with LOADED_HIGH but no 32-bit entry (``code32_start`` 0: iPXE's
+``ipxe.lkrn``) starts only through its real-mode setup code, which calls the
+BIOS; kexec-tools boots it with ``--real-mode``, and pykexec does so
+unasked.  boot.rst "Loading the Rest of the Kernel": the purgatory highest
+and then the real-mode segment (the image's first ``(setup_sects + 1) * 512``
+bytes, its heap and stack up to 64 KiB, then the command line) highest in
+[0x3000, 0xA0000), as kexec-tools places both; the kernel as for the 32-bit
+entry.  It needs protocol 2.02+ (``cmd_line_ptr``: older setup code moves
+itself to 0x90000), a machine booted by a BIOS, and no crash load.
 """
 
 from __future__ import annotations
@@ -69,6 +79,12 @@ MIN_KERNEL_LOAD_ADDR = 0x100000
 MIN_INITRD_LOAD_ADDR = 0x1000000
 DEFAULT_BZIMAGE_ADDR_MAX = 0x37FFFFFF   # kexec-tools kexec/arch/i386/kexec-x86.h: a relocatable 32-bit kernel's top
 FOUR_GIB = 1 << 32
+#: the real-mode entry: code, heap and stack in one 64 KiB segment (boot.rst's "X" to "X+10000"), the
+#: heap ending 0x200 below its top (heap_end_ptr + 0x200 = the initial sp), all of it and the
+#: command line after it below the EBDA and video memory
+REAL_MODE_SPAN = 0x10000
+REAL_MODE_HEAP_END = 0xFE00
+LOW_MEMORY_TOP = 0xA0000
 MAX_ELFCOREHDR_STR_LEN = 30  # "elfcorehdr=0x<64bit-value> "
 SIZEOF_SETUP_DATA = SETUP_DATA_HEADER.size
 SIZEOF_EFI_SETUP_DATA = EFI_SETUP_DATA.size
@@ -226,8 +242,9 @@ def probe_user(layer: BzImage, data: bytes) -> None:
 
 
 def user_entry(layer: BzImage, data: bytes) -> int:
-    """The entry a kexec_load loader uses, 64 or 32, trying kexec-tools' x86_64 loaders in order:
-    bzImage64_probe, then bzImage_probe (2.00+ and LOADED_HIGH: the 32-bit boot protocol)."""
+    """The entry a kexec_load loader uses, 64, 32 or 16, trying kexec-tools' x86_64 loaders in order:
+    bzImage64_probe, then bzImage_probe (2.00+ and LOADED_HIGH: the 32-bit boot protocol, or real
+    mode when the image declares no 32-bit entry)."""
     try:
         probe_user(layer, data)
         return 64
@@ -238,11 +255,7 @@ def user_entry(layer: BzImage, data: bytes) -> int:
                              "0x10000 and starts only through its real-mode setup code; pykexec enters "
                              "bzImages through the 32-bit or 64-bit boot protocol", errno="ENOEXEC")
     if not SETUP_HEADER.get(data, "code32_start"):
-        raise PlacementError(f"protocol {layer.version}, but code32_start (0x214) is 0: the image declares "
-                             "no 32-bit entry and starts only through its real-mode setup code and the "
-                             "BIOS (as iPXE's ipxe.lkrn does, which kexec-tools boots with --real-mode); "
-                             "pykexec enters bzImages through the 32-bit or 64-bit boot protocol",
-                             errno="ENOEXEC")
+        return 16
     return 32
 
 
@@ -250,11 +263,15 @@ def build_user_segments(layer: BzImage, data: bytes, *, machine: Machine, crash:
                         cmdline: str | None, walks: list, placer: Placer,
                         purgatory: PurgatorySize) -> tuple[Segment, Segment, str, list[str]]:
     """Place a kexec_load bzImage load; returns (purgatory, setup segment, final cmdline, notes)."""
-    if user_entry(layer, data) == 32:
-        if crash:
-            raise PlacementError(f"kdump (--crash) through the 32-bit boot protocol (protocol {layer.version}, "
-                                 "not a relocatable bzImage64) is not supported; load a bzImage64 capture "
-                                 "kernel", errno="ENOEXEC")
+    bits = user_entry(layer, data)
+    if bits < 64 and crash:
+        raise PlacementError(f"kdump (--crash) through the {'real-mode' if bits == 16 else '32-bit'} entry "
+                             f"(protocol {layer.version}, not a relocatable bzImage64) is not supported; "
+                             "load a bzImage64 capture kernel", errno="ENOEXEC")
+    if bits == 16:
+        return _user16_segments(layer, data, machine=machine, initrd=initrd, cmdline=cmdline, walks=walks,
+                                placer=placer, purgatory=purgatory)
+    if bits == 32:
         return _user32_segments(layer, data, machine=machine, initrd=initrd, cmdline=cmdline, walks=walks,
                                 placer=placer, purgatory=purgatory)
     notes: list[str] = []
@@ -319,6 +336,43 @@ def _user32_segments(layer: BzImage, data: bytes, *, machine: Machine, initrd: b
               walks)
     if machine.efi:
         notes.append("a 32-bit entry gets no EFI state (no EFI memory map or system table)")
+    if initrd is not None:
+        place(placer, KexecBuf("initrd", len(initrd), len(initrd), buf_align=PAGE_SIZE,
+                               buf_min=MIN_INITRD_LOAD_ADDR, buf_max=layer.assumed("initrd_addr_max"),
+                               top_down=True, buffer=initrd), walks)
+    return pur, setup, final, notes
+
+
+def _user16_segments(layer: BzImage, data: bytes, *, machine: Machine, initrd: bytes | None,
+                     cmdline: str | None, walks: list, placer: Placer,
+                     purgatory: PurgatorySize) -> tuple[Segment, Segment, str, list[str]]:
+    """The real-mode entry's segments (kexec-bzImage.c ``do_bzImage_load`` with ``real_mode_entry``):
+    purgatory and real-mode segment below 0xA0000, the kernel and initrd as for the 32-bit entry."""
+    why = ("code32_start (0x214) is 0: the image declares no 32-bit entry and starts only through its "
+           "real-mode setup code")
+    if machine.efi:
+        raise PlacementError(f"{why}, which calls the BIOS; this machine booted through UEFI and has no "
+                             "BIOS to call", errno="ENOEXEC")
+    if not layer.has("cmd_line_ptr"):
+        raise PlacementError(f"{why}; before protocol 2.02 (this is {layer.version}) that code moves itself "
+                             "to 0x90000, which pykexec does not arrange", errno="ENOEXEC")
+    final = cmdline or ""
+    cmdline_len = len(final.encode()) + 1
+    limit = layer.assumed("cmdline_size")
+    if cmdline_len > limit:
+        raise PlacementError(f"the command line is {cmdline_len} bytes with its NUL; this kernel (protocol "
+                             f"{layer.version}) takes at most {limit} (cmdline_size"
+                             f"{'' if layer.has('cmdline_size') else ', 255 before 2.06'})", errno="EINVAL")
+    if layer.setup_size > REAL_MODE_HEAP_END - 0x200:
+        raise PlacementError(f"the real-mode code is {layer.setup_size:#x} bytes (setup_sects); with its heap "
+                             f"and stack it must fit in {REAL_MODE_HEAP_END:#x}", errno="ENOEXEC")
+    notes = [f"real-mode entry (protocol {layer.version}): {why}, as kexec-tools --real-mode"]
+    _user32_kernel(layer, data, machine=machine, walks=walks, placer=placer, notes=notes)
+    pur = place(placer, KexecBuf("purgatory", purgatory.bufsz, purgatory.memsz, buf_align=purgatory.align,
+                                 buf_min=MIN_PURGATORY_ADDR, buf_max=LOW_MEMORY_TOP - 1, top_down=True), walks)
+    size = REAL_MODE_SPAN + cmdline_len
+    setup = place(placer, KexecBuf("boot-params", size, size, buf_align=16, buf_min=MIN_BOOTPARAM_ADDR,
+                                   buf_max=LOW_MEMORY_TOP - 1, top_down=True), walks)
     if initrd is not None:
         place(placer, KexecBuf("initrd", len(initrd), len(initrd), buf_align=PAGE_SIZE,
                                buf_min=MIN_INITRD_LOAD_ADDR, buf_max=layer.assumed("initrd_addr_max"),

@@ -53,6 +53,8 @@ class Outcome:
     refused: bool
     mode32: bool = False
     efer: int | None = None
+    ports: list[tuple[int, int]] = field(default_factory=list)     # every byte written with out
+    idtr: tuple[int, int] | None = None                             # (base, limit)
     memory: dict[int, bytes] = field(default_factory=dict)
 
 
@@ -69,6 +71,7 @@ class Emulated:
         self.uc.mem_map(0, size)
         self.uc.mem_write(base, image)
         self.serial: list[str] = []
+        self.ports: list[tuple[int, int]] = []
         self.stopped_at: int | None = None
         self.uc.hook_add(UC_HOOK_INSN, self._out, None, 1, 0, UC_X86_INS_OUT)
         self.uc.hook_add(UC_HOOK_INSN, self._in, None, 1, 0, UC_X86_INS_IN)
@@ -76,6 +79,7 @@ class Emulated:
         self.refuse = base + self.header["refuse_entry"]
 
     def _out(self, uc, port, size, value, user) -> None:
+        self.ports.append((port, value & 0xFF))
         if port == UART:
             self.serial.append(chr(value & 0xFF))
 
@@ -92,8 +96,9 @@ class Emulated:
         from unicorn import UcError
         from unicorn.x86_const import (UC_X86_REG_CR0, UC_X86_REG_CS, UC_X86_REG_DS, UC_X86_REG_EBP,
                                        UC_X86_REG_ECX, UC_X86_REG_EDI, UC_X86_REG_EDX, UC_X86_REG_ES,
-                                       UC_X86_REG_MSR, UC_X86_REG_RAX, UC_X86_REG_RBX,
-                                       UC_X86_REG_RIP, UC_X86_REG_RSI, UC_X86_REG_RSP, UC_X86_REG_SS)
+                                       UC_X86_REG_FS, UC_X86_REG_GS, UC_X86_REG_IDTR, UC_X86_REG_MSR,
+                                       UC_X86_REG_RAX, UC_X86_REG_RBX, UC_X86_REG_RIP, UC_X86_REG_RSI,
+                                       UC_X86_REG_RSP, UC_X86_REG_SS)
 
         def stop(uc, addr, size, user):
             self.stopped_at = addr
@@ -108,11 +113,14 @@ class Emulated:
         names = {"rax": UC_X86_REG_RAX, "rbx": UC_X86_REG_RBX, "rsi": UC_X86_REG_RSI, "rsp": UC_X86_REG_RSP,
                  "rip": UC_X86_REG_RIP, "cs": UC_X86_REG_CS, "ds": UC_X86_REG_DS, "ss": UC_X86_REG_SS,
                  "cr0": UC_X86_REG_CR0, "es": UC_X86_REG_ES, "ecx": UC_X86_REG_ECX, "edx": UC_X86_REG_EDX,
-                 "edi": UC_X86_REG_EDI, "ebp": UC_X86_REG_EBP}
+                 "edi": UC_X86_REG_EDI, "ebp": UC_X86_REG_EBP, "fs": UC_X86_REG_FS, "gs": UC_X86_REG_GS}
         regs = {k: self.uc.reg_read(v) for k, v in names.items()}
         efer = self.uc.reg_read(UC_X86_REG_MSR, 0xC0000080)
+        _, idt_base, idt_limit, _ = self.uc.reg_read(UC_X86_REG_IDTR)
+        real = not regs["cr0"] & 1
         return Outcome(self.stopped_at, regs, "".join(self.serial), self.stopped_at == self.refuse,
-                       mode32=self._code32(regs["cs"]), efer=efer)
+                       mode32=not real and self._code32(regs["cs"]), efer=efer, ports=list(self.ports),
+                       idtr=(idt_base, idt_limit))
 
     def _code32(self, cs: int) -> bool:
         """Whether CS's descriptor in the loaded GDT is 32-bit code (D set, L clear), as the CPU decodes it."""

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pykexec.boot import purgatory
-from pykexec.boot.purgatory import PARAMS, HEADER, Params, Region
+from pykexec.boot.purgatory import HEADER, PARAMS, Params, RealMode, Region
 
 from .purgatory_host import Emulated, NativeSha256
 
@@ -38,7 +38,7 @@ def test_header_fields_are_where_entry_s_puts_them(image):
     assert image.data[:1] == b"\xe9"                   # jmp rel32 to purgatory_start
     assert image.header["magic"] == b"PYKXPURG"
     assert image.header["header_size"] == 0x40
-    assert image.header["params_size"] == PARAMS.size == 0xA8 + 16 * 0x40
+    assert image.header["params_size"] == PARAMS.size == 0xA8 + 16 * 0x40 + 16   # regions, then pg_real_mode
     assert image.header["mem_size"] >= len(image.data) + 0x4000   # the 16 KiB stack is in memory only
 
 
@@ -54,7 +54,9 @@ def test_params_layout_matches_purgatory_h():
     for reg in ("rax", "rbx", "rsi", "rsp", "rip", "r15"):
         assert PARAMS.offset(reg) == defines["PG_REGS"] + defines[f"PG_{reg.upper()}"]
     assert purgatory.REGION.size == defines["PG_REGION_SIZE"]
-    for flag in ("SKIP_CHECKS", "ENTRY32", "NO_SHANI", "VERBOSE", "RESET_ON_FAILURE"):
+    for name in purgatory.REAL_MODE_FIELDS:
+        assert PARAMS.offset(name) == defines["PG_REAL_MODE"] + defines[f"PG_RM_{name.upper()}"]
+    for flag in ("SKIP_CHECKS", "ENTRY32", "ENTRY16", "NO_SHANI", "VERBOSE", "RESET_ON_FAILURE"):
         assert getattr(purgatory, f"PG_{flag}") == defines[f"PG_{flag}"]
 
 
@@ -257,3 +259,45 @@ def test_multiboot_entry_code_runs_as_32_bit(image):
     out = emu.run(0x1000000 + len(code) - 1)
     assert out.stopped_at == 0x1000000 + len(code) - 1
     assert emu.read(0x5000, 8) == bytes.fromhex("02b0ad2b") + (0x9000).to_bytes(4, "little")
+
+
+# boot.rst "Running the Kernel": the real-mode code at 0x10000 is entered at 0x1020:0000 with every other
+# segment 0x1000 and sp at the heap's end; 8259A/8254 values from their data sheets and the BIOS's defaults.
+PIC_AND_PIT_AS_POST_LEAVES_THEM = [
+    (0x20, 0x11), (0xA0, 0x11), (0x21, 0x08), (0xA1, 0x70), (0x21, 0x04), (0xA1, 0x02), (0x21, 0x01),
+    (0xA1, 0x01), (0x21, 0xFA), (0xA1, 0xFF), (0x43, 0x36), (0x40, 0x00), (0x40, 0x00)]
+
+
+def test_real_mode_entry_jumps_to_cs_ip_with_the_bios_state(image):
+    setup = os.urandom(0x400)
+    real = RealMode(cs=0x1020, ip=0, ds=0x1000, es=0x1001, fs=0x1002, gs=0x1003, ss=0x1004, sp=0xFE00)
+    params = Params(regs={"rbx": 0x1234, "rsi": 0x5678}, real_mode=real,
+                    regions=(Region.of(0x10000, setup, 0x1000),))
+    emu = Emulated(image.patched(params), base=0x80000)
+    emu.write(0x10000, setup)
+    out = emu.run(0x10200)
+    assert out.stopped_at == 0x10200 and not out.refused
+    assert out.regs["cr0"] & 0x80000001 == 0                    # PE and PG off: real mode
+    assert (out.regs["cs"], out.regs["ds"], out.regs["es"], out.regs["fs"], out.regs["gs"], out.regs["ss"]) \
+        == (0x1020, 0x1000, 0x1001, 0x1002, 0x1003, 0x1004)
+    assert out.regs["rsp"] & 0xFFFFFFFF == 0xFE00
+    assert out.regs["rbx"] & 0xFFFFFFFF == 0x1234 and out.regs["rsi"] & 0xFFFFFFFF == 0x5678
+    assert out.idtr == (0, 0x3FF)                               # the BIOS's interrupt vectors
+    assert out.ports == PIC_AND_PIT_AS_POST_LEAVES_THEM
+
+
+def test_linux_real_mode_registers_follow_boot_rst():
+    assert RealMode.linux(0x8F000, 0xFE00) == RealMode(cs=0x8F20, ip=0, ds=0x8F00, es=0x8F00, fs=0x8F00,
+                                                         gs=0x8F00, ss=0x8F00, sp=0xFE00)
+
+
+def test_real_mode_entry_above_1_mib_is_refused(image):
+    params = Params(regs={}, real_mode=RealMode.linux(0x10000, 0xFE00))
+    _, out = _emulate(image, params, memory={})                # the purgatory at 0x200000
+    assert out.refused and out.ports == []
+
+
+def test_real_mode_values_must_fit_16_bits(image):
+    with pytest.raises(purgatory.PurgatoryError, match="16-bit"):
+        image.patched(Params(real_mode=RealMode.linux(0x10000, 0x10000)))
+

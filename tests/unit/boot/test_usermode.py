@@ -83,6 +83,56 @@ def test_bzimage_32_bit_entry():
     check_digests(load)
 
 
+# iPXE's ipxe.lkrn header: 2.07, LOADED_HIGH, not relocatable, no 32-bit entry.
+IPXE_LIKE = dict(version=0x207, loadflags=0x01, xloadflags=0, relocatable_kernel=0, code32_start=0,
+                 cmdline_size=0x7FF, initrd_addr_max=0x7FFFFFFF)
+
+
+def test_bzimage_real_mode_entry():
+    image = builders.bzimage(**IPXE_LIKE)
+    load = build(image)
+    setup, kernel, pur = load.segment("boot-params"), load.segment("kernel"), load.segment("purgatory")
+    # boot.rst "Loading the Rest of the Kernel": real-mode code, its heap and stack in 64 KiB, the command
+    # line after them, all below 0xA0000; kexec-tools puts the purgatory above the real-mode code
+    assert setup.mem % 16 == 0 and setup.mem + len(setup.buf) <= 0xA0000
+    assert setup.mem < pur.mem and pur.end <= 0xA0000
+    # boot sector and setup code as they are, around the setup header (0x1f1 to 0x290 here)
+    assert setup.buf[:0x1F1] == image[:0x1F1] and setup.buf[0x290:5 * 512] == image[0x290:5 * 512]
+    assert setup.buf[0x10000:] == CMDLINE.encode() + b"\0"
+    assert kernel.mem == 0x100000 and kernel.buf == image[5 * 512:]
+    hdr = {n: SETUP_HEADER.get(setup.buf, n) for n in ("type_of_loader", "loadflags", "heap_end_ptr",
+                                                          "cmd_line_ptr", "ramdisk_image", "ramdisk_size",
+                                                          "code32_start")}
+    initrd = load.segment("initrd")
+    assert hdr == {"type_of_loader": 0xD0, "loadflags": 0x81, "heap_end_ptr": 0xFE00 - 0x200,
+                   "cmd_line_ptr": setup.mem + 0x10000, "ramdisk_image": initrd.mem,
+                   "ramdisk_size": len(INITRD), "code32_start": 0x100000}
+    block, _ = params_of(load)
+    assert purgatory.PARAMS.get(block, "flags") == purgatory.PG_ENTRY16
+    seg = setup.mem >> 4
+    assert {n: purgatory.PARAMS.get(block, n) for n in purgatory.REAL_MODE_FIELDS} == {
+        "cs": seg + 0x20, "ip": 0, "ds": seg, "es": seg, "fs": seg, "gs": seg, "ss": seg, "sp": 0xFE00}
+    assert any("real-mode entry" in n for n in load.notes)
+    check_digests(load)
+    assert [(s.role, s.mem, s.memsz) for s in plan(prepare(image), target="linux-user", machine=qemu_pc(),
+                                                   initrd=INITRD, cmdline=CMDLINE).segments] \
+        == [(s.role, s.mem, s.memsz) for s in load.plan.segments]
+
+
+@pytest.mark.parametrize("change, expected", [
+    (dict(machine=qemu_pc().with_changes(efi=True)), "booted through UEFI and has no BIOS"),
+    (dict(crash=True, machine=qemu_crash()), "kdump (--crash) through the real-mode entry"),
+])
+def test_bzimage_real_mode_refusals(change, expected):
+    with pytest.raises(PlacementError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        build(builders.bzimage(**IPXE_LIKE), **change)
+
+
+def test_bzimage_real_mode_needs_cmd_line_ptr():
+    with pytest.raises(PlacementError, match="before protocol 2.02"):
+        build(builders.bzimage(**dict(IPXE_LIKE, version=0x201)), initrd=None)
+
+
 def test_bzimage_old_command_line_protocol():
     # boot.rst "The old command line protocol" (before 2.02): cl_magic 0xA33F, cl_offset from the zero page.
     image = builders.bzimage(version=0x201, loadflags=0x01)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import SyscallError, UsageError
 from ..linux.signals import kernel_call
 from .hypercalls import KEXEC_TYPE_CRASH, KEXEC_TYPE_DEFAULT, KEXEC_TYPE_NUMBERS, XenSegment
-from .policy import explain, explain_load, loaded_sentence
+from .policy import explain_load, loaded_sentence
 
 if TYPE_CHECKING:
     from ...boot.usermode import UserLoad

@@ -10,18 +10,21 @@ The image is position independent.  pykexec copies it, fills its parameter
 block (:data:`PARAMS`, declared in purgatory.h too) and loads it as one
 segment; its memory size includes a 16 KiB stack.  The parameter block holds:
 
-* ``flags``: skip checks (``kexec -i``), 32-bit entry (Multiboot), no SHA-NI,
-  verbose, reset (instead of halting) after refusing;
+* ``flags``: skip checks (``kexec -i``), 32-bit entry (Multiboot), real-mode
+  entry, no SHA-NI, verbose, reset (instead of halting) after refusing;
 * the 8250 port for messages (0x3f8; 0 for none);
 * the registers to enter with (``rsi`` = boot_params and ``rip`` for Linux;
   ``eax`` = magic, ``ebx`` = information structure and ``eip`` for Multiboot);
 * the crash backup copy (source, destination, size);
 * up to 16 regions, each with its own SHA-256 over the segment's bytes and the
-  length of the zero padding after them (checked against zero, not hashed).
+  length of the zero padding after them (checked against zero, not hashed);
+* for a real-mode entry, the segment registers, ``sp`` and ``cs:ip``
+  (:class:`RealMode`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ from ...errors import PurgatoryError
 from ...layout import Field, Layout
 from ...plan.common import PurgatorySize
 
-VERSION = 1
+VERSION = 2
 MAX_REGIONS = 16
 MAGIC = b"PYKXPURG"
 
@@ -42,6 +45,7 @@ PG_ENTRY32 = 0x02
 PG_NO_SHANI = 0x04
 PG_VERBOSE = 0x08
 PG_RESET_ON_FAILURE = 0x10
+PG_ENTRY16 = 0x20
 SERIAL_COM1 = 0x3F8
 
 HEADER = Layout("purgatory", [
@@ -59,6 +63,8 @@ HEADER = Layout("purgatory", [
     Field("refuse_entry", 0x34, "I"),
     Field("max_regions", 0x38, "I"),
 ])
+#: struct pg_real_mode, in its order: ``ip`` before ``cs`` (a far pointer)
+REAL_MODE_FIELDS = ("ip", "cs", "ds", "es", "fs", "gs", "ss", "sp")
 REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip")
 PARAMS = Layout("pg_params", [
@@ -70,6 +76,7 @@ PARAMS = Layout("pg_params", [
     Field("backup_dst", 0x98, "Q"),
     Field("backup_size", 0xA0, "Q"),
     Field("regions", 0xA8, f"{MAX_REGIONS * 0x40}s"),
+    *(Field(name, 0x4A8 + 2 * i, "H") for i, name in enumerate(REAL_MODE_FIELDS)),
 ])
 REGION = struct.Struct("<QQQ8x32s")   # start, len, zero_len, reserved, sha256
 
@@ -96,12 +103,35 @@ class Region:
 
 
 @dataclass(frozen=True)
+class RealMode:
+    """A real-mode entry (boot.rst "Running the Kernel"): the purgatory jumps to ``cs:ip`` with
+    these segment registers and ``sp``, after restoring the BIOS's interrupt table."""
+
+    cs: int
+    ip: int
+    ds: int
+    es: int
+    fs: int
+    gs: int
+    ss: int
+    sp: int
+
+    @classmethod
+    def linux(cls, setup: int, heap_end: int) -> "RealMode":
+        """Linux's real-mode setup code at ``setup`` (16-byte aligned, below 1 MiB): cs = seg + 0x20,
+        ip = 0, every other segment seg, sp = the end of its heap."""
+        seg = setup >> 4
+        return cls(cs=seg + 0x20, ip=0, ds=seg, es=seg, fs=seg, gs=seg, ss=seg, sp=heap_end)
+
+
+@dataclass(frozen=True)
 class Params:
     """What the purgatory does: check ``regions``, copy the backup, enter with ``regs``."""
 
     regs: dict[str, int] = field(default_factory=dict)
     regions: tuple[Region, ...] = ()
     entry32: bool = False
+    real_mode: RealMode | None = None
     skip_checks: bool = False
     no_shani: bool = False
     verbose: bool = False
@@ -115,7 +145,8 @@ class Params:
     def flags(self) -> int:
         return ((PG_SKIP_CHECKS if self.skip_checks else 0) | (PG_ENTRY32 if self.entry32 else 0)
                 | (PG_NO_SHANI if self.no_shani else 0) | (PG_VERBOSE if self.verbose else 0)
-                | (PG_RESET_ON_FAILURE if self.reset_on_failure else 0))
+                | (PG_RESET_ON_FAILURE if self.reset_on_failure else 0)
+                | (PG_ENTRY16 if self.real_mode is not None else 0))
 
 
 @dataclass(frozen=True)
@@ -147,13 +178,16 @@ class Image:
         unknown = set(params.regs) - set(REGS)
         if unknown:
             raise PurgatoryError(f"unknown registers {sorted(unknown)}; the purgatory sets {', '.join(REGS)}")
-        if params.entry32 and any(v >> 32 for v in params.regs.values()):
-            raise PurgatoryError("a 32-bit entry takes 32-bit register values")
+        if (params.entry32 or params.real_mode) and any(v >> 32 for v in params.regs.values()):
+            raise PurgatoryError("a 32-bit or real-mode entry takes 32-bit register values")
+        real = dataclasses.asdict(params.real_mode) if params.real_mode is not None else {}
+        if any(not 0 <= v <= 0xFFFF for v in real.values()):
+            raise PurgatoryError(f"a real-mode entry takes 16-bit segments and offsets: {real}")
         block = bytearray(PARAMS.size)
         for name, value in (("flags", params.flags), ("serial_port", params.serial_port),
                             ("nr_regions", len(params.regions)), ("backup_src", params.backup_src),
                             ("backup_dst", params.backup_dst), ("backup_size", params.backup_size),
-                            *params.regs.items()):
+                            *params.regs.items(), *real.items()):
             f = PARAMS.fields[name]
             struct.pack_into("<" + f.code, block, f.offset, value)
         base = PARAMS.offset("regions")

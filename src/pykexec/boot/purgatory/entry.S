@@ -21,12 +21,19 @@
  *          turn paging and EFER.LME off, and jump with eax, ebx and esi from
  *          pg_params.regs (Multiboot: magic and information structure; Linux:
  *          esi = boot_params) and ecx, edx, edi, ebp zero, CS/DS flat 4 GiB.
+ *        - real mode (PG_ENTRY16: Linux's "Running the Kernel" through its 16-bit setup
+ *          code, which calls the BIOS, as iPXE's ipxe.lkrn needs): the 32-bit path,
+ *          then 16-bit segments, CR0.PE off, the BIOS's interrupt table at 0 and its
+ *          8259/8254 setup back, and a far jump with the segments of
+ *          pg_params.real_mode and the general registers of pg_params.regs.
  *
  * Everything is position independent (RIP-relative), so the image runs wherever
- * the planner put it; PG_ENTRY32 needs that to be below 4 GiB.
+ * the planner put it; PG_ENTRY32 needs that to be below 4 GiB, PG_ENTRY16 below
+ * 1 MiB (the real-mode code addresses itself and pg_params from its own segment).
  */
 #include "purgatory.h"
 
+#define CR0_PE		(1 << 0)
 #define CR0_MP		(1 << 1)
 #define CR0_EM		(1 << 2)
 #define CR0_TS		(1 << 3)
@@ -97,6 +104,8 @@ purgatory_start:
 	movq	%r12, %cr4
 
 	leaq	pg_params(%rip), %rax
+	testl	$PG_ENTRY16, PG_FLAGS(%rax)
+	jnz	enter16
 	testl	$PG_ENTRY32, PG_FLAGS(%rax)
 	jnz	enter32
 
@@ -124,6 +133,21 @@ purgatory_start:
 	movq	PG_RAX(%rax), %rax
 	ret
 
+enter16:
+	/* The real-mode code's segment is its own address: CS16's base, and the far pointer
+	 * that reloads CS in real mode.  It must lie below 1 MiB (the planner's job). */
+	leaq	pg_real16(%rip), %rbp
+	cmpq	$0x100000 - 0x10000, %rbp
+	jae	pg_refuse
+	movl	%ebp, %ecx
+	movw	%cx, pg_gdt + PG_CS16 + 2(%rip)
+	shrl	$16, %ecx
+	movb	%cl, pg_gdt + PG_CS16 + 4(%rip)
+	movl	%ebp, %ecx
+	shrl	$4, %ecx
+	movw	%cx, pg_real16_far + 2(%rip)
+	jmp	leave64			/* the 32-bit path, whose "entry" (ebp) is pg_real16 */
+
 enter32:
 	/* eax = magic, ebx = info structure, esi = boot_params, eip = entry; edi/ebp carry
 	 * eax and eip over the rdmsr/wrmsr below. */
@@ -132,6 +156,7 @@ enter32:
 	movl	PG_RSI(%rax), %esi
 	movl	PG_RAX(%rax), %edi
 	movl	PG_RIP(%rax), %ebp
+leave64:
 	/* __BOOT_CS becomes 32-bit code: the Linux 32-bit protocol enters with CS = 0x10. */
 	movq	pg_gdt + PG_CS32(%rip), %rcx
 	movq	%rcx, pg_gdt + PG_CS(%rip)
@@ -192,12 +217,82 @@ pg_reset:
 	jmp	pg_refuse
 
 	.data
+	/* The real-mode step, entered from the 32-bit path (paging off) at pg_real16.  It sits in
+	 * .data beside pg_params, so that every address it uses is an offset from pg_real16, which
+	 * is its real-mode segment's base. */
 	.balign	16
-pg_gdt:					/* in .data: a 32-bit entry rewrites 0x10 */
+pg_real16:
+	.code32
+	ljmp	$PG_CS16, $(7f - pg_real16)
+	.code16
+7:	movw	$PG_DS16, %ax		/* real-mode limits (64 KiB) in every segment register */
+	movw	%ax, %ds
+	movw	%ax, %es
+	movw	%ax, %ss
+	movw	%ax, %fs
+	movw	%ax, %gs
+	movl	%cr0, %eax
+	andl	$~CR0_PE, %eax
+	movl	%eax, %cr0
+	ljmpw	*%cs:(pg_real16_far - pg_real16)
+8:	lidtw	%cs:(pg_real_idt - pg_real16)	/* the BIOS's interrupt vectors at 0 */
+	/* The 8259s and 8254 as POST leaves them: Linux moved IRQ 0-15 to vectors 0x30-0x3f and may
+	 * have stopped the timer.  IRQ 0-7 at int 0x08, 8-15 at int 0x70, masked but the timer and
+	 * the cascade; channel 0 in mode 3 at 18.2 Hz. Interrupts stay off: the image turns them on. */
+	movb	$0x11, %al		/* ICW1: edge, cascade, ICW4 follows */
+	outb	%al, $0x20
+	outb	%al, $0xa0
+	movb	$0x08, %al		/* ICW2: vector bases */
+	outb	%al, $0x21
+	movb	$0x70, %al
+	outb	%al, $0xa1
+	movb	$0x04, %al		/* ICW3: the slave on IRQ 2 */
+	outb	%al, $0x21
+	movb	$0x02, %al
+	outb	%al, $0xa1
+	movb	$0x01, %al		/* ICW4: 8086 mode */
+	outb	%al, $0x21
+	outb	%al, $0xa1
+	movb	$0xfa, %al		/* masks */
+	outb	%al, $0x21
+	movb	$0xff, %al
+	outb	%al, $0xa1
+	movb	$0x36, %al		/* 8254 channel 0: lobyte/hibyte, mode 3, count 65536 */
+	outb	%al, $0x43
+	xorb	%al, %al
+	outb	%al, $0x40
+	outb	%al, $0x40
+	movl	%cs:(pg_params + PG_REGS + PG_RAX - pg_real16), %eax
+	movl	%cs:(pg_params + PG_REGS + PG_RBX - pg_real16), %ebx
+	movl	%cs:(pg_params + PG_REGS + PG_RCX - pg_real16), %ecx
+	movl	%cs:(pg_params + PG_REGS + PG_RDX - pg_real16), %edx
+	movl	%cs:(pg_params + PG_REGS + PG_RSI - pg_real16), %esi
+	movl	%cs:(pg_params + PG_REGS + PG_RDI - pg_real16), %edi
+	movl	%cs:(pg_params + PG_REGS + PG_RBP - pg_real16), %ebp
+	movw	%cs:(pg_params + PG_REAL_MODE + PG_RM_ES - pg_real16), %es
+	movw	%cs:(pg_params + PG_REAL_MODE + PG_RM_FS - pg_real16), %fs
+	movw	%cs:(pg_params + PG_REAL_MODE + PG_RM_GS - pg_real16), %gs
+	movw	%cs:(pg_params + PG_REAL_MODE + PG_RM_SS - pg_real16), %ss
+	movzwl	%cs:(pg_params + PG_REAL_MODE + PG_RM_SP - pg_real16), %esp
+	movw	%cs:(pg_params + PG_REAL_MODE + PG_RM_DS - pg_real16), %ds
+	ljmpw	*%cs:(pg_params + PG_REAL_MODE + PG_RM_IP - pg_real16)
+	.code64
+	.balign	4
+pg_real16_far:				/* 8b in real mode: the segment is patched */
+	.word	8b - pg_real16
+	.word	0
+pg_real_idt:
+	.word	0x400 - 1
+	.long	0
+
+	.balign	16
+pg_gdt:					/* in .data: a 32-bit entry rewrites 0x10, a real-mode one 0x20's base */
 	.quad	0				/* 0x00 null */
 	.quad	0x00cf9a000000ffff		/* 0x08 32-bit code, base 0, 4 GiB: 0x10's for a 32-bit entry */
 	.quad	0x00af9a000000ffff		/* 0x10 64-bit code (__BOOT_CS) */
 	.quad	0x00cf92000000ffff		/* 0x18 data, base 0, 4 GiB (__BOOT_DS) */
+	.quad	0x00009b000000ffff		/* 0x20 16-bit code, 64 KiB, base patched */
+	.quad	0x000093000000ffff		/* 0x28 16-bit data, 64 KiB */
 pg_gdt_end:
 	.balign	16
 pg_null_idt:

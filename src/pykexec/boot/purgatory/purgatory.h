@@ -10,7 +10,7 @@
 #ifndef PYKEXEC_PURGATORY_H
 #define PYKEXEC_PURGATORY_H
 
-#define PG_VERSION		1
+#define PG_VERSION		2
 #define PG_MAX_REGIONS		16
 #define PG_HEADER_SIZE		0x40
 #define PG_STACK_SIZE		0x4000
@@ -21,6 +21,7 @@
 #define PG_NO_SHANI		0x04	/* use the portable SHA-256 even if CPUID offers SHA-NI */
 #define PG_VERBOSE		0x08	/* say what happens on the serial port, not only failures */
 #define PG_RESET_ON_FAILURE	0x10	/* after refusing, reset the machine instead of halting */
+#define PG_ENTRY16		0x20	/* on to real mode: the BIOS's interrupt table, then pg_params.real_mode */
 
 /* Offsets in struct pg_params, for entry.S. */
 #define PG_FLAGS		0x00
@@ -32,7 +33,18 @@
 #define PG_BACKUP_SIZE		0xa0
 #define PG_REGIONS		0xa8
 #define PG_REGION_SIZE		0x40
-#define PG_PARAMS_SIZE		(PG_REGIONS + PG_MAX_REGIONS * PG_REGION_SIZE)
+#define PG_REAL_MODE		0x4a8	/* after the regions */
+#define PG_PARAMS_SIZE		(PG_REAL_MODE + 0x10)
+
+/* Offsets in struct pg_real_mode: ip before cs, a far pointer (m16:16) for the jump. */
+#define PG_RM_IP		0x00
+#define PG_RM_CS		0x02
+#define PG_RM_DS		0x04
+#define PG_RM_ES		0x06
+#define PG_RM_FS		0x08
+#define PG_RM_GS		0x0a
+#define PG_RM_SS		0x0c
+#define PG_RM_SP		0x0e
 
 /* Offsets in struct pg_regs. */
 #define PG_RAX	0x00
@@ -55,10 +67,14 @@
 
 /* GDT selectors.  0x10/0x18 are the Linux boot protocol's __BOOT_CS/__BOOT_DS
  * (Documentation/arch/x86/boot.rst, "32-bit Boot Protocol" and "64-bit Boot Protocol"):
- * 0x10 is 64-bit code until a 32-bit entry copies the 32-bit descriptor at PG_CS32 over it. */
+ * 0x10 is 64-bit code until a 32-bit entry copies the 32-bit descriptor at PG_CS32 over it.
+ * 0x20/0x28 are the 16-bit segments (64 KiB limits) a real-mode entry passes through; 0x20's base
+ * is set at run time to the real-mode code's address. */
 #define PG_CS32			0x08
 #define PG_CS			0x10
 #define PG_DS			0x18
+#define PG_CS16			0x20
+#define PG_DS16			0x28
 
 #ifndef __ASSEMBLER__
 
@@ -86,6 +102,13 @@ struct pg_region {
 	u8 sha256[32];
 };
 
+/* PG_ENTRY16: the segments, sp and the far jump of a real-mode entry (boot.rst "Running the
+ * Kernel": cs = seg + 0x20, ip = 0, the others seg, sp = the heap's end); the general registers
+ * come from pg_regs. */
+struct pg_real_mode {
+	u16 ip, cs, ds, es, fs, gs, ss, sp;
+};
+
 struct pg_params {
 	u32 flags;
 	u16 serial_port;
@@ -95,12 +118,15 @@ struct pg_params {
 	u64 backup_dst;
 	u64 backup_size;
 	struct pg_region regions[PG_MAX_REGIONS];
+	struct pg_real_mode real_mode;
 };
 
 _Static_assert(__builtin_offsetof(struct pg_params, regs) == PG_REGS, "PG_REGS");
 _Static_assert(__builtin_offsetof(struct pg_params, backup_src) == PG_BACKUP_SRC, "PG_BACKUP_SRC");
 _Static_assert(__builtin_offsetof(struct pg_params, regions) == PG_REGIONS, "PG_REGIONS");
 _Static_assert(sizeof(struct pg_region) == PG_REGION_SIZE, "PG_REGION_SIZE");
+_Static_assert(__builtin_offsetof(struct pg_params, real_mode) == PG_REAL_MODE, "PG_REAL_MODE");
+_Static_assert(__builtin_offsetof(struct pg_real_mode, sp) == PG_RM_SP, "PG_RM_SP");
 _Static_assert(sizeof(struct pg_params) == PG_PARAMS_SIZE, "PG_PARAMS_SIZE");
 _Static_assert(__builtin_offsetof(struct pg_regs, rip) == PG_RIP, "PG_RIP");
 
