@@ -94,6 +94,8 @@ __all__ = [
     "xen_hypervisor_gz",
     "xenserver_xen",
     "ipxe_lkrn",
+    "FOREIGN_KERNELS",
+    "foreign_kernel",
     "sid_arm64_image",
     "sid_arm64_16k_image",
     "sid_arm64_config",
@@ -131,6 +133,11 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 _SYSTEM = "system"
 _SID = "sid"
+#: sid's kernels for architectures pykexec does not load (riscv64, armhf, ppc64el): issue #20's
+#: "foreign architecture" images, from their own lists so that sid's stay small
+_SID_FOREIGN = "sid-foreign"
+FOREIGN_KERNELS = {"riscv64": "linux-image-riscv64", "armhf": "linux-image-armmp",
+                   "ppc64el": "linux-image-powerpc64le"}
 #: trixie's arm64 packages (the arm64 guest's userland: Python 3.13 and the
 #: python3-* packages built for it; sid has moved on to 3.14)
 _TRIXIE_ARM64 = "trixie-arm64"
@@ -376,6 +383,11 @@ def _sid_lines() -> list:
     )
 
 
+def _sid_foreign_lines() -> list:
+    """sid main for the architectures of FOREIGN_KERNELS, from the system's Debian mirror."""
+    return [line.replace("arch=amd64,arm64", "arch=" + ",".join(FOREIGN_KERNELS)) for line in _sid_lines()]
+
+
 def _trixie_arm64_lines() -> list:
     """trixie main (arm64), from the Debian mirror that the system already uses."""
     code = _codename()
@@ -404,6 +416,8 @@ class _Apt:
     def _source_lines(self) -> list:
         if self.name == _SID:
             return _sid_lines()
+        if self.name == _SID_FOREIGN:
+            return _sid_foreign_lines()
         if self.name == _TRIXIE_ARM64 and _codename() != "trixie":
             return _trixie_arm64_lines()
         if self.name.endswith("-arm64"):
@@ -431,8 +445,7 @@ class _Apt:
             "-o", f"Dir::State::Lists={d / 'lists'}",
             "-o", f"Dir::State::status={d / 'status'}",
             "-o", f"Dir::Cache={d / 'cache'}",
-            "-o", "APT::Architectures::=amd64",
-            "-o", "APT::Architectures::=arm64",
+            *(opt for arch in ("amd64", "arm64", *FOREIGN_KERNELS) for opt in ("-o", f"APT::Architectures::={arch}")),
         ]
 
     def _setup(self) -> None:
@@ -747,9 +760,10 @@ def _vmlinuz(apt: _Apt, meta: str, arch: Optional[str] = None) -> Path:
     pkg = _kernel_package(apt, meta, arch)
     # bookworm ships boot/vmlinuz-<ver>; newer linux-binary-* packages
     # ship usr/lib/modules/<ver>/vmlinuz
-    tree = _package(apt, pkg, ["./boot/vmlinuz-*", "./boot/config-*",
-                               "./usr/lib/modules/*/vmlinuz", "./usr/lib/modules/*/config"])
-    hits = sorted(tree.glob("boot/vmlinuz-*")) + sorted(tree.glob("usr/lib/modules/*/vmlinuz"))
+    # ppc64el's is an ELF vmlinux, in the same places
+    tree = _package(apt, pkg, ["./boot/vmlinu[xz]-*", "./boot/config-*",
+                               "./usr/lib/modules/*/vmlinu[xz]", "./usr/lib/modules/*/config"])
+    hits = [p for pattern in ("boot/vmlinu[xz]-*", "usr/lib/modules/*/vmlinu[xz]") for p in sorted(tree.glob(pattern))]
     if len(hits) != 1:
         raise _fail(f"{pkg}: expected one kernel image in {tree}, found {hits}")
     return hits[0]
@@ -816,6 +830,12 @@ def ipxe_lkrn() -> Path:
 
 # --------------------------------------------------------------------------
 # 32-bit boot protocol images: memtest86+ and syslinux's memdisk
+
+def foreign_kernel(arch: str) -> Path:
+    """sid's kernel for a Debian architecture pykexec does not load (FOREIGN_KERNELS): riscv64's
+    Image (a PE with the RISCV magic), armhf's ARM zImage with its EFI stub, ppc64el's vmlinux."""
+    return _vmlinuz(_apt(_SID_FOREIGN), FOREIGN_KERNELS[arch], arch)
+
 
 def memtest86_bin() -> Path:
     """boot/memtest86+x64.bin from memtest86+: a bzImage (2.12, XLF_KERNEL_64 without
@@ -1640,6 +1660,7 @@ def fetch_all(progress=None) -> dict:
         ("xen_hypervisor_gz", xen_hypervisor_gz),
         ("ipxe_lkrn", ipxe_lkrn),
         ("memtest86_bin", memtest86_bin), ("syslinux_memdisk", syslinux_memdisk),
+        *((f"foreign_kernel({a})", (lambda a=a: foreign_kernel(a))) for a in FOREIGN_KERNELS),
         ("systemd_stub(bookworm, x64, linux)", lambda: systemd_stub("bookworm", "x64", "linux")),
         ("systemd_stub(bookworm, aa64, linux)", lambda: systemd_stub("bookworm", "aa64", "linux")),
         ("systemd_stub(sid, x64, linux)", lambda: systemd_stub("sid", "x64", "linux")),

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from . import formats
 from .backends import LoadReport
-from .errors import LoadRefused, NotLoadable, PlacementError, SyscallError, UnknownFormat, UsageError
+from .errors import FormatError, LoadRefused, NotLoadable, PlacementError, SyscallError, UnknownFormat, UsageError
 from .formats import pe
 from .limits import Limits
-from .machine.model import Machine, runs_on
+from .machine.model import Machine, foreign
 from .plan.loadplan import FileLoad, LoadPlan
 from .formats.prepare import Prepared, join_initrds, prepare
 from .receivers import KHO_MODES, KHO_USER_MODE, MODES, RECEIVERS, TABLE, XEN_MODES, Entry, backend_for, find, served
@@ -347,9 +347,9 @@ def _check_policy(opts: LoadOptions, files: _Files, lockdown: str | None, efivar
 def _refuse_foreign(prepared: Prepared, machine: Machine) -> None:
     """An image for another architecture cannot boot here, whatever the receiver."""
     layer = prepared.kernel_layer
-    if not runs_on(layer.arch, machine.arch):
-        raise LoadRefused(f"the image ({layer.format}) is for {layer.arch}, but this machine is "
-                          f"{machine.arch}: it cannot boot here")
+    why = foreign(layer.format, layer.arch, machine.arch)
+    if why:
+        raise LoadRefused(why)
 
 
 def _summary(req: Request, files: _Files, signature: str | None) -> LoadSummary:
@@ -412,6 +412,11 @@ def _prepare_or_emulate(data: bytes, opts: LoadOptions, addons: tuple[bytes, ...
             what = pe.not_a_kernel(data)
             if what is not None:
                 raise NotLoadable("pe", f"is {what}, not a kernel, and holds none to load") from None
+            from . import efi
+            try:
+                efi.detect_arch(bytes(data))
+            except FormatError:
+                raise e from None       # not a PE the emulator runs (an ARM zImage's stub): the parser's reason
             import logging
             logging.getLogger(__name__).warning(
                 "no parser unwraps this PE image (%s); running its EFI stub in the emulator", e)

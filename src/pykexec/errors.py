@@ -174,6 +174,13 @@ class StubExited(EmulationError):
     exit_code = 2
 
 
+class StubHalted(EmulationError):
+    """The image halted to wait (for a key, a network, a timer) before starting any kernel, as a boot
+    loader or firmware application does and a kernel's EFI stub never does: bad input (exit 2)."""
+
+    exit_code = 2
+
+
 class EmulatorUnavailable(PykexecError):
     """The optional emulator dependency (unicorn) is not installed."""
 

@@ -229,7 +229,13 @@ def cmd_load(args: argparse.Namespace) -> int:
     print(f"cmdline: {summary.cmdline!r}")
     if summary.signature:
         print(f"signature: {summary.signature}")
-    print("dry run: nothing loaded" if report is None else f"loaded with {report.syscall}")
+    if report is not None:
+        print(f"loaded with {report.syscall}")
+    elif predicted is None:
+        print("dry run: nothing loaded, and nothing predicted: pykexec has no placement for this image on "
+              "this machine, so only the kernel's kexec_file_load can tell whether it would load")
+    else:
+        print("dry run: nothing loaded")
     return 0
 
 

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator
 
-from ..errors import EmulationError, EmulationFault, EmulationLimit, StubExited
+from ..errors import EmulationError, EmulationFault, EmulationLimit, StubExited, StubHalted
 from . import constants as c
 from .cpu import ARCHES, BlockCounter, read_into
 from .memory import EfiStatusError, MemoryMap
@@ -755,10 +755,14 @@ class Engine:
                 continue
             if time.monotonic() - self.started >= self.options.max_seconds:
                 self._limit(f"time limit of {self.options.max_seconds:g} s reached")
-            raise EmulationFault("the CPU stopped (a halt or wait-for-interrupt instruction) "
-                                 "before any hand-over to a kernel", pc=self.cpu.pc(),
-                                 calls=tuple(self.history),
-                                 instructions=self.count_instructions())
+            raise StubHalted("the image halted (a halt or wait-for-interrupt instruction) before any "
+                             "hand-over to a kernel, waiting as a boot loader does and a kernel's EFI "
+                             f"stub never does{self.said()}", pc=self.cpu.pc(),
+                             calls=tuple(self.history), instructions=self.count_instructions())
+
+    def said(self) -> str:
+        """What the image printed, for an error ("; it printed: ..."): the firmware's to say."""
+        return ""
 
     def _limit(self, what: str):
         raise EmulationLimit(f"{what}: the stub loops or needs more", pc=self.cpu.pc(),

@@ -1002,6 +1002,12 @@ class Firmware(Engine):
     def conout_Reset(self, this, extended_verification):
         return c.EFI_SUCCESS
 
+    def said(self) -> str:
+        text = " ".join("".join(self.console).split())
+        if not text:
+            return ""
+        return f"; it printed: {text[:160]!r}" + (" ..." if len(text) > 160 else "")
+
     def conout_OutputString(self, this, string):
         text = self.utf16(string)
         self.console.append(text)

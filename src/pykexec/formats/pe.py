@@ -195,6 +195,16 @@ NOT_KERNELS = {"shim": "shim, a first-stage boot loader", "grub": "GRUB, a boot 
                "memtest86+": "memtest86+, a memory tester"}
 
 
+#: what a PE without SBAT (built before 2021) says of itself in its data: the component it is
+BANNERS = {b"Open Source Network Boot Firmware": "ipxe"}    # iPXE's banner, printed at every start
+
+
+def banners(data: Buffer, header: PeHeader) -> list[str]:
+    """The components whose :data:`BANNERS` the sections' data hold."""
+    return [name for s in header.sections for banner, name in BANNERS.items()
+            if banner in bytes(section_data(data, s, "pe"))]
+
+
 def components(data: Buffer, header: PeHeader) -> list[str]:
     """What the image says it is: the component names of its ``.sbat`` section (the SBAT spec's
     CSV, after the "sbat" header line), then the name in systemd's ``.sdmagic``
@@ -213,11 +223,11 @@ def components(data: Buffer, header: PeHeader) -> list[str]:
 
 
 def not_a_kernel(data: Buffer) -> str | None:
-    """What a PE image is when its SBAT or LoaderInfo says it is a boot loader, a stub alone or an
+    """What a PE image is when its SBAT, LoaderInfo or banner says it is a boot loader, a stub alone or an
     add-on (None: it may be a kernel's EFI stub).  Decided from the PE alone, before anything runs it."""
     try:
         header = read_header(data)
-        names = components(data, header)
+        names = components(data, header) or banners(data, header)
     except FormatError:
         return None
     if any(s.name == ".linux" for s in header.sections):

@@ -69,6 +69,13 @@ def runs_on(image_arch: str | None, machine_arch: str | None) -> bool:
     return image in ARCH_RUNS.get(machine, frozenset({machine}))
 
 
+def foreign(image_format: str, image_arch: str | None, machine_arch: str | None) -> str | None:
+    """Why an image cannot boot on the machine (None when it may): the one sentence plan and load give."""
+    if runs_on(image_arch, machine_arch):
+        return None
+    return f"the image ({image_format}) is for {image_arch}, but this machine is {machine_arch}: it cannot boot here"
+
+
 @dataclass(frozen=True)
 class Machine:
     """A host as far as kexec placement is concerned."""

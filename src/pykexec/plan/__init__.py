@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from ..errors import PlacementError, UsageError
 from ..formats.bzimage import BzImage
 from ..formats.layer import Buffer
-from ..machine.model import Machine, runs_on
+from ..machine.model import Machine, foreign
 from ..receivers import TABLE, TARGETS, Entry, default_target, find, served
 from .common import LINUX_X86_64_PURGATORY, PurgatorySize
 from .kexec_buf import KEXEC_SEGMENT_MAX, KexecBuf, Placer, Segment, Walk
@@ -71,9 +71,9 @@ def plan(image: Any, *, machine: Machine, target: str | None = None, crash: bool
     target = target or default_target(layer, machine, table)
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if not runs_on(layer.arch, machine.arch):
-        raise PlacementError(f"the image is for {layer.arch} but the machine is {machine.arch}",
-                             errno="ENOEXEC")
+    why = foreign(layer.format, layer.arch, machine.arch)
+    if why:
+        raise PlacementError(why, errno="ENOEXEC")
     entry = find(machine.arch, layer, target, table)
     if entry is None:
         arch = machine.arch or layer.arch

@@ -176,5 +176,5 @@ def test_default_target(bz):
     assert default_target(debian61_bzimage(version=0x20B), x86) == "linux-user"
     assert default_target(bz, x86.with_changes(hypervisor="xen")) == "xen"
     assert default_target(arm64(), simple_machine(Range(MiB, GiB), arch="arm64")) == "linux-file"
-    with pytest.raises(PlacementError, match="for x86_64 but the machine is arm64"):
+    with pytest.raises(PlacementError, match=r"is for x86_64, but this machine is arm64"):
         plan(bz, machine=simple_machine(Range(MiB, GiB), arch="arm64"))
