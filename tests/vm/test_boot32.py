@@ -63,16 +63,23 @@ run("exec1", "pykexec", "exec")
 mark("exec1-returned")
 '''
 
+def plan_load_exec(path: str, cmdline: str, n: str = "") -> str:
+    """Guest lines: ``plan --target linux-user`` of ``path``, ``load --mode auto`` of it (as ``load<n>``),
+    ``exec`` (as ``exec<n>``), and a mark should exec return."""
+    return f'''
+run("plan", "pykexec", "plan", "--target", "linux-user", "--command-line", {cmdline!r}, "--json", {path!r})
+if run("load{n}", "pykexec", "load", "--mode", "auto", "--command-line", {cmdline!r}, "--json",
+       {path!r}).returncode:
+    raise SystemExit(1)
+run("exec{n}", "pykexec", "exec")
+mark("exec{n}-returned")
+'''
+
+
 STAGE2 = '''
 mark("cmdline", open("/proc/cmdline").read().strip())
 mark("token", open("/vm/token").read().strip())
-run("plan", "pykexec", "plan", "--target", "linux-user", "--command-line", {cmdline!r}, "--json", "/vm/memtest.bin")
-if run("load2", "pykexec", "load", "--mode", "auto", "--command-line", {cmdline!r}, "--json",
-       "/vm/memtest.bin").returncode:
-    raise SystemExit(1)
-run("exec2", "pykexec", "exec")
-mark("exec2-returned")
-'''
+''' + plan_load_exec("/vm/memtest.bin", MEMTEST_CMDLINE, "2")
 
 
 def _json(serial: h.Serial, name: str) -> dict:
@@ -102,7 +109,7 @@ def test_linux_then_memtest86_through_the_32_bit_entry(vm_material):
     g.host_file("/vm/memtest.bin", image)
     h.add_token_archive(g, tok)
     g.stage(1, h.py_script(STAGE1.format(cmdline=cmdline2)))
-    g.stage(2, h.py_script(STAGE2.format(cmdline=MEMTEST_CMDLINE)))
+    g.stage(2, h.py_script(STAGE2))
     serial = g.boot(timeout=300, until="Address test")     # 1024 MiB: memtest86+ shows MB below 1 GiB
 
     # 1. Linux through startup_32
@@ -132,23 +139,13 @@ def test_linux_then_memtest86_through_the_32_bit_entry(vm_material):
         serial.fail(f"memtest86+ reports {found and found.group(0)!r}; the firmware's map has {ram:.1f} MiB of RAM")
 
 
-IPXE_STAGE1 = '''
-run("plan", "pykexec", "plan", "--target", "linux-user", "--command-line", {cmdline!r}, "--json", "/vm/ipxe.lkrn")
-if run("load", "pykexec", "load", "--mode", "auto", "--command-line", {cmdline!r}, "--json",
-       "/vm/ipxe.lkrn").returncode:
-    raise SystemExit(1)
-run("exec", "pykexec", "exec")
-mark("exec-returned")
-'''
-
-
 def test_linux_then_ipxe_through_the_real_mode_entry(vm_material):
     tok = h.token()
     said = f"pykexec-ipxe-{tok}-ok"
     cmdline = f"set t {tok} && echo pykexec-ipxe-${{t}}-ok"      # iPXE expands ${t}; our own output cannot
     g = h.Guest("real-mode-linux-ipxe")
     g.host_file("/vm/ipxe.lkrn", material.ipxe_lkrn())
-    g.stage(1, h.py_script(IPXE_STAGE1.format(cmdline=cmdline)))
+    g.stage(1, h.py_script(plan_load_exec("/vm/ipxe.lkrn", cmdline)))
     serial = g.boot(timeout=240, until=said)
 
     loaded = _json(serial, "load")

@@ -312,10 +312,8 @@ def build_user_segments(layer: BzImage, data: bytes, *, machine: Machine, crash:
     return pur, setup, final, notes
 
 
-def _user32_segments(layer: BzImage, data: bytes, *, machine: Machine, initrd: bytes | None,
-                     cmdline: str | None, walks: list, placer: Placer,
-                     purgatory: PurgatorySize) -> tuple[Segment, Segment, str, list[str]]:
-    """The 32-bit boot protocol's segments, all below 4 GiB (kexec-bzImage.c ``do_bzImage_load``)."""
+def _old_protocol_cmdline(layer: BzImage, cmdline: str | None) -> tuple[str, int]:
+    """The command line and its length with the NUL, within ``cmdline_size`` (255 before 2.06)."""
     final = cmdline or ""
     cmdline_len = len(final.encode()) + 1
     limit = layer.assumed("cmdline_size")
@@ -323,6 +321,14 @@ def _user32_segments(layer: BzImage, data: bytes, *, machine: Machine, initrd: b
         raise PlacementError(f"the command line is {cmdline_len} bytes with its NUL; this kernel (protocol "
                              f"{layer.version}) takes at most {limit} (cmdline_size"
                              f"{'' if layer.has('cmdline_size') else ', 255 before 2.06'})", errno="EINVAL")
+    return final, cmdline_len
+
+
+def _user32_segments(layer: BzImage, data: bytes, *, machine: Machine, initrd: bytes | None,
+                     cmdline: str | None, walks: list, placer: Placer,
+                     purgatory: PurgatorySize) -> tuple[Segment, Segment, str, list[str]]:
+    """The 32-bit boot protocol's segments, all below 4 GiB (kexec-bzImage.c ``do_bzImage_load``)."""
+    final, cmdline_len = _old_protocol_cmdline(layer, cmdline)
     notes = [f"32-bit boot protocol (protocol {layer.version}): kexec-tools' bzImage loader, not bzImage64"]
     _user32_kernel(layer, data, machine=machine, walks=walks, placer=placer, notes=notes)
     pur = place(placer, KexecBuf("purgatory", purgatory.bufsz, purgatory.memsz, buf_align=purgatory.align,
@@ -356,13 +362,7 @@ def _user16_segments(layer: BzImage, data: bytes, *, machine: Machine, initrd: b
     if not layer.has("cmd_line_ptr"):
         raise PlacementError(f"{why}; before protocol 2.02 (this is {layer.version}) that code moves itself "
                              "to 0x90000, which pykexec does not arrange", errno="ENOEXEC")
-    final = cmdline or ""
-    cmdline_len = len(final.encode()) + 1
-    limit = layer.assumed("cmdline_size")
-    if cmdline_len > limit:
-        raise PlacementError(f"the command line is {cmdline_len} bytes with its NUL; this kernel (protocol "
-                             f"{layer.version}) takes at most {limit} (cmdline_size"
-                             f"{'' if layer.has('cmdline_size') else ', 255 before 2.06'})", errno="EINVAL")
+    final, cmdline_len = _old_protocol_cmdline(layer, cmdline)
     if layer.setup_size > REAL_MODE_HEAP_END - 0x200:
         raise PlacementError(f"the real-mode code is {layer.setup_size:#x} bytes (setup_sects); with its heap "
                              f"and stack it must fit in {REAL_MODE_HEAP_END:#x}", errno="ENOEXEC")
