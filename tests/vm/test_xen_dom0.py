@@ -142,12 +142,21 @@ mark next-hypervisor "$(cat /sys/hypervisor/type 2>/dev/null || echo none)"
 """)
 
 
+def bare_metal_next(g: h.Guest) -> tuple[str, str]:
+    """(token, command line with a fresh marker) of a next kernel booted from ``/vm/next.img``: a busybox-only
+    initramfs (seconds to unpack under TCG, not minutes) and the token, concatenated on the host where
+    each archive is padded to 4 bytes for the kernel's unpacker."""
+    marker, tok = h.token(), h.token()
+    parts = [h.busybox_initramfs(g, 2, STAGE2_BARE_METAL), g.build_archive("token.cpio", {"/vm/token": tok + "\n"})]
+    g.host_file("/vm/next.img", h.concat_file(g.dir / "next.img", parts))
+    return tok, f"console=ttyS0 panic=-1 stage=2 marker={marker}"
+
+
 # -- scenarios 3 and 1: status and unload follow Xen, then a DEFAULT load and exec ------------------------
 
 def test_status_unload_then_default_exec_from_dom0(vm_material):
-    marker, tok = h.token(), h.token()
-    next_cmdline = f"console=ttyS0 panic=-1 stage=2 marker={marker}"
     g = xen_guest("xen-dom0-default")
+    tok, next_cmdline = bare_metal_next(g)
     h.add_token_archive(g, tok)      # for the crash kernel loaded and unloaded on the way
     g.stage(1, h.sh_script(XEN_SETUP + f"""
 run machine pykexec machine --json
@@ -169,10 +178,6 @@ run status5 pykexec status --json
 run exec pykexec exec
 mark exec-returned
 """))
-    # the next kernel gets a busybox-only initramfs (seconds to unpack under TCG, not minutes) and the
-    # token, concatenated on the host where each archive is padded to 4 bytes for the kernel's unpacker
-    parts = [h.busybox_initramfs(g, 2, STAGE2_BARE_METAL), g.build_archive("token.cpio", {"/vm/token": tok + "\n"})]
-    g.host_file("/vm/next.img", h.concat_file(g.dir / "next.img", parts))
     serial = boot_xen(g)
     expect_xen_dom0(serial)
     machine = json.loads(serial.lines("machine.out"))
@@ -351,11 +356,8 @@ def filler_outcome(serial: h.Serial, next_cmdline: str, tok: str) -> None:
 def test_without_the_low_megabyte_filler(vm_material):
     """The same DEFAULT load as above with the null segments below 1 MiB dropped (the backend's
     test hook): Xen takes it, but the machine dies on exec, so the filler is still needed."""
-    marker, tok = h.token(), h.token()
-    next_cmdline = f"console=ttyS0 panic=-1 stage=2 marker={marker}"
     g = xen_guest("xen-dom0-nofiller")
-    parts = [h.busybox_initramfs(g, 2, STAGE2_BARE_METAL), g.build_archive("token.cpio", {"/vm/token": tok + "\n"})]
-    g.host_file("/vm/next.img", h.concat_file(g.dir / "next.img", parts))
+    tok, next_cmdline = bare_metal_next(g)
     g.stage(1, h.sh_script(XEN_SETUP + f"""
 export PYKEXEC_TEST_XEN_NO_FILLER=1
 run load pykexec load /vm/vmlinuz --initrd /vm/next.img --command-line "{next_cmdline}" --json

@@ -35,7 +35,8 @@ from . import usermode_support as um
 from .kdump_pattern import PANIC, SCANNER, add_holder
 from pykexec.plan.xen import XENSERVER_PURGATORY_MEMSZ
 
-from .test_xen_dom0 import (CRASH_AREA, DOM0_CMDLINE, STAGE2_BARE_METAL, XEN_MEMORY, XEN_SETUP, xen_guest)
+from .test_xen_dom0 import (CRASH_AREA, DOM0_CMDLINE, XEN_MEMORY, XEN_SETUP, bare_metal_next,
+                            xen_guest)
 
 pytestmark = pytest.mark.vm
 
@@ -164,11 +165,8 @@ def test_default_efi_exec(vm_material):
     image's segments are copied there (``kimage_purgatory_calc_one_digest`` maps
     ``dest_maddr``), finds a mismatch and loops forever (docs/xen.md).  The scenario fails if the
     next kernel boots, so a fixed Xen is noticed."""
-    marker, tok = h.token(), h.token()
-    next_cmdline = f"console=ttyS0 panic=-1 stage=2 marker={marker}"
     g = xen_guest("xenserver-efi-default")
-    parts = [h.busybox_initramfs(g, 2, STAGE2_BARE_METAL), g.build_archive("token.cpio", {"/vm/token": tok + "\n"})]
-    g.host_file("/vm/next.img", h.concat_file(g.dir / "next.img", parts))
+    _, next_cmdline = bare_metal_next(g)
     g.stage(1, h.sh_script(XEN_SETUP + f"""
 run load pykexec load --target xen-efi /vm/vmlinuz --initrd /vm/next.img --command-line "{next_cmdline}" --json
 run status pykexec status --json
