@@ -25,16 +25,17 @@ segment; its memory size includes a 16 KiB stack.  The parameter block holds:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
-from typing import Iterable, Sequence
 
 from ...errors import PurgatoryError
 from ...layout import Field, Layout
 from ...plan.common import PurgatorySize
+from . import image
+from .image import REGION, Region, regions_for
+
+__all__ = ["HEADER", "PARAMS", "REGION", "Image", "Params", "RealMode", "Region", "load", "parse", "regions_for",
+           "size"]
 
 VERSION = 2
 MAX_REGIONS = 16
@@ -75,33 +76,12 @@ PARAMS = Layout("pg_params", [
     Field("backup_src", 0x90, "Q"),
     Field("backup_dst", 0x98, "Q"),
     Field("backup_size", 0xA0, "Q"),
-    Field("regions", 0xA8, f"{MAX_REGIONS * 0x40}s"),
+    Field("regions", 0xA8, f"{MAX_REGIONS * REGION.size}s"),
     *(Field(name, 0x4A8 + 2 * i, "H") for i, name in enumerate(REAL_MODE_FIELDS)),
 ])
-REGION = struct.Struct("<QQQ8x32s")   # start, len, zero_len, reserved, sha256
-
-
-@dataclass(frozen=True)
-class Region:
-    """Memory the purgatory checks before the jump: ``length`` bytes that must hash to
-    ``sha256``, then ``zero_length`` bytes that must be zero."""
-
-    start: int
-    length: int
-    sha256: bytes
-    zero_length: int = 0
-
-    @classmethod
-    def of(cls, start: int, buf: bytes | memoryview, memsz: int) -> "Region":
-        """The region a segment fills: its bytes, then the zeroes the kernel fills up to
-        ``memsz`` (kexec-tools hashes those too; comparing them with zero is as exact)."""
-        return cls(start, len(buf), hashlib.sha256(buf).digest(), max(memsz - len(buf), 0))
-
-    @property
-    def end(self) -> int:
-        return self.start + self.length + self.zero_length
-
-
+BUILD = image.Build(name="pykexec purgatory", what="purgatory.bin", magic=MAGIC, version=VERSION, header=HEADER,
+                    params=PARAMS, max_regions=MAX_REGIONS, package=__package__,
+                    script="src/pykexec/boot/purgatory/build.sh")
 @dataclass(frozen=True)
 class RealMode:
     """A real-mode entry (boot.rst "Running the Kernel"): the purgatory jumps to ``cs:ip`` with
@@ -149,32 +129,11 @@ class Params:
                 | (PG_ENTRY16 if self.real_mode is not None else 0))
 
 
-@dataclass(frozen=True)
-class Image:
-    """The built purgatory and its header."""
-
-    data: bytes = field(repr=False)
-    header: dict
-
-    @property
-    def mem_size(self) -> int:
-        return self.header["mem_size"]
-
-    @property
-    def params_offset(self) -> int:
-        return self.header["params_offset"]
-
-    def size(self, page: int = 4096) -> PurgatorySize:
-        """The segment the planner must find room for: entry at offset 0."""
-        memsz = -(-max(self.mem_size, len(self.data)) // page) * page
-        return PurgatorySize(bufsz=len(self.data), memsz=memsz, align=page, entry_offset=0,
-                             measured_from=f"pykexec purgatory v{self.header['version']} "
-                                           f"({len(self.data)} bytes, {self.mem_size:#x} in memory)")
+class Image(image.Image):
+    """The built x86_64 purgatory and its header."""
 
     def patched(self, params: Params) -> bytes:
         """The image with its parameter block filled in."""
-        if len(params.regions) > MAX_REGIONS:
-            raise PurgatoryError(f"{len(params.regions)} regions to check; the purgatory holds {MAX_REGIONS}")
         unknown = set(params.regs) - set(REGS)
         if unknown:
             raise PurgatoryError(f"unknown registers {sorted(unknown)}; the purgatory sets {', '.join(REGS)}")
@@ -183,60 +142,22 @@ class Image:
         real = dataclasses.asdict(params.real_mode) if params.real_mode is not None else {}
         if any(not 0 <= v <= 0xFFFF for v in real.values()):
             raise PurgatoryError(f"a real-mode entry takes 16-bit segments and offsets: {real}")
-        block = bytearray(PARAMS.size)
-        for name, value in (("flags", params.flags), ("serial_port", params.serial_port),
-                            ("nr_regions", len(params.regions)), ("backup_src", params.backup_src),
-                            ("backup_dst", params.backup_dst), ("backup_size", params.backup_size),
-                            *params.regs.items(), *real.items()):
-            f = PARAMS.fields[name]
-            struct.pack_into("<" + f.code, block, f.offset, value)
-        base = PARAMS.offset("regions")
-        for i, r in enumerate(params.regions):
-            REGION.pack_into(block, base + i * REGION.size, r.start, r.length, r.zero_length, r.sha256)
-        out = bytearray(self.data)
-        out[self.params_offset:self.params_offset + len(block)] = block
-        return bytes(out)
+        return self.filled({"flags": params.flags, "serial_port": params.serial_port,
+                            "backup_src": params.backup_src, "backup_dst": params.backup_dst,
+                            "backup_size": params.backup_size, **params.regs, **real}, params.regions)
 
 
 def parse(data: bytes) -> Image:
     """Check the header of a purgatory image against what this module expects."""
-    if len(data) < HEADER.size or HEADER.get(data, "magic") != MAGIC:
-        raise PurgatoryError("purgatory.bin has no PYKXPURG header: rebuild it with "
-                             "src/pykexec/boot/purgatory/build.sh")
-    header = HEADER.unpack(data)
-    expected = {"version": VERSION, "params_size": PARAMS.size, "max_regions": MAX_REGIONS}
-    wrong = {k: (header[k], v) for k, v in expected.items() if header[k] != v}
-    if wrong:
-        detail = ", ".join(f"{k} {found} (expected {want})" for k, (found, want) in wrong.items())
-        raise PurgatoryError(f"purgatory.bin does not match this pykexec: {detail}; rebuild it")
-    if header["params_offset"] + PARAMS.size > len(data):
-        raise PurgatoryError("purgatory.bin: the parameter block lies outside the image")
-    return Image(bytes(data), header)
+    return image.parse(BUILD, data, Image)
 
 
 @lru_cache(maxsize=1)
 def load() -> Image:
     """The committed purgatory image (package data)."""
-    try:
-        data = resources.files(__package__).joinpath("purgatory.bin").read_bytes()
-    except (FileNotFoundError, OSError) as e:
-        raise PurgatoryError(f"purgatory.bin is missing from the pykexec package: {e}") from e
-    return parse(data)
+    return parse(image.committed(BUILD))
 
 
 def size() -> PurgatorySize:
     """What the planners must find room for: the committed image's own size and entry."""
     return load().size()
-
-
-def regions_for(segments: Iterable, *, skip: Sequence[int] = ()) -> tuple[Region, ...]:
-    """One region per segment with bytes (``buffer``/``buf``, ``mem``, ``memsz``), in order."""
-    out = []
-    for i, seg in enumerate(segments):
-        if i in skip:
-            continue
-        buf = getattr(seg, "buffer", None)
-        if buf is None:
-            buf = getattr(seg, "buf")
-        out.append(Region.of(seg.mem, memoryview(buf)[:getattr(seg, "bufsz", len(buf))], seg.memsz))
-    return tuple(out)

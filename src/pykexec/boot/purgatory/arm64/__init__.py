@@ -21,15 +21,13 @@ memory size includes a 16 KiB stack.  The parameter block holds:
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 
 from ....errors import PurgatoryError
 from ....layout import Field, Layout
-from ....plan.common import PurgatorySize
-from .. import REGION, Region, regions_for
+from .. import image
+from ..image import REGION, Region, regions_for
 
 __all__ = ["HEADER", "PARAMS", "REGION", "Image", "Params", "Region", "load", "parse", "regions_for"]
 
@@ -72,6 +70,9 @@ PARAMS = Layout("pg_params (arm64)", [
     Field("x0", 0x20, "Q"),
     Field("regions", 0x28, f"{MAX_REGIONS * REGION.size}s"),
 ])
+BUILD = image.Build(name="pykexec arm64 purgatory", what="the arm64 purgatory.bin", magic=MAGIC, version=VERSION,
+                    header=HEADER, params=PARAMS, max_regions=MAX_REGIONS, package=__package__,
+                    script="src/pykexec/boot/purgatory/arm64/build.sh")
 
 
 @dataclass(frozen=True)
@@ -112,32 +113,11 @@ class Params:
                 | (PG_VERBOSE if self.verbose else 0))
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(image.Image):
     """The built arm64 purgatory and its header."""
-
-    data: bytes = field(repr=False)
-    header: dict
-
-    @property
-    def mem_size(self) -> int:
-        return self.header["mem_size"]
-
-    @property
-    def params_offset(self) -> int:
-        return self.header["params_offset"]
-
-    def size(self, page: int = 4096) -> PurgatorySize:
-        """The segment the planner must find room for: entry at offset 0."""
-        memsz = -(-max(self.mem_size, len(self.data)) // page) * page
-        return PurgatorySize(bufsz=len(self.data), memsz=memsz, align=page, entry_offset=0,
-                             measured_from=f"pykexec arm64 purgatory v{self.header['version']} "
-                                           f"({len(self.data)} bytes, {self.mem_size:#x} in memory)")
 
     def patched(self, params: Params) -> bytes:
         """The image with its parameter block filled in."""
-        if len(params.regions) > MAX_REGIONS:
-            raise PurgatoryError(f"{len(params.regions)} regions to check; the purgatory holds {MAX_REGIONS}")
         uart = params.uart
         if uart.type not in UART_TYPES:
             raise PurgatoryError(f"unknown UART type {uart.type!r}; the arm64 purgatory drives "
@@ -148,43 +128,17 @@ class Image:
         for name, value in (("entry", params.entry), ("x0", params.x0), ("UART base", uart.base)):
             if not 0 <= value < 1 << 64:
                 raise PurgatoryError(f"the arm64 purgatory's {name} {value:#x} is not a 64-bit address")
-        block = bytearray(PARAMS.size)
-        values = {"flags": params.flags, "nr_regions": len(params.regions), "entry": params.entry,
-                  "x0": params.x0, "uart_type": UART_TYPES[uart.type],
-                  "uart_base": uart.base if uart.type != "none" else 0,
-                  "uart_shift": uart.shift, "uart_width": uart.width}
-        for name, value in values.items():
-            f = PARAMS.fields[name]
-            struct.pack_into("<" + f.code, block, f.offset, value)
-        base = PARAMS.offset("regions")
-        for i, r in enumerate(params.regions):
-            REGION.pack_into(block, base + i * REGION.size, r.start, r.length, r.zero_length, r.sha256)
-        out = bytearray(self.data)
-        out[self.params_offset:self.params_offset + len(block)] = block
-        return bytes(out)
+        return self.filled({"flags": params.flags, "entry": params.entry, "x0": params.x0,
+                            "uart_type": UART_TYPES[uart.type], "uart_base": uart.base if uart.type != "none" else 0,
+                            "uart_shift": uart.shift, "uart_width": uart.width}, params.regions)
 
 
 def parse(data: bytes) -> Image:
     """Check the header of an arm64 purgatory image against what this module expects."""
-    if len(data) < HEADER.size or HEADER.get(data, "magic") != MAGIC:
-        raise PurgatoryError("the arm64 purgatory.bin has no PYKXPA64 header: rebuild it with "
-                             "src/pykexec/boot/purgatory/arm64/build.sh")
-    header = HEADER.unpack(data)
-    expected = {"version": VERSION, "params_size": PARAMS.size, "max_regions": MAX_REGIONS}
-    wrong = {k: (header[k], v) for k, v in expected.items() if header[k] != v}
-    if wrong:
-        detail = ", ".join(f"{k} {found} (expected {want})" for k, (found, want) in wrong.items())
-        raise PurgatoryError(f"the arm64 purgatory.bin does not match this pykexec: {detail}; rebuild it")
-    if header["params_offset"] + PARAMS.size > len(data):
-        raise PurgatoryError("the arm64 purgatory.bin's parameter block lies outside the image")
-    return Image(bytes(data), header)
+    return image.parse(BUILD, data, Image)
 
 
 @lru_cache(maxsize=1)
 def load() -> Image:
     """The committed arm64 purgatory image (package data)."""
-    try:
-        data = resources.files(__package__).joinpath("purgatory.bin").read_bytes()
-    except (FileNotFoundError, OSError) as e:
-        raise PurgatoryError(f"the arm64 purgatory.bin is missing from the pykexec package: {e}") from e
-    return parse(data)
+    return parse(image.committed(BUILD))
