@@ -578,8 +578,8 @@ def _finish(ctx: _Context, placer: Placer, fills: dict[str, Buffer], regs: dict[
         [s for s in segments if s.role != "purgatory"])
     backup = crash.backup if crash is not None else None
     params = purgatory.Params(
-        regs=regs, regions=regions, entry32=entry32, real_mode=real_mode, skip_checks=not ctx.checks, verbose=ctx.verbose,
-        reset_on_failure=ctx.reset_on_failure, serial_port=ctx.serial_port,
+        regs=regs, regions=regions, entry32=entry32, real_mode=real_mode, skip_checks=not ctx.checks,
+        verbose=ctx.verbose, reset_on_failure=ctx.reset_on_failure, serial_port=ctx.serial_port,
         backup_src=crash.backup_source.start if backup is not None else 0,
         backup_dst=backup.mem if backup is not None else 0,
         backup_size=crash.backup_source.size if backup is not None else 0)

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..errors import FormatError
-from ..formats.bzimage import (BOOT_FLAG, CAN_USE_HEAP, HDRS_MAGIC, LOADED_HIGH, SETUP_HEADER, XLF_CAN_BE_LOADED_ABOVE_4G,
-                               XLF_KERNEL_64, has_setup_header, header_end)
+from ..formats.bzimage import (BOOT_FLAG, CAN_USE_HEAP, HDRS_MAGIC, LOADED_HIGH, SETUP_HEADER,
+                               XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64, has_setup_header, header_end)
 from .bootparam import (BOOT_PARAMS, CL_MAGIC_VALUE, E820_MAX_ENTRIES_ZEROPAGE, EFI_SETUP_DATA, HDR_LIMIT, HDR_OFFSET,
                         RNG_SEED_LENGTH, SETUP_DATA_HEADER, SETUP_E820_EXT, SETUP_EFI, SETUP_RNG_SEED,
                         SIZEOF_BOOT_PARAMS, TYPE_OF_LOADER_KEXEC, put)
@@ -87,9 +87,9 @@ def synthetic_header(*, cmdline_size: int = COMMAND_LINE_SIZE - 1) -> bytes:
 def real_mode_segment(image: bytes | memoryview, setup_size: int, *, base: int, span: int, heap_end: int,
                       cmdline: str, ramdisk_image: int, ramdisk_size: int, code32_start: int) -> bytes:
     """The segment a real-mode entry starts in, loaded at ``base``: the image's boot sector and setup
-    code (its first ``setup_size`` bytes) with their setup header filled in as boot.rst's "Loading the Rest of the Kernel" says (the
-    setup code builds the zero page itself, from the BIOS), heap and stack up to ``span``, then the
-    command line.
+    code (its first ``setup_size`` bytes) with their setup header filled in as boot.rst's "Loading
+    the Rest of the Kernel" says (the setup code builds the zero page itself, from the BIOS), heap
+    and stack up to ``span``, then the command line.
 
     ``loadflags`` keeps the image's bits and gains CAN_USE_HEAP with ``heap_end_ptr = heap_end - 0x200``;
     ``code32_start`` is where the protected-mode part went (kexec-tools sets it too)."""

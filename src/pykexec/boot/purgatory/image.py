@@ -1,4 +1,4 @@
-"""What pykexec's purgatories (x86_64 here, arm64 in :mod:`.arm64`) share on the Python side.
+"""What pykexec's purgatories (x86_64 in this package, arm64 in :mod:`.arm64`) share in Python.
 
 Each build starts with a header that names it (magic, version) and says where
 its parameter block is; pykexec reads the committed ``purgatory.bin``, checks
