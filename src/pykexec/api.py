@@ -403,6 +403,7 @@ def refuse_oversized(files: list[OpenedFile], machine: Machine) -> None:
 def _prepare_or_emulate(data: bytes, opts: LoadOptions, addons: tuple[bytes, ...],
                         limits: Limits, machine: Machine) -> Prepared:
     """Unwrap statically; a PE image no parser understands runs its own EFI stub instead."""
+    raw = None                  # the image as bytes, made once for the emulator's checks and run
     if not opts.via_emulator:
         try:
             return prepare(data, profile=opts.profile, addons=addons, limits=limits)
@@ -413,14 +414,16 @@ def _prepare_or_emulate(data: bytes, opts: LoadOptions, addons: tuple[bytes, ...
             if what is not None:
                 raise NotLoadable("pe", f"is {what}, not a kernel, and holds none to load") from None
             from . import efi
+            raw = bytes(data)
             try:
-                efi.detect_arch(bytes(data))
+                efi.detect_arch(raw)
             except FormatError:
                 raise e from None       # not a PE the emulator runs (an ARM zImage's stub): the parser's reason
             import logging
             logging.getLogger(__name__).warning(
                 "no parser unwraps this PE image (%s); running its EFI stub in the emulator", e)
-    return prepare_via_emulator(bytes(data), arch=machine.arch, limits=limits)  # it runs the whole image
+    return prepare_via_emulator(raw if raw is not None else bytes(data), arch=machine.arch,
+                                limits=limits)  # it runs the whole image
 
 
 def prepare_via_emulator(data: bytes, *, arch: str | None, limits: Limits = Limits()) -> Prepared:
