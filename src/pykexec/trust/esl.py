@@ -26,11 +26,10 @@ from __future__ import annotations
 import struct
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import FormatError
 from . import efivars
-from .efivars import ATTRIBUTES_SIZE, EFIVARS, efivar_name
+from .efivars import ATTRIBUTES_SIZE
 
 LAYER = "efi signature list"
 HEADER = struct.Struct("<16sIII")

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..errors import FormatError
 from . import esl, sbat
-from .esl import EFIVARS, efivar_name
+from .efivars import EFIVARS, efivar_name
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,6 @@ corrupt and truncated streams, and decompression bombs under Limits(max_output).
 
 from __future__ import annotations
 
-import lzma
-import os
 import random
 import shutil
 import struct
