@@ -23,7 +23,8 @@ from .limits import Limits
 from .machine.model import Machine, foreign
 from .plan.loadplan import FileLoad, LoadPlan
 from .formats.prepare import Prepared, join_initrds, prepare
-from .receivers import KHO_MODES, KHO_USER_MODE, MODES, RECEIVERS, TABLE, XEN_MODES, Entry, backend_for, find, served
+from .receivers import (KHO_MODES, KHO_USER_MODE, MODES, OWNERS, RECEIVERS, TABLE, Entry, Owner, backend_for,
+                        control_for, find, owner_of, served)
 
 if TYPE_CHECKING:  # the syscalls load only when used
     from .backends.linux.syscalls import Status, Syscalls
@@ -260,13 +261,10 @@ def receivers_for(mode: str, machine: Machine, *, crash: bool = False) -> tuple[
         if not KHO_MODES[mode]:
             raise LoadRefused(f"--mode {mode}: {KHO_USER_MODE}")
         return KHO_MODES[mode]
-    if not machine.under_xen:
-        return MODES[mode]
-    if not XEN_MODES[mode]:
-        raise UsageError(f"--mode {mode}: under Xen kexec belongs to the hypervisor, and kexec_file_load "
-                         "would load into dom0's Linux, which cannot take over the machine; use --mode "
-                         "auto or user (the kexec hypercall)")
-    return XEN_MODES[mode]
+    owner = owner_of(machine)
+    if not owner.modes[mode]:
+        raise UsageError(f"--mode {mode}: {owner.no_mode}")
+    return owner.modes[mode]
 
 
 def _xen_receivers(names: tuple[str, ...], opts: LoadOptions, host: Machine, syscalls: Any, *,
@@ -294,7 +292,7 @@ def _xen_receivers(names: tuple[str, ...], opts: LoadOptions, host: Machine, sys
 def _explicit_target(target: str, host: Machine) -> str:
     if target not in RECEIVERS:
         raise UsageError(f"unknown target {target!r}; choose one of {', '.join(RECEIVERS)}")
-    if host.under_xen != target.startswith("xen"):
+    if target not in owner_of(host).targets:
         where = "Xen's dom0" if host.under_xen else "a Linux host without Xen"
         raise UsageError(f"--target {target} cannot load on {where}; there, use "
                          + ("xen or xen-efi" if host.under_xen else "--mode"))
@@ -581,65 +579,48 @@ class _Handoffs:
         return built
 
 
-def _under_xen(sysfs: Path) -> bool:
-    """Xen's dom0 (or a Xen guest that may be dom0), where kexec belongs to the hypervisor."""
+def _owner(sysfs: Path, calls: Any) -> Owner:
+    """Whoever holds kexec here (:data:`~pykexec.receivers.OWNERS`): Xen in its dom0, or when
+    ``calls`` are hypercalls (a test's fake); else Linux."""
     from .backends.xen.probe import is_dom0, is_xen
-    return is_xen(sysfs) and is_dom0(sysfs) is not False
+    xen = hasattr(calls, "kexec_status") or (is_xen(sysfs) and is_dom0(sysfs) is not False)
+    return OWNERS["xen" if xen else "linux"]
+
+
+def _control(sysfs: Path, calls: Any) -> Any:
+    return control_for(_owner(sysfs, calls), calls, sysfs)
 
 
 def status(sysfs: Path = Path("/sys"), *, hypercalls: Any = None) -> Status:
     """What is loaded now: from /sys/kernel, or under Xen from Xen (``kexec_status``)."""
-    if hypercalls is not None or _under_xen(sysfs):
-        from .backends.xen import control as xen
-        from .backends.xen.backend import hypercalls_from
-        return xen.status(hypercalls_from(hypercalls))
-    from .backends.linux.syscalls import read_status
-    from .machine.snapshot import kho_state
-    st = read_status(sysfs)
-    active, _ = kho_state(sys=sysfs)
-    handover = False if active is False or st.loaded is False else (None if None in (active, st.loaded) else True)
-    return replace(st, kho_active=active, kho_handover=handover)
+    return _control(sysfs, hypercalls).status()
 
 
 def unload(*, crash: bool = False, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys")) -> str:
+    """Unload the kernel (or the crash kernel); returns the call that did it."""
     from .backends.linux.policy import LoadLock
-    if _under_xen(sysfs) or hasattr(syscalls, "kexec_status"):
-        from .backends.xen import control as xen
-        from .backends.xen.backend import hypercalls_from
-        with LoadLock():
-            return xen.unload(hypercalls_from(syscalls), crash=crash)
-    from .backends.linux import control
-    from .backends.linux.syscalls import LinuxSyscalls, read_lockdown
     with LoadLock():
-        return control.unload(syscalls or LinuxSyscalls(), crash=crash, lockdown=read_lockdown(sysfs))
+        return _control(sysfs, syscalls).unload(crash=crash)
 
 
 def execute(*, sync: bool = True, syscalls: Syscalls | None = None, sysfs: Path = Path("/sys"),
             carry: Mapping[str, str | Path] | None = None) -> None:
     """Reboot into the loaded kernel.  ``carry`` ({name: file}) is preserved through LUO first
     (:mod:`pykexec.carry`), held open by this process through the reboot."""
+    owner = _owner(sysfs, syscalls)
     if carry:
-        _execute_carrying(carry, sync=sync, syscalls=syscalls, sysfs=sysfs)
+        _execute_carrying(carry, owner, control_for(owner, syscalls, sysfs), sync=sync, sysfs=sysfs)
         return
-    if _under_xen(sysfs) or hasattr(syscalls, "kexec_status"):
-        from .backends.xen import control as xen
-        from .backends.xen.backend import hypercalls_from
-        xen.execute(hypercalls_from(syscalls), sync=sync)
-        return
-    from .backends.linux import control
-    from .backends.linux.syscalls import LinuxSyscalls, read_status
-    control.execute(syscalls or LinuxSyscalls(), loaded=read_status(sysfs).loaded, sync=sync)
+    control_for(owner, syscalls, sysfs).execute(sync=sync)
 
 
-def _execute_carrying(files: Mapping[str, str | Path], *, sync: bool, syscalls: Syscalls | None,
+def _execute_carrying(files: Mapping[str, str | Path], owner: Owner, control: Any, *, sync: bool,
                       sysfs: Path) -> None:
     """Only a KHO handover carries LUO sessions: refuse anything else before preserving."""
     from . import carry
-    from .backends.linux import control
-    from .backends.linux.syscalls import LinuxSyscalls
-    if _under_xen(sysfs):
-        raise LoadRefused("cannot carry files across Xen's kexec: only Linux's Kexec HandOver carries them")
-    st = status(sysfs)
+    if owner.carries:
+        raise LoadRefused(f"cannot carry files across this kexec: {owner.carries}")
+    st = control.status()
     if st.loaded is False:
         raise LoadRefused("no kernel is loaded; load one first with `pykexec load`")
     reason = carry.luo_absent_reason(sys=sysfs)
@@ -650,6 +631,6 @@ def _execute_carrying(files: Mapping[str, str | Path], *, sync: bool, syscalls: 
                           f"{'off' if st.kho_active is False else 'not known to be on'}); see `pykexec status`")
     preserved = carry.preserve(files)
     try:
-        control.execute(syscalls or LinuxSyscalls(), loaded=st.loaded, sync=sync)
+        control.execute(sync=sync)
     finally:
         preserved.close()  # the reboot returned: it failed, and the files are unpreserved

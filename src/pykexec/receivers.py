@@ -18,7 +18,10 @@ one machine architecture and the kernel layers it boots there:
 
 Functions are named as ``"module:function"`` strings and imported on first
 use, so that reading the table costs nothing: inspect and extract never load
-a planner.  A new architecture or receiver is a module plus one entry here;
+a planner.  Who holds what is loaded, Linux or in Xen's dom0 the
+hypervisor, is an :class:`Owner` in :data:`OWNERS`: the receivers that load
+into it, its ``load --mode`` choices and the control for status, unload and
+exec.  A new architecture or receiver is a module plus one entry here;
 :func:`pykexec.plan.plan` and :func:`pykexec.api.load` read only this table.
 """
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .errors import LoadRefused, PlacementError
 from .machine.model import normalize_arch, runs_on
@@ -69,6 +72,47 @@ RECEIVERS = {
                            "proposed (xen-devel, 2026-06), in no released Xen; pykexec only plans it "
                            "(`pykexec plan --target xen-efi-v2`); XenServer's Xen takes --target xen-efi"),
 }
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds kexec on a machine: Linux, or in Xen's dom0 the hypervisor.
+
+    ``targets`` are the receivers that load into it, ``modes`` what each ``load --mode`` tries
+    there, ``default`` its receiver when none is asked for (None: the first whose probe takes
+    the image), and ``control`` (a ``"module:Class"`` taking ``(calls, sysfs)``) reports its
+    status, unloads and execs.  ``no_mode`` is why a mode with no receivers there has none, and
+    ``carries`` why LUO files cannot cross its exec ("": they can).
+    """
+
+    name: str
+    targets: tuple[str, ...]
+    modes: Mapping[str, tuple[str, ...]]
+    control: str
+    default: str | None = None
+    no_mode: str = ""
+    carries: str = ""
+
+
+OWNERS = {
+    "linux": Owner("linux", ("linux-file", "linux-user"), MODES, "pykexec.backends.linux.control:LinuxControl"),
+    "xen": Owner("xen", ("xen", "xen-efi", "xen-efi-v2"), XEN_MODES, "pykexec.backends.xen.control:XenControl",
+                 default="xen", no_mode="under Xen kexec belongs to the hypervisor, and kexec_file_load would "
+                 "load into dom0's Linux, which cannot take over the machine; use --mode auto or user (the "
+                 "kexec hypercall)",
+                 carries="Xen holds the next kernel, and only Linux's Kexec HandOver "
+                 "carries files"),
+}
+
+
+def owner_of(machine: Any) -> Owner:
+    """The owner on ``machine`` (a :class:`~pykexec.machine.model.Machine`)."""
+    return OWNERS["xen" if machine.under_xen else "linux"]
+
+
+def control_for(owner: Owner, calls: Any, sysfs: Any) -> Any:
+    """``owner``'s control, acting through ``calls`` (None: the real calls) and reading ``sysfs``."""
+    return _resolve(owner.control)(calls, sysfs)
 
 
 def backend_for(name: str, syscalls: Any) -> "Backend":
@@ -175,10 +219,11 @@ def default_target(layer: Any, machine: Any, table: Sequence[Entry] = TABLE) -> 
     there).  Otherwise the first entry, in table order, whose receiver's own
     probe takes the image; ``linux-user`` when none does.
     """
-    if machine.under_xen:
-        return "xen"
+    owner = owner_of(machine)
+    if owner.default is not None:
+        return owner.default
     for entry in table:
-        if entry.serves(machine.arch, layer) and not entry.target.startswith("xen") \
+        if entry.serves(machine.arch, layer) and entry.target in owner.targets \
                 and entry.refusal(layer, machine) is None:
             return entry.target
     return "linux-user"

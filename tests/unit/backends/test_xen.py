@@ -258,6 +258,17 @@ def test_status_unload_and_exec_are_xen_own_state(tmp_path):
     assert fake.calls[-1] == ("exec", hc.KEXEC_TYPE_DEFAULT)
 
 
+def test_files_are_not_carried_across_xen_kexec(tmp_path):
+    """LUO lives in Linux; Xen's exec would drop what was preserved, so nothing is preserved or exec'd."""
+    fake = FakeXen()
+    load(tmp_path, fake)
+    carried = tmp_path / "carried"
+    carried.write_bytes(b"state")
+    with pytest.raises(LoadRefused, match="Xen holds the next kernel"):
+        api.execute(syscalls=fake, sysfs=tmp_path / "sys", sync=False, carry={"state": carried})
+    assert ("exec", hc.KEXEC_TYPE_DEFAULT) not in fake.calls
+
+
 @pytest.mark.parametrize("err, words", [
     (errno.EPERM, "only dom0"), (errno.EBUSY, "busy"), (errno.ENOMEM, "crash area is too small"),
     (errno.EINVAL, "16 or more segments"), (errno.EADDRNOTAVAIL, "inside Xen's crash area")])

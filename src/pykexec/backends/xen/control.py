@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ...errors import LoadRefused, SyscallError
 from ..linux.signals import kernel_call
@@ -14,6 +15,29 @@ if TYPE_CHECKING:
     from .hypercalls import Hypercalls
 
 CALL_UNLOAD = "KEXEC_CMD_kexec_unload"
+
+
+class XenControl:
+    """Xen's owner entry (:data:`pykexec.receivers.OWNERS`): in dom0 the hypervisor holds the
+    loaded images, so status, unload and exec are hypercalls (``calls``: a test's fake, else
+    privcmd's); dom0's /sys says nothing of them."""
+
+    def __init__(self, calls: Any = None, sysfs: Path = Path("/sys")) -> None:
+        self._calls = calls
+
+    @property
+    def calls(self) -> "Hypercalls":
+        from .backend import hypercalls_from
+        return hypercalls_from(self._calls)
+
+    def status(self) -> "Status":
+        return status(self.calls)
+
+    def unload(self, *, crash: bool) -> str:
+        return unload(self.calls, crash=crash)
+
+    def execute(self, *, sync: bool) -> None:
+        execute(self.calls, sync=sync)
 
 
 def unload(calls: "Hypercalls", *, crash: bool) -> str:
