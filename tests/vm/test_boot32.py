@@ -23,14 +23,20 @@ the BIOS's interrupt table and enters it at setup + 0x200.  Its command line is 
 sets a variable and echoes it; iPXE writes through the BIOS, and SeaBIOS copies that to ttyS0.  The
 echoed line, with the variable expanded, appears nowhere in what the first kernel printed.
 
+Third boot: Linux, then syslinux's memdisk (protocol 2.03; its ``code32_start`` is its own code, not
+Linux's entry, so it too starts in real mode) with a floppy image as its initrd.  memdisk reports the
+ramdisk and command line it got, hooks INT 13h and boots the floppy, whose boot sector reads its second
+sector through INT 13h and writes it to COM1: a line stored only there, each byte shifted by one.
+
 The dry runs and file mode's refusal are tests/real/test_boot32_real.py's.
-memtest86+ and iPXE never power off: each run ends at the line it waits for.
+memtest86+, iPXE and memdisk's floppy never power off: each run ends at the line it waits for.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
 
 import pytest
 
@@ -63,13 +69,14 @@ run("exec1", "pykexec", "exec")
 mark("exec1-returned")
 '''
 
-def plan_load_exec(path: str, cmdline: str, n: str = "") -> str:
+def plan_load_exec(path: str, cmdline: str, n: str = "", initrd: str = "") -> str:
     """Guest lines: ``plan --target linux-user`` of ``path``, ``load --mode auto`` of it (as ``load<n>``),
-    ``exec`` (as ``exec<n>``), and a mark should exec return."""
+    ``exec`` (as ``exec<n>``), and a mark should exec return.  ``initrd``: a file both are given."""
+    files = f", '--initrd', {initrd!r}" if initrd else ""
     return f'''
-run("plan", "pykexec", "plan", "--target", "linux-user", "--command-line", {cmdline!r}, "--json", {path!r})
+run("plan", "pykexec", "plan", "--target", "linux-user", "--command-line", {cmdline!r}, "--json", {path!r}{files})
 if run("load{n}", "pykexec", "load", "--mode", "auto", "--command-line", {cmdline!r}, "--json",
-       {path!r}).returncode:
+       {path!r}{files}).returncode:
     raise SystemExit(1)
 run("exec{n}", "pykexec", "exec")
 mark("exec{n}-returned")
@@ -159,3 +166,54 @@ def test_linux_then_ipxe_through_the_real_mode_entry(vm_material):
     if said not in serial.text:
         serial.fail(f"iPXE did not run its command line: {said!r} is not on the console")
 
+
+def _boot_floppy(said: str) -> bytes:
+    """A 1.44 MB floppy image whose boot sector reads its own sector 2 through INT 13h and writes it to
+    COM1.  Sector 2 holds ``said`` with each byte plus one, which the boot sector takes back off: the line
+    appears on the console only when a disk served by INT 13h (memdisk's) was read and its code ran."""
+    bpb = (b"\xeb\x3c\x90" + b"PYKEXEC " + struct.pack("<HBHBHHBHHHII", 512, 1, 1, 2, 224, 2880, 0xF0, 9, 18, 2, 0, 0)
+           + b"\x00\x00\x29" + b"\x12\x34\x56\x78" + b"PYKEXEC    " + b"FAT12   ")
+    code = bytes.fromhex(
+        "fa 31c0 8ed8 8ec0 8ed0 bc007c fb"   # cli; ds = es = ss = 0; sp = 0x7c00; sti
+        "b80102 b90200 30f6 bb007e cd13"     # INT 13h AH=2: one sector, C0 H0 S2 of drive DL, to 0:7e00
+        "be007e 7303 be707c"                 # si = 0x7e00, or on carry (failed) the message at 0x7c70
+        "baf803 ac 84c0 7405 fec8 ee ebf6"   # each byte until NUL, less one, out to COM1 (0x3f8)
+        "f4 ebfd")                           # hlt forever
+    failed = bytes(c + 1 for c in b"pykexec-memdisk-int13-failed\r\n") + b"\0"
+    assert len(bpb) == 0x3E and len(bpb + code) == 0x70             # the offsets the code jumps to
+    boot = (bpb + code + failed).ljust(510, b"\0") + b"\x55\xaa"
+    sector2 = (bytes(c + 1 for c in said.encode() + b"\r\n") + b"\0").ljust(512, b"\0")
+    return (boot + sector2).ljust(2880 * 512, b"\0")
+
+
+def test_linux_then_memdisk_through_the_real_mode_entry(vm_material):
+    """syslinux's memdisk (protocol 2.03, code32_start 0x100000 but not Linux's entry) starts only in
+    real mode.  It takes its command line ("ro" and a token) and initrd (a floppy image) from the setup
+    header pykexec filled, hooks INT 13h and boots the floppy, whose boot sector reads itself through it."""
+    tok = h.token()
+    said, cmdline = f"pykexec-memdisk-{tok}-ok", f"ro tag={h.token()}"
+    g = h.Guest("real-mode-linux-memdisk")
+    g.host_file("/vm/memdisk", material.syslinux_memdisk())
+    g.file("/vm/floppy.img", _boot_floppy(said))
+    g.stage(1, h.py_script(plan_load_exec("/vm/memdisk", cmdline, initrd="/vm/floppy.img")))
+    serial = g.boot(timeout=240, until=said)
+
+    loaded = _json(serial, "load")
+    if loaded["syscall"] != "kexec_load" or not any("real-mode entry" in n and "memdisk" in n
+                                                    for n in loaded["plan"]["notes"]):
+        serial.fail(f"not memdisk's real-mode entry through kexec_load: {loaded['syscall']}, "
+                    f"{loaded['plan']['notes']}")
+    planned, used = _placed(_json(serial, "plan")), _placed(loaded["plan"])
+    if planned != used:
+        serial.fail(f"plan --target linux-user placed {planned}, the load {used}")
+    if serial.has("exec-returned"):
+        serial.fail(f"`pykexec exec` returned:\n{serial.command('exec')}")
+    after = serial.text[serial.text.rfind("load.rc"):]           # exec runs next, and never returns
+    initrd = next(int(mem, 16) for role, mem, _ in used if role == "initrd")
+    # memdisk's setup.c: what it was given, and the floppy it makes of it, read-only as "ro" asked
+    for line in (f"Ramdisk at {initrd:#010x}, length {2880 * 512:#010x}", f"command line: {cmdline}",
+                 "Disk is fd0, 1440 K, C/H/S = 80/2/18 (FAT/FAT), EDD off, ro"):
+        if line not in after:
+            serial.fail(f"memdisk did not say {line!r} after the exec")
+    if said not in after:
+        serial.fail(f"the floppy's boot sector did not run through memdisk: {said!r} is not on the console")

@@ -16,6 +16,7 @@ the report shows it, and a loader is refused.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..errors import FormatError
@@ -106,6 +107,29 @@ SETUP_HEADER_OFFSET = SETUP_HEADER.offset("setup_sects")    # 0x1f1: where the h
 SECTOR_SIZE = 512
 STARTUP_64_OFFSET = 0x200   # boot.rst "64-bit Boot Protocol": the kernel's 64-bit entry, from its start
 GZIP_MAGIC = b"\x1f\x8b\x08"
+#: boot.rst "kernel_version": a pointer, less 0x200, to a NUL-terminated string within the setup code
+VERSION_STRING_MAX = 256
+#: Linux's: init/version.c's linux_banner body, "UTS_RELEASE (LINUX_COMPILE_BY@LINUX_COMPILE_HOST) UTS_VERSION"
+LINUX_VERSION = re.compile(r"\d+\.\d+\S* \(\S+@\S+\) #")
+
+
+@dataclass(frozen=True)
+class Program:
+    """A program other than Linux packaged as a bzImage, known by how its kernel_version string
+    starts.  ``real_mode`` is why only its real-mode setup code can start it ("": it also takes
+    Linux's 32-bit entry, as a kexec loader enters a bzImage)."""
+
+    prefix: str
+    name: str
+    real_mode: str = ""
+
+
+PROGRAMS = (
+    Program("MEMDISK", "syslinux's memdisk",
+            real_mode="its code at code32_start takes the arguments of its own real-mode stub "
+                      "(memdisk16.asm), not Linux's boot_params"),
+    Program("Memtest86+", "memtest86+"),
+)
 
 
 def flag_names(value: int, names: dict[int, str]) -> list[str]:
@@ -125,8 +149,6 @@ def header_end(data: Buffer) -> int:
 def setup_size(setup_sects: int) -> int:
     """Where the protected-mode kernel starts in the file: (setup_sects + 1) sectors, 0 meaning 4."""
     return ((setup_sects or 4) + 1) * SECTOR_SIZE
-
-
 
 
 @dataclass(frozen=True)
@@ -165,6 +187,9 @@ class BzImage(Layer):
     authenticode: bool = False
     #: why the file is shorter than its header declares; None when it is whole
     truncated: str | None = None
+    #: the string kernel_version points to, and what it says the image is (see PROGRAMS)
+    version_string: str | None = None
+    program: str | None = None
 
     def inner(self) -> Buffer | None:
         if self.payload_offset is None or self.truncated is not None:
@@ -236,6 +261,8 @@ def parse(data: Buffer) -> BzImage:
     pe_hdr = _pe_header(data, truncated)
     xloadflags = value("xloadflags") or 0
     loadflags = value("loadflags") or 0
+    text = _version_string(data, value("kernel_version"), kernel_start)
+    known = _program(text)
     return BzImage(
         arch="x86_64" if xloadflags & XLF_KERNEL_64 else "x86", data=data,
         version=f"{version >> 8}.{version & 0xFF:02d}", protocol=version,
@@ -253,8 +280,33 @@ def parse(data: Buffer) -> BzImage:
         decompressed_size=(_decompressed_size(data, kernel_start + payload_offset + payload_length)
                            if found_by == "header" and payload_end <= len(data) else None),
         pe_header=pe.has_pe_header(data), authenticode=bool(pe_hdr and pe_hdr.signed),
-        truncated=truncated,
+        truncated=truncated, version_string=text, program=known.name if known else None,
     )
+
+
+def _version_string(data: Buffer, pointer: int | None, setup_end: int) -> str | None:
+    """The NUL-terminated string at kernel_version + 0x200, when the header has the field, and the
+    string lies in the setup code and is printable text (a pointer into code is not a version)."""
+    if not pointer or pointer + 0x200 >= min(setup_end, len(data)):
+        return None
+    start = pointer + 0x200
+    raw = bytes(data[start:min(start + VERSION_STRING_MAX, setup_end, len(data))]).split(b"\0", 1)[0]
+    text = raw.decode("latin-1")
+    return text if text and raw.isascii() and text.isprintable() else None
+
+
+def _program(text: str | None) -> Program | None:
+    """Linux, or one of PROGRAMS, as the version string says; None when it says neither."""
+    if text is None:
+        return None
+    if LINUX_VERSION.match(text):
+        return Program("", "Linux")
+    return next((p for p in PROGRAMS if text.startswith(p.prefix)), None)
+
+
+def program_of(layer: BzImage) -> Program | None:
+    """The :class:`Program` ``layer`` is, or None when its version string names none we know."""
+    return _program(layer.version_string)
 
 
 def _pe_header(data: Buffer, truncated: str | None):

@@ -46,9 +46,11 @@ else lowest in [1 MiB, min(initrd_addr_max, 0x37ffffff)] at kernel_alignment
 is put there.
 
 A bzImage with LOADED_HIGH but no 32-bit entry (``code32_start`` 0: iPXE's
-``ipxe.lkrn``) starts only through its real-mode setup code, which calls the
-BIOS; kexec-tools boots it with ``--real-mode``, and pykexec does so
-unasked.  boot.rst "Loading the Rest of the Kernel": the purgatory highest
+``ipxe.lkrn``), or one whose code32_start is not Linux's 32-bit entry
+(syslinux's memdisk: its protected-mode code takes its own real-mode stub's
+arguments, :data:`~pykexec.formats.bzimage.PROGRAMS`), starts only through its
+real-mode setup code, which calls the BIOS; kexec-tools boots it with
+``--real-mode``, and pykexec does so unasked.  boot.rst "Loading the Rest of the Kernel": the purgatory highest
 and then the real-mode segment (the image's first ``(setup_sects + 1) * 512``
 bytes, its heap and stack up to 64 KiB, then the command line) highest in
 [0x3000, 0xA0000), as kexec-tools places both; the kernel as for the 32-bit
@@ -64,7 +66,7 @@ from ..boot.e820 import backup_source
 from ..boot.bootparam import EFI_SETUP_DATA, RNG_SEED_LENGTH, SETUP_DATA_HEADER, SIZEOF_BOOT_PARAMS
 from ..errors import PlacementError
 from ..formats.bzimage import (LOADED_HIGH, SETUP_HEADER, XLF_5LEVEL, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64,
-                               BzImage)
+                               BzImage, program_of)
 from ..machine.model import Machine
 from ..machine.ranges import MiB, PAGE_SIZE, U64_MAX, align_up, human_size
 from .common import (LINUX_X86_64_PURGATORY, PurgatorySize, add_fixed, crash_backup, crash_walk,
@@ -254,9 +256,20 @@ def user_entry(layer: BzImage, data: bytes) -> int:
         raise PlacementError(f"a zImage (protocol {layer.version}, LOADED_HIGH clear): its kernel loads at "
                              "0x10000 and starts only through its real-mode setup code; pykexec enters "
                              "bzImages through the 32-bit or 64-bit boot protocol", errno="ENOEXEC")
+    return 16 if real_mode_reason(layer, data) else 32
+
+
+def real_mode_reason(layer: BzImage, data: bytes) -> str | None:
+    """Why only the image's real-mode setup code can start it, or None when the 32-bit entry can:
+    it declares no 32-bit entry, or it is a program whose code32_start is not Linux's entry."""
     if not SETUP_HEADER.get(data, "code32_start"):
-        return 16
-    return 32
+        return ("code32_start (0x214) is 0: the image declares no 32-bit entry and starts only through its "
+                "real-mode setup code")
+    program = program_of(layer)
+    if program is not None and program.real_mode:
+        return (f"the image is {program.name} (kernel_version {layer.version_string!r}), and {program.real_mode}; "
+                "it starts only through its real-mode setup code")
+    return None
 
 
 def build_user_segments(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, initrd: bytes | None,
@@ -354,8 +367,7 @@ def _user16_segments(layer: BzImage, data: bytes, *, machine: Machine, initrd: b
                      purgatory: PurgatorySize) -> tuple[Segment, Segment, str, list[str]]:
     """The real-mode entry's segments (kexec-bzImage.c ``do_bzImage_load`` with ``real_mode_entry``):
     purgatory and real-mode segment below 0xA0000, the kernel and initrd as for the 32-bit entry."""
-    why = ("code32_start (0x214) is 0: the image declares no 32-bit entry and starts only through its "
-           "real-mode setup code")
+    why = real_mode_reason(layer, data)
     if machine.efi:
         raise PlacementError(f"{why}, which calls the BIOS; this machine booted through UEFI and has no "
                              "BIOS to call", errno="ENOEXEC")

@@ -119,6 +119,20 @@ def test_bzimage_real_mode_entry():
         == [(s.role, s.mem, s.memsz) for s in load.plan.segments]
 
 
+def test_memdisk_takes_the_real_mode_entry_despite_its_code32_start():
+    # syslinux's memdisk header: 2.03, LOADED_HIGH, code32_start 0x100000 (its own protected-mode code, which
+    # reads memdisk16.asm's registers, not boot_params), kernel_version pointing at "MEMDISK 6.04 ..."
+    image = bytearray(builders.bzimage(version=0x203, loadflags=0x01, xloadflags=0, code32_start=0x100000,
+                                       kernel_version=0x100))
+    image[0x300:0x316] = b"MEMDISK 6.04 20200816\0"
+    load = build(bytes(image))
+    block, _ = params_of(load)
+    assert purgatory.PARAMS.get(block, "flags") == purgatory.PG_ENTRY16
+    assert any("real-mode entry" in n and "syslinux's memdisk" in n for n in load.notes), load.notes
+    image[0x300:0x308] = b"MEMTEST "                       # any other program keeps the 32-bit entry
+    assert purgatory.PARAMS.get(params_of(build(bytes(image)))[0], "flags") == purgatory.PG_ENTRY32
+
+
 @pytest.mark.parametrize("change, expected", [
     (dict(machine=qemu_pc().with_changes(efi=True)), "booted through UEFI and has no BIOS"),
     (dict(crash=True, machine=qemu_crash()), "kdump (--crash) through the real-mode entry"),

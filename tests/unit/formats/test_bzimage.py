@@ -266,3 +266,47 @@ def test_any_jump_byte(jump):
     image[0x201] = jump
     unwrap_or_error(bytes(image))
     unwrap_or_error(bytes(image[:0x202 + jump]))
+
+
+# ---------------------------------------------------------------- what kernel_version says
+
+
+def _with_version(text: bytes, pointer: int = 0x100) -> bytes:
+    """b.bzimage with ``text`` at boot.rst's kernel_version pointer plus 0x200."""
+    image = bytearray(b.bzimage(kernel_version=pointer))
+    image[pointer + 0x200:pointer + 0x200 + len(text)] = text
+    return bytes(image)
+
+
+@pytest.mark.parametrize("text, program", [
+    (b"6.1.0-28-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1", "Linux"),
+    (b"7.2.0 (user@host) #3 SMP", "Linux"),
+    (b"MEMDISK 6.04 20200816", "syslinux's memdisk"),
+    (b"Memtest86+ v6.10", "memtest86+"),
+    (b"1.0.0+git-20190125.36a4c85-5.1", None),          # iPXE's: nothing says what it is
+])
+def test_version_string_names_the_program(text, program):
+    layer = bzimage.parse(_with_version(text + b"\0"))
+    assert layer.version_string == text.decode()
+    assert layer.program == program
+    assert layer.to_json()["program"] == program
+
+
+def test_only_memdisk_needs_the_real_mode_entry():
+    assert [p.name for p in bzimage.PROGRAMS if p.real_mode] == ["syslinux's memdisk"]
+    assert bzimage.program_of(bzimage.parse(_with_version(b"Memtest86+ v6.10\0"))).real_mode == ""
+
+
+@pytest.mark.parametrize("pointer", [0, 5 * 512 - 0x200, 0x7000])   # none, at the setup's end, past the file
+def test_version_pointer_outside_the_setup_code_is_no_string(pointer):
+    layer = bzimage.parse(b.bzimage(kernel_version=pointer))
+    assert layer.version_string is None and layer.program is None
+
+
+def test_version_string_that_is_not_text_is_none():
+    assert bzimage.parse(_with_version(b"\x90\xeb\xfe\xcc\0")).version_string is None
+
+
+def test_version_string_is_bounded_without_its_nul():
+    layer = bzimage.parse(_with_version(b"A" * 600))
+    assert layer.version_string == "A" * bzimage.VERSION_STRING_MAX
