@@ -408,9 +408,9 @@ def _prepare_or_emulate(data: bytes, opts: LoadOptions, addons: tuple[bytes, ...
         except (NotLoadable, UnknownFormat) as e:
             if not pe.has_pe_header(data):
                 raise
-            what = pe.not_a_kernel(data)
-            if what is not None:
-                raise NotLoadable("pe", f"is {what}, not a kernel, and holds none to load") from None
+            refusal = pe.not_a_kernel(data)
+            if refusal is not None:
+                raise refusal from None
             from . import efi
             raw = bytes(data)
             try:

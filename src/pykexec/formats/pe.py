@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, replace
 
-from ..errors import FormatError
+from ..errors import FormatError, NotLoadable
 from ..layout import Field, Layout
 from .layer import Buffer, Format, Layer, ignoring_limits
 
@@ -199,40 +199,60 @@ NOT_KERNELS = {"shim": "shim, a first-stage boot loader", "grub": "GRUB, a boot 
 BANNERS = {b"Open Source Network Boot Firmware": "ipxe"}    # iPXE's banner, printed at every start
 
 
-def banners(data: Buffer, header: PeHeader) -> list[str]:
+@dataclass(frozen=True)
+class Claim:
+    """A component name a PE image gives itself, and where it says so: the section, and the file
+    offset of the words that say it."""
+
+    name: str
+    section: str
+    offset: int
+
+
+def banners(data: Buffer, header: PeHeader) -> list[Claim]:
     """The components whose :data:`BANNERS` the sections' data hold."""
-    return [name for s in header.sections for banner, name in BANNERS.items()
-            if banner in bytes(section_data(data, s, "pe"))]
+    claims = []
+    for s in header.sections:
+        raw = bytes(section_data(data, s, "pe"))
+        claims += [Claim(name, s.name, s.pointer_to_raw_data + raw.index(banner))
+                   for banner, name in BANNERS.items() if banner in raw]
+    return claims
 
 
-def components(data: Buffer, header: PeHeader) -> list[str]:
+def components(data: Buffer, header: PeHeader) -> list[Claim]:
     """What the image says it is: the component names of its ``.sbat`` section (the SBAT spec's
     CSV, after the "sbat" header line), then the name in systemd's ``.sdmagic``
     ("#### LoaderInfo: systemd-addon 262.1-1 ####")."""
-    names = []
+    claims = []
     for s in header.sections:
         if s.name not in (".sbat", ".sdmagic"):
             continue
         text = bytes(section_data(data, s, "pe")).split(b"\0", 1)[0].decode("utf-8", "replace")
         if s.name == ".sbat":
             lines = [line.split(",", 1)[0].strip() for line in text.splitlines() if line.strip()]
-            names += [n for n in lines[1:] if n]
-        elif text.startswith("#### LoaderInfo: "):
-            names += text[len("#### LoaderInfo: "):].split()[:1]
-    return names
+            names = [n for n in lines[1:] if n]
+        else:
+            names = text[len("#### LoaderInfo: "):].split()[:1] if text.startswith("#### LoaderInfo: ") else []
+        claims += [Claim(n, s.name, s.pointer_to_raw_data) for n in names]
+    return claims
 
 
-def not_a_kernel(data: Buffer) -> str | None:
-    """What a PE image is when its SBAT, LoaderInfo or banner says it is a boot loader, a stub alone or an
-    add-on (None: it may be a kernel's EFI stub).  Decided from the PE alone, before anything runs it."""
+def not_a_kernel(data: Buffer) -> NotLoadable | None:
+    """The refusal of a PE image whose SBAT, LoaderInfo or banner says it is a boot loader, a stub alone
+    or an add-on, naming the section that says so (None: it may be a kernel's EFI stub).  Decided from
+    the PE alone, before anything runs it."""
     try:
         header = read_header(data)
-        names = components(data, header) or banners(data, header)
+        claims = components(data, header) or banners(data, header)
     except FormatError:
         return None
     if any(s.name == ".linux" for s in header.sections):
         return None
-    return next((NOT_KERNELS[n] for n in names if n in NOT_KERNELS), None)
+    claim = next((c for c in claims if c.name in NOT_KERNELS), None)
+    if claim is None:
+        return None
+    return NotLoadable("pe", f"this is {NOT_KERNELS[claim.name]}, not a kernel, and holds none to load",
+                       field=f"section {claim.section}", offset=claim.offset)
 
 
 def _read_plain(data: Buffer):

@@ -30,7 +30,13 @@ IPXE_BANNER = b"iPXE 1.0.0+ -- Open Source Network Boot Firmware -- http://ipxe.
     ([TEXT, (".rodata", b"\0" * 64 + IPXE_BANNER)], "iPXE, a network boot loader"),
 ], ids=["shim", "grub", "addon", "ipxe-banner"])
 def test_what_the_pe_says_it_is(sections, kind):
-    assert pe.not_a_kernel(b.pe(sections)).startswith(kind)
+    image = b.pe(sections)
+    refusal = pe.not_a_kernel(image)
+    name, data = sections[1]
+    # the section that says so, at its file offset (the banner: where its words start inside it)
+    at = image.index(b"Open Source Network Boot Firmware") if IPXE_BANNER in data else image.index(data)
+    assert (refusal.field, refusal.offset) == (f"section {name}", at)
+    assert refusal.reason.startswith(f"this is {kind}") and refusal.exit_code == 2
 
 
 @pytest.mark.parametrize("sections, trailing", [
