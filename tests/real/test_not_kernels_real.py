@@ -8,8 +8,8 @@
   iPXE waits for the network: that is bad input too, exit 2, with what it
   printed.  Debian's kernels, PE images without SBAT or LoaderInfo, are still
   kernels.
-* GRUB's core image and modules (ELF relocatable objects) and OVMF's code
-  (a UEFI firmware volume): named and refused.
+* GRUB's core image and modules (ELF relocatable objects), OpenSBI's
+  firmware ELF and OVMF's code (a UEFI firmware volume): named and refused.
 * sid's kernels for riscv64, armhf and ppc64el: refused on this x86_64
   machine naming their architecture; on a machine of their own architecture
   no architecture mismatch is claimed (names normalised: riscv64 is riscv64,
@@ -78,6 +78,17 @@ def test_grub_core_and_modules_are_relocatable_objects(member, kind):
         proc = run_cli(*verb, "--machine", str(MACHINE), str(path))
         assert_clean_error(proc)
         assert kind in proc.stderr.decode() and "not an executable kernel" in proc.stderr.decode()
+
+
+def test_opensbi_firmware_elf_is_not_a_kernel(tmp_path):
+    """Debian's OpenSBI fw_jump.elf: a riscv64 ET_EXEC with no Linux note, refused even on a riscv64
+    machine, where the architecture would match."""
+    path = _debian_file("opensbi", "usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.elf")
+    for machine in (MACHINE, _machine(tmp_path, "riscv64")):
+        proc = run_cli("load", "--dry-run", "--machine", str(machine), str(path))
+        assert_clean_error(proc)
+        err = proc.stderr.decode()
+        assert "EM_RISCV ELF executable" in err and "firmware or a bare-metal program" in err, err
 
 
 def test_ovmf_code_is_a_firmware_volume():
