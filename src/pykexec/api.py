@@ -24,7 +24,7 @@ from .machine.model import Machine, foreign
 from .plan.loadplan import FileLoad, LoadPlan
 from .formats.prepare import Prepared, join_initrds, prepare
 from .receivers import (KHO_MODES, KHO_USER_MODE, MODES, OWNERS, RECEIVERS, TABLE, Entry, Owner, backend_for,
-                        control_for, find, owner_of, served)
+                        control_for, entry_offers, find, owner_of, served)
 
 if TYPE_CHECKING:  # the syscalls load only when used
     from .backends.linux.syscalls import Status, Syscalls
@@ -167,6 +167,7 @@ class LoadOptions:
     via_emulator: bool = False
     dtb: str | Path | None = None
     target: str | None = None
+    entry: int | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,8 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
     lockdown = read_lockdown(sysfs)
     if opts.mode == "user":
         refuse_user_mode_under_lockdown(lockdown)
+    if opts.entry is not None:
+        refuse_user_mode_under_lockdown(lockdown, f"--entry {opts.entry}")
     with _Files(opts) as files:
         host = machine or snapshot(sys=str(sysfs))
         names = receivers_for(opts.mode, host, crash=opts.crash)
@@ -219,6 +222,7 @@ def load(opts: LoadOptions, *, dry_run: bool = False, syscalls: Syscalls | None 
         req = _request(opts, files, prepared, host, sysfs)
         names = _xen_receivers(_probed(names, req, table, lockdown), opts, host, syscalls,
                                probe=machine is None)
+        names = _offering(opts.entry, names, req, table)
         handoffs = _Handoffs(req, table, advice)
         first = handoffs.get(names[0])
         summary = _summary(req, files, policy.summary)
@@ -245,6 +249,18 @@ def _probed(names: tuple[str, ...], req: "Request", table: Sequence[Entry], lock
         else:
             log.info("%s refuses this image (%s); trying %s", name, why, names[-1])
     return (*keep, names[-1])
+
+
+def _offering(wanted: int | None, names: tuple[str, ...], req: "Request", table: Sequence[Entry]) -> tuple[str, ...]:
+    """The receivers among ``names`` that offer the kernel entry ``wanted`` (kexec-tools'
+    ``--entry-32bit`` and ``--real-mode`` send a load to kexec_load); all when none is asked for."""
+    if wanted is None:
+        return names
+    keep = tuple(n for n in names if (e := find(req.machine.arch, req.layer, n, table)) and wanted in e.entries)
+    if not keep:
+        raise UsageError(f"--entry {wanted}: the receivers this load may use ({', '.join(names)}) choose a "
+                         f"{req.layer.format}'s entry themselves; --entry is for {entry_offers(table)}")
+    return keep
 
 
 def _plan_of(handoff: Any) -> LoadPlan | None:
@@ -546,7 +562,8 @@ class _Handoffs:
                             and not os.environ.get(TEST_PAST_PLANNER))
         try:
             predicted = plan_load(req.prepared, machine=machine, target=target, crash=req.crash,
-                                  initrd=req.initrd_data, cmdline=req.cmdline or "", table=self.table)
+                                  initrd=req.initrd_data, cmdline=req.cmdline or "", table=self.table,
+                                  entry=req.opts.entry)
         except PlacementError as e:
             if strict:  # ENOEXEC: the receiver's probe refuses the image, whatever the memory
                 raise LoadRefused(str(e) if e.errno == "ENOEXEC" else f"the load cannot fit: {e}") from e
@@ -573,7 +590,7 @@ class _Handoffs:
                             machine=req.machine,
                             modules=tuple(load_module(m) for m in req.opts.modules),
                             checks=req.opts.checks, image_name=Path(req.opts.image).name, dtb=req.dtb,
-                            sys_root=req.sysfs)
+                            sys_root=req.sysfs, entry=req.opts.entry)
         if self.advice is not None:
             self._predict(target)
         return built

@@ -31,7 +31,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from .errors import LoadRefused, PlacementError
+from .errors import LoadRefused, PlacementError, UsageError
 from .machine.model import normalize_arch, runs_on
 
 if TYPE_CHECKING:
@@ -139,6 +139,7 @@ class Entry:
     builder: str | None = None
     purgatory: str | None = None
     accepts: str | None = None
+    entries: frozenset[int] = frozenset()
 
     def serves(self, machine_arch: str | None, layer: Any, target: str | None = None) -> bool:
         """Whether this entry loads ``layer`` on a ``machine_arch`` machine (unknown: one the
@@ -166,22 +167,35 @@ class Entry:
         return None
 
     def plan(self, layer: Any, data: Any, *, machine: Any, crash: bool, initrd: Any, cmdline: str | None,
-             purgatory: Any = None):
-        """The planner's :class:`~pykexec.plan.LoadPlan` (``purgatory`` overrides the purgatory's size)."""
+             purgatory: Any = None, entry: int | None = None):
+        """The planner's :class:`~pykexec.plan.LoadPlan` (``purgatory`` overrides the purgatory's size;
+        ``entry`` is the kernel entry asked for, where the receiver offers a choice)."""
         if self.planner is None:
             raise PlacementError(f"no {self.target} planner for {layer.format} images on {self.arch}; "
                                  "only a load builds this one", errno="ENOEXEC")
-        extra = {}
+        extra = self._entry(entry, layer)
         if self.purgatory is not None:  # else the receiver has no purgatory to size
             extra["purgatory"] = purgatory or self.purgatory_size()
         return _resolve(self.planner)(layer, data, machine=machine, crash=crash, initrd=initrd,
                                       cmdline=cmdline, **extra)
 
-    def build(self, prepared: Any, **kw: Any):
+    def build(self, prepared: Any, *, entry: int | None = None, **kw: Any):
         """The user-mode builder's load: every segment's bytes, with the plan they fill."""
         if self.builder is None:
             raise PlacementError(f"no {self.target} builder for {self.arch}", errno="ENOEXEC")
-        return _resolve(self.builder)(prepared, **kw)
+        return _resolve(self.builder)(prepared, **self._entry(entry, prepared.kernel_layer), **kw)
+
+    def _entry(self, entry: int | None, layer: Any) -> dict[str, int]:
+        """The ``entry`` argument for this receiver's planner or builder: none unless one was asked
+        for, and then only one this receiver offers."""
+        if entry is None:
+            return {}
+        if entry not in self.entries:
+            offers = (f"offers {', '.join(map(str, sorted(self.entries)))}" if self.entries
+                      else "chooses the entry itself")
+            raise UsageError(f"--entry {entry}: {self.target} on {self.arch} {offers} for {layer.format} "
+                             f"images; --entry is for {entry_offers()}")
+        return {"entry": entry}
 
 
 _X86_PURGATORY = "pykexec.boot.purgatory:size"
@@ -192,7 +206,7 @@ TABLE: tuple[Entry, ...] = (
     Entry("x86_64", frozenset({"bzimage"}), "linux-file", planner="pykexec.plan.x86:plan_file",
           purgatory="pykexec.plan.common:LINUX_X86_64_PURGATORY", accepts="pykexec.plan.x86:probe_file"),
     Entry("x86_64", frozenset({"bzimage"}), "linux-user", planner="pykexec.plan.x86:plan_user",
-          builder=_X86_USER, purgatory=_X86_PURGATORY),
+          builder=_X86_USER, purgatory=_X86_PURGATORY, entries=frozenset({64, 32, 16})),
     Entry("x86_64", frozenset({"elf", "multiboot2", "multiboot"}), "linux-user", builder=_X86_USER,
           purgatory=_X86_PURGATORY),
     Entry("x86_64", frozenset({"bzimage"}), "xen", planner="pykexec.plan.xen:plan_xen",
@@ -212,21 +226,28 @@ def find(machine_arch: str | None, layer: Any, target: str, table: Sequence[Entr
     return next((e for e in table if e.serves(machine_arch, layer, target)), None)
 
 
-def default_target(layer: Any, machine: Any, table: Sequence[Entry] = TABLE) -> str:
+def default_target(layer: Any, machine: Any, table: Sequence[Entry] = TABLE, wanted: int | None = None) -> str:
     """The receiver a load goes to by default.
 
     Under Xen the hypervisor owns kexec (kexec-tools turns kexec_file off
     there).  Otherwise the first entry, in table order, whose receiver's own
-    probe takes the image; ``linux-user`` when none does.
+    probe takes the image and which offers the ``wanted`` kernel entry (if
+    one is asked for); ``linux-user`` when none does.
     """
     owner = owner_of(machine)
     if owner.default is not None:
         return owner.default
     for entry in table:
         if entry.serves(machine.arch, layer) and entry.target in owner.targets \
-                and entry.refusal(layer, machine) is None:
+                and (wanted is None or wanted in entry.entries) and entry.refusal(layer, machine) is None:
             return entry.target
     return "linux-user"
+
+
+def entry_offers(table: Sequence[Entry] = TABLE) -> str:
+    """Who offers a choice of kernel entry, for messages: "linux-user with an x86_64 bzimage (16, 32, 64)"."""
+    return "; ".join(f"{e.target} with an {e.arch} {'/'.join(sorted(e.layers))} "
+                     f"({', '.join(map(str, sorted(e.entries)))})" for e in table if e.entries)
 
 
 def served(table: Sequence[Entry] = TABLE) -> str:

@@ -129,3 +129,22 @@ def test_ipxe_lkrn_crash_load_is_refused():
                    MACHINE.with_name("qemu-q35-1g-crashkernel256m-debian6.1.iomem"), material.ipxe_lkrn())
     assert_clean_error(proc)
     assert b"through the real-mode entry" in proc.stderr and b"not supported" in proc.stderr, describe(proc)
+
+
+@pytest.mark.parametrize("bits, note", [(32, "32-bit boot protocol"), (16, "real-mode entry")])
+def test_debian_bzimage64_where_it_is_asked_to_enter(bits, note):
+    """kexec-tools' --entry-32bit and --real-mode: Debian's bzImage64 through its other entries.  A relocatable
+    kernel goes lowest from 1 MiB at its kernel_alignment (kexec-bzImage.c); plan and load agree."""
+    path = material.bookworm_cloud_bzimage()
+    data = path.read_bytes()
+    align = struct.unpack_from("<I", data, 0x230)[0]                 # kernel_alignment
+    plan = _json("plan", "--entry", str(bits), "--command-line", CMDLINE, path)
+    dry = _json("load", "--dry-run", "--entry", str(bits), "--command-line", CMDLINE, path)["plan"]
+    assert plan["target"] == dry["target"] == "linux-user" and _placed(plan) == _placed(dry)
+    assert any(note in n for n in plan["notes"]), plan["notes"]
+    kernel = next(s for s in plan["segments"] if s["role"] == "kernel")
+    assert int(kernel["mem"], 16) == -(-0x100000 // align) * align
+    file_mode = run_cli("load", "--dry-run", "--mode", "file", "--entry", str(bits), "--machine", MACHINE, path)
+    assert_clean_error(file_mode)
+    assert f"--entry {bits}: the receivers this load may use (linux-file)".encode() in file_mode.stderr, \
+        describe(file_mode)

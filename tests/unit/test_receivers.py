@@ -15,7 +15,7 @@ import pytest
 from pykexec import api
 from pykexec.boot import purgatory
 from pykexec.boot.usermode import UserLoad
-from pykexec.errors import LoadRefused, PlacementError
+from pykexec.errors import LoadRefused, PlacementError, UsageError
 from pykexec.machine import Range, TypedRange
 from pykexec.machine.model import Machine, normalize_arch, runs_on
 from pykexec.plan import LoadPlan, Segment, plan
@@ -175,3 +175,23 @@ def test_plan_and_a_user_mode_dry_run_agree_on_a_multiboot2_image(tmp_path, sysf
     assert [s.role for s in planned.segments] == [s.role for s in shown.segments]
     assert [(s.mem, s.memsz) for s in planned.segments] == [(s.mem, s.memsz) for s in shown.segments]
     assert planned.cmdline == shown.cmdline == "xen.elf console=com1"
+
+
+def test_an_asked_for_entry_sends_the_load_to_kexec_load(tmp_path, sysfs):
+    """kexec-tools' --entry-32bit and --real-mode are kexec_load's (bzImage64_load_file refuses them)."""
+    image = tmp_path / "bzImage"
+    image.write_bytes(builders.bzimage(version=0x20F, xloadflags=0x7F, loadflags=0x81, kernel_alignment=0x200000,
+                                       init_size=0x3378000, pref_address=0x1000000, initrd_addr_max=0x7FFFFFFF))
+    machine = qemu_machine("qemu-pc-1g-debian6.1.iomem")
+    kw = dict(syscalls=FakeSyscalls(), sysfs=sysfs, machine=machine, efivars=sysfs / "none")
+    for bits, note in ((32, "32-bit boot protocol"), (16, "real-mode entry")):
+        _, _, shown = api.load(api.LoadOptions(image=image, entry=bits, command_line="console=ttyS0",
+                                               require_signature=False), dry_run=True, **kw)
+        planned = plan(prepare(image.read_bytes()), machine=machine, entry=bits, cmdline="console=ttyS0")
+        assert shown.target == planned.target == "linux-user" and any(note in n for n in shown.notes)
+        assert [(s.role, s.mem, s.memsz) for s in shown.segments] == [(s.role, s.mem, s.memsz) for s in planned.segments]
+    with pytest.raises(UsageError, match=r"--entry 32: the receivers this load may use \(linux-file\) choose"):
+        api.load(api.LoadOptions(image=image, entry=32, mode="file", require_signature=False), dry_run=True, **kw)
+    (sysfs / "kernel" / "security" / "lockdown").write_text("none [integrity] confidentiality\n")
+    with pytest.raises(LoadRefused, match="refuses kexec_load, so --entry 16 cannot work"):
+        api.load(api.LoadOptions(image=image, entry=16, require_signature=False), dry_run=True, **kw)

@@ -217,3 +217,74 @@ def test_linux_then_memdisk_through_the_real_mode_entry(vm_material):
             serial.fail(f"memdisk did not say {line!r} after the exec")
     if said not in after:
         serial.fail(f"the floppy's boot sector did not run through memdisk: {said!r} is not on the console")
+
+
+# Linux kexecs Linux through kexec-tools' flags, given to the shim as a script would: --entry-32bit, then
+# --real-mode.  `kexec -d` prints the segments and notes the load handed over.  Both next kernels get
+# `earlyprintk=serial,... debug`: Linux's real-mode setup code (arch/x86/boot/main.c) then says "early
+# console in setup code" on COM1, which only a real-mode entry runs.
+ENTRY_STAGE1 = '''
+cat /vm/initrd.img /vm/token.cpio > /tmp/stage2.img
+run load1 kexec -d -l --entry-32bit /vm/vmlinuz --initrd=/tmp/stage2.img --append="{cmdline2}" || exit 1
+mark exec1-next
+run exec1 kexec -e
+mark exec1-returned
+'''
+
+ENTRY_STAGE2 = '''
+mark cmdline2 "$(cat /proc/cmdline)"
+mark token2 "$(cat /vm/token)"
+run load2 kexec -d -l --real-mode /vm/kernel2 --initrd=/vm/stage3.img --append="{cmdline3}" || exit 1
+mark exec2-next
+run exec2 kexec -e
+mark exec2-returned
+'''
+
+ENTRY_STAGE3 = '''
+mark cmdline3 "$(cat /proc/cmdline)"
+mark token3 "$(cat /vm/token)"
+'''
+
+SETUP_CODE_SAYS = "early console in setup code"
+# Its puts() writes each character to COM1 and through the BIOS (INT 10h), which SeaBIOS copies to COM1 too.
+SETUP_CODE_LINE = re.compile("".join(f"{re.escape(c)}{{1,2}}" for c in SETUP_CODE_SAYS))
+
+
+def _shim_loaded(serial: h.Serial, name: str, *notes: str) -> None:
+    """``kexec -d -l`` succeeded through kexec_load, and its plan has each of ``notes``."""
+    h.expect_ok(serial, name)
+    said = serial.lines(name + ".err")
+    if "with kexec_load" not in said or not all(n in said for n in notes):
+        serial.fail(f"{name}: not {notes} through kexec_load:\n{said}")
+
+
+def test_linux_through_the_shims_entry_flags(vm_material):
+    tok2, tok3 = h.token(), h.token()
+    early = "earlyprintk=serial,ttyS0,115200 debug"
+    cmdline2 = f"console=ttyS0 {early} stage=2 marker={h.token()}"
+    cmdline3 = f"console=ttyS0 panic=-1 {early} stage=3 marker={h.token()}"
+    g = h.Guest("entry-flags-linux")
+    h.add_token_archive(g, tok2)
+    g.host_file("/vm/kernel2", h.kernel())
+    stage3 = [h.busybox_initramfs(g, 3, h.sh_script(ENTRY_STAGE3)),
+              g.build_archive("token3.cpio", {"/vm/token": tok3 + "\n"})]
+    g.host_file("/vm/stage3.img", h.concat_file(g.dir / "stage3.img", stage3))
+    g.stage(1, h.sh_script(ENTRY_STAGE1.format(cmdline2=cmdline2)))
+    g.stage(2, h.sh_script(ENTRY_STAGE2.format(cmdline3=cmdline3)))
+    serial = g.boot(timeout=300)
+
+    _shim_loaded(serial, "load1", "32-bit boot protocol")
+    serial.expect_in_order("exec1-next", "stage-begin 2")
+    if (serial.value("cmdline2"), serial.value("token2")) != (cmdline2, tok2):
+        serial.fail(f"the second kernel got {serial.value('cmdline2')!r} and token {serial.value('token2')!r}")
+    _shim_loaded(serial, "load2", "real-mode entry", "asked for")
+    serial.expect_in_order("exec2-next", "stage-begin 3", "stage-end 3 rc=0")
+    if (serial.value("cmdline3"), serial.value("token3")) != (cmdline3, tok3):
+        serial.fail(f"the third kernel got {serial.value('cmdline3')!r} and token {serial.value('token3')!r}")
+    text = serial.text
+    hop1 = text[text.index("exec1-next"):text.index("stage-begin 2")]
+    hop2 = text[text.index("exec2-next"):text.index("stage-begin 3")]
+    if SETUP_CODE_LINE.search(hop1):
+        serial.fail("the real-mode setup code ran on the 32-bit entry")
+    if not SETUP_CODE_LINE.search(hop2):
+        serial.fail(f"the real-mode setup code did not say {SETUP_CODE_SAYS!r} after kexec --real-mode")

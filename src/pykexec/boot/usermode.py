@@ -109,7 +109,7 @@ def build_user_load(prepared, *, initrd: Buffer | None, cmdline: str | None, cra
                     pass_memmap_cmdline: bool = False,
                     image_name: str = "kernel", sys_root: str | Path = "/sys",
                     proc_root: str | Path = "/proc", dev_mem: str | Path | None = "/dev/mem",
-                    dtb: Buffer | None = None) -> UserLoad:
+                    dtb: Buffer | None = None, entry: int | None = None) -> UserLoad:
     """Build a kexec_load for ``prepared`` (a :class:`pykexec.formats.prepare.Prepared`) on ``machine``.
 
     ``checks=False`` makes the purgatory skip the SHA-256 checks (``kexec -i``);
@@ -120,7 +120,9 @@ def build_user_load(prepared, *, initrd: Buffer | None, cmdline: str | None, cra
     probe order has it).  ``firmware`` and ``crash_sources`` default to reading
     ``sys_root``/``proc_root``; ``dev_mem`` (None: not at all) is where the ACPI RSDP is read
     for Multiboot2's ACPI tags.  ``modules`` are Multiboot modules
-    (:func:`multiboot_info.load_module` reads ``--module FILE[,cmdline]``).
+    (:func:`multiboot_info.load_module` reads ``--module FILE[,cmdline]``).  ``entry`` is a
+    bzImage's entry, 64, 32 or 16 (real mode); None: the first the image has
+    (:func:`pykexec.plan.x86.user_entry`).
     """
     layer = prepared.kernel_layer
     kind = protocol or _protocol(layer)
@@ -134,6 +136,8 @@ def build_user_load(prepared, *, initrd: Buffer | None, cmdline: str | None, cra
     if dtb is not None:
         raise UsageError("--dtb is for arm64 kernels; pykexec hands an x86 kernel no device tree "
                          "(SETUP_DTB is not supported)")
+    if entry is not None and not isinstance(layer, BzImage):
+        raise UsageError(f"--entry chooses a bzImage's entry, and this image is {layer.format}")
     if modules and kind == "linux":
         raise UsageError("--module is for Multiboot images (Xen); a Linux kernel takes an initrd")
     require_memory(machine)
@@ -142,7 +146,7 @@ def build_user_load(prepared, *, initrd: Buffer | None, cmdline: str | None, cra
                    verbose=verbose, serial_port=serial_port, pass_memmap=pass_memmap_cmdline,
                    reset_on_failure=on_failure == "reset",
                    sys_root=Path(sys_root), proc_root=Path(proc_root), crash_sources=crash_sources,
-                   dev_mem=None if dev_mem is None else Path(dev_mem))
+                   dev_mem=None if dev_mem is None else Path(dev_mem), entry=entry)
     if kind == "linux":
         if isinstance(layer, BzImage):
             return _bzimage(ctx, layer, prepared.kernel, initrd, cmdline)
@@ -195,6 +199,7 @@ class _Context:
     proc_root: Path
     crash_sources: elfcore.CrashSources | None
     dev_mem: Path | None = None
+    entry: int | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -212,7 +217,7 @@ class _Context:
 # -- Linux: bzImage -------------------------------------------------------------------------------
 
 def _bzimage(ctx: _Context, layer: BzImage, data: Buffer, initrd: Buffer | None, cmdline: str | None) -> UserLoad:
-    bits = plan_x86.user_entry(layer, data)
+    bits = plan_x86.user_entry(layer, data, ctx.entry)
     if bits == 16:
         return _bzimage_real_mode(ctx, layer, data, initrd, cmdline)
     pg = purgatory.load()
@@ -223,7 +228,7 @@ def _bzimage(ctx: _Context, layer: BzImage, data: Buffer, initrd: Buffer | None,
         final = crash.cmdline
     pur, setup, final, notes = plan_x86.build_user_segments(
         layer, data, machine=ctx.machine, crash=ctx.crash and bits == 32, initrd=initrd, cmdline=final,
-        walks=walks, placer=placer, purgatory=pg.size(ctx.page))
+        walks=walks, placer=placer, purgatory=pg.size(ctx.page), entry=ctx.entry)
     ctx.notes.extend(notes)
     e820 = crash.e820 if crash is not None else e820_mod.from_machine(ctx.machine)
     table, e820_ext = zeropage.e820_table(e820)
@@ -269,7 +274,7 @@ def _bzimage_real_mode(ctx: _Context, layer: BzImage, data: Buffer, initrd: Buff
     placer, walks = ctx.placer(), ctx.walks()
     _, setup, final, notes = plan_x86.build_user_segments(
         layer, data, machine=ctx.machine, crash=ctx.crash, initrd=initrd, cmdline=cmdline, walks=walks,
-        placer=placer, purgatory=purgatory.load().size(ctx.page))
+        placer=placer, purgatory=purgatory.load().size(ctx.page), entry=ctx.entry)
     ctx.notes.extend(notes)
     segs = {s.role: s for s in placer.segments}
     kernel, initrd_seg = segs["kernel"], segs.get("initrd")

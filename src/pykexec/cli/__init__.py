@@ -98,6 +98,7 @@ def _load_options() -> list[tuple[tuple[str, ...], dict]]:
         (("--addon",), {"action": "append", "metavar": "FILE",
                         "help": "UKI add-on; default: <uki>.extra.d/*.addon.efi"}),
         plan_cli.DTB_OPTION,
+        plan_cli.ENTRY_OPTION,
         (("--crash",), {"action": "store_true", "help": "load a crash (kdump) kernel"}),
         (("--module",), {"action": "append", "default": [], "metavar": "FILE[,ARGS]",
                          "help": "Multiboot module (Xen: dom0 kernel, initrd), kexec_load only"}),
@@ -210,7 +211,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         addons=None if args.addon is None else tuple(args.addon), crash=args.crash,
         mode=args.mode, debug=args.debug_syscall, require_signature=args.require_signature,
         trust=tuple(args.trust), modules=tuple(args.module), checks=not args.no_checks,
-        via_emulator=args.via_emulator, dtb=args.dtb, target=args.target)
+        via_emulator=args.via_emulator, dtb=args.dtb, target=args.target, entry=args.entry)
     from .plan import load_machine
     described = load_machine(args)  # the machine to plan for in a dry run; advice for a real load
     summary, report, predicted = api.load(opts, dry_run=args.dry_run, limits=_limits(args),

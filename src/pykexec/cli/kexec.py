@@ -27,9 +27,8 @@ from ..errors import UsageError
 log = logging.getLogger(__name__)
 IGNORED = ("--mem-min", "--mem-max", "--type", "--serial", "--serial-baud",
            "--elf32-core-headers", "--elf64-core-headers", "--pass-memmap-cmdline")
-IGNORED_FLAGS = ("--reuseinitrd", "--hotplug", "--no-cma", "--force-dtb", "--real-mode",
-                 "--entry-32bit", "--noefi", "--reuse-video-type", "--console-vga",
-                 "--console-serial")
+IGNORED_FLAGS = ("--reuseinitrd", "--hotplug", "--no-cma", "--force-dtb", "--noefi",
+                 "--reuse-video-type", "--console-vga", "--console-serial")
 
 
 class KexecParser(argparse.ArgumentParser):
@@ -68,6 +67,10 @@ def build_parser() -> KexecParser:
     p.add_argument("-y", "--no-sync", action="store_true", help="do not sync before exec")
     p.add_argument("-i", "--no-checks", action="store_true",
                    help="kexec_load: the purgatory skips its SHA-256 checks")
+    p.add_argument("--entry-32bit", action="store_true",
+                   help="x86 bzImage, kexec_load: enter it through the 32-bit boot protocol")
+    p.add_argument("--real-mode", action="store_true",
+                   help="x86 bzImage, kexec_load: enter it through its real-mode setup code")
     p.add_argument("-v", "--version", action="version", version=f"kexec (pykexec {__version__})")
     for flag in IGNORED:
         p.add_argument(flag, metavar="X", help=argparse.SUPPRESS)
@@ -104,9 +107,17 @@ def main(argv: list[str]) -> int:
 def _load(args: argparse.Namespace) -> None:
     if not args.kernel:
         raise UsageError("kexec: -l and -p need a kernel image")
-    api.load(api.LoadOptions(image=args.kernel, initrds=tuple(args.initrd), append=args.append,
-                             reuse_cmdline=args.reuse_cmdline, crash=args.load_panic,
-                             mode=args.mode, debug=args.debug, modules=tuple(args.module),
-                             checks=not args.no_checks, dtb=args.dtb))
-    if args.debug:
-        print(f"kexec: loaded {args.kernel}", file=sys.stderr)
+    _, report, loaded = api.load(api.LoadOptions(
+        image=args.kernel, initrds=tuple(args.initrd), append=args.append, reuse_cmdline=args.reuse_cmdline,
+        crash=args.load_panic, mode=args.mode, debug=args.debug, modules=tuple(args.module),
+        checks=not args.no_checks, dtb=args.dtb, entry=_entry(args)))
+    if args.debug:  # as kexec-tools -d: the segments handed to the kernel, and the call
+        for line in str(loaded).splitlines() if loaded is not None else ():
+            print(f"kexec: {line}", file=sys.stderr)
+        print(f"kexec: loaded {args.kernel} with {report.syscall}", file=sys.stderr)
+
+
+def _entry(args: argparse.Namespace) -> int | None:
+    """The bzImage entry kexec-tools' flags ask for: ``--real-mode`` wins over ``--entry-32bit``,
+    as in its bzImage64_load."""
+    return 16 if args.real_mode else 32 if args.entry_32bit else None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import UsageError
-from ..receivers import TARGETS
+from ..receivers import TABLE, TARGETS
 
 if TYPE_CHECKING:
     from ..machine.model import Machine
@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 MACHINE_OPTION = (("--machine",), {"metavar": "FILE",
                                    "help": "a machine description (JSON from 'pykexec machine --json', or a "
                                            "/proc/iomem dump) instead of this host"})
+ENTRY_OPTION = (("--entry",), {
+    "type": int, "choices": sorted(set().union(*(e.entries for e in TABLE)), reverse=True), "metavar": "BITS",
+    "help": "an x86 bzImage through kexec_load: enter it at 64 (startup_64), 32 (the 32-bit boot protocol, "
+            "kexec --entry-32bit) or 16 (its real-mode setup code, kexec --real-mode); default: the first "
+            "the image has"})
 DTB_OPTION = (("--dtb",), {"metavar": "FILE", "help": "arm64 kexec_load: the device tree to hand on "
                                                    "(default: the UKI's .dtb, else /sys/firmware/fdt)"})
 
@@ -44,6 +49,7 @@ COMMANDS: dict[str, tuple[str, list[tuple[tuple[str, ...], dict]]]] = {
         (("--json",), {"action": "store_true", "help": "print the plan as one JSON object"}),
         (("--profile",), {"type": int, "metavar": "N", "help": "UKI profile @N (default @0)"}),
         DTB_OPTION,
+        ENTRY_OPTION,
     ]),
 }
 
@@ -99,7 +105,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     initrd = _mapped(args.initrd) if args.initrd else None
     cmdline = api.compose_cmdline(prepared.cmdline, command_line=args.command_line, append=args.append)
     result = plan(prepared, machine=machine, target=args.target, crash=args.crash, initrd=initrd,
-                  cmdline=cmdline, image_name=Path(args.image).name, dtb=api.read_dtb(args.dtb))
+                  cmdline=cmdline, image_name=Path(args.image).name, dtb=api.read_dtb(args.dtb),
+                  entry=args.entry)
     violations = result.validate()
     if args.json:
         print(json.dumps(result.to_json(violations=violations), indent=2))

@@ -54,7 +54,7 @@ def _kernel(image: Any) -> tuple[Any, Buffer, Buffer | None, str | None]:
 def plan(image: Any, *, machine: Machine, target: str | None = None, crash: bool = False,
          initrd: Buffer | None = None, cmdline: str | None = None,
          purgatory: PurgatorySize | None = None, table: Sequence[Entry] = TABLE,
-         image_name: str = "kernel", dtb: Buffer | None = None) -> LoadPlan:
+         image_name: str = "kernel", dtb: Buffer | None = None, entry: int | None = None) -> LoadPlan:
     """Plan loading ``image`` (a :class:`~pykexec.formats.prepare.Prepared` or a BzImage/Arm64Image layer).
 
     ``initrd``/``cmdline`` default to what the image carries (a UKI's
@@ -63,24 +63,26 @@ def plan(image: Any, *, machine: Machine, target: str | None = None, crash: bool
     only a user-mode build can place the image (ELF, Multiboot), the plan is
     that build's, with ``image_name`` as the file name a Multiboot loader reports
     and ``dtb`` the device tree an arm64 build starts from (default: the
-    image's, else the running kernel's).
+    image's, else the running kernel's).  ``entry`` asks for a kernel entry (an x86
+    bzImage's 64, 32 or 16) where the receiver offers a choice; by default the
+    first receiver that offers it is planned.
     """
     layer, data, carried_initrd, carried_cmdline = _kernel(image)
     initrd = carried_initrd if initrd is None else initrd
     cmdline = carried_cmdline if cmdline is None else cmdline
-    target = target or default_target(layer, machine, table)
+    target = target or default_target(layer, machine, table, entry)
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     why = foreign(layer.format, layer.arch, machine.arch)
     if why:
         raise PlacementError(why, errno="ENOEXEC")
-    entry = find(machine.arch, layer, target, table)
-    if entry is None:
+    receiver = find(machine.arch, layer, target, table)
+    if receiver is None:
         arch = machine.arch or layer.arch
         raise PlacementError(f"no {target} planner for {layer.format} images on {arch} "
                              f"(planners: {served(table)})", errno="ENOEXEC")
-    if entry.planner is None:  # only a build places this image (ELF, Multiboot): plan what a load builds
-        return entry.build(image, initrd=initrd, cmdline=cmdline, crash=crash, machine=machine,
-                           image_name=image_name, dtb=dtb).plan
-    return entry.plan(layer, data, machine=machine, crash=crash, initrd=initrd, cmdline=cmdline,
-                      purgatory=purgatory)
+    if receiver.planner is None:  # only a build places this image (ELF, Multiboot): plan what a load builds
+        return receiver.build(image, initrd=initrd, cmdline=cmdline, crash=crash, machine=machine,
+                              image_name=image_name, dtb=dtb, entry=entry).plan
+    return receiver.plan(layer, data, machine=machine, crash=crash, initrd=initrd, cmdline=cmdline,
+                         purgatory=purgatory, entry=entry)

@@ -64,7 +64,7 @@ from dataclasses import dataclass
 
 from ..boot.e820 import backup_source
 from ..boot.bootparam import EFI_SETUP_DATA, RNG_SEED_LENGTH, SETUP_DATA_HEADER, SIZEOF_BOOT_PARAMS
-from ..errors import PlacementError
+from ..errors import PlacementError, UsageError
 from ..formats.bzimage import (LOADED_HIGH, SETUP_HEADER, XLF_5LEVEL, XLF_CAN_BE_LOADED_ABOVE_4G, XLF_KERNEL_64,
                                BzImage, program_of)
 from ..machine.model import Machine
@@ -243,20 +243,35 @@ def probe_user(layer: BzImage, data: bytes) -> None:
                              errno="ENOEXEC")
 
 
-def user_entry(layer: BzImage, data: bytes) -> int:
+ENTRIES = {64: "64-bit", 32: "32-bit", 16: "real-mode"}
+"""The entries a kexec_load bzImage loader can start a kernel at, by width (kexec-tools' bzImage64
+loader, its bzImage loader, and that loader with ``--real-mode``)."""
+
+
+def user_entry(layer: BzImage, data: bytes, wanted: int | None = None) -> int:
     """The entry a kexec_load loader uses, 64, 32 or 16, trying kexec-tools' x86_64 loaders in order:
     bzImage64_probe, then bzImage_probe (2.00+ and LOADED_HIGH: the 32-bit boot protocol, or real
-    mode when the image declares no 32-bit entry)."""
-    try:
+    mode when the image declares no 32-bit entry).  ``wanted`` asks for one (kexec-tools'
+    ``--entry-32bit``, ``--real-mode``), refused when the image does not have it."""
+    if wanted not in (None, *ENTRIES):
+        raise UsageError(f"unknown entry {wanted!r}; choose one of {', '.join(map(str, ENTRIES))}")
+    if wanted == 64:
         probe_user(layer, data)
         return 64
-    except PlacementError:
-        pass
+    if wanted is None:
+        try:
+            probe_user(layer, data)
+            return 64
+        except PlacementError:
+            pass
     if len(data) < 1024 or not layer.loadflags & LOADED_HIGH:
         raise PlacementError(f"a zImage (protocol {layer.version}, LOADED_HIGH clear): its kernel loads at "
                              "0x10000 and starts only through its real-mode setup code; pykexec enters "
                              "bzImages through the 32-bit or 64-bit boot protocol", errno="ENOEXEC")
-    return 16 if real_mode_reason(layer, data) else 32
+    why = real_mode_reason(layer, data)
+    if wanted == 32 and why:
+        raise PlacementError(f"no 32-bit entry: {why}", errno="ENOEXEC")
+    return wanted or (16 if why else 32)
 
 
 def real_mode_reason(layer: BzImage, data: bytes) -> str | None:
@@ -274,13 +289,15 @@ def real_mode_reason(layer: BzImage, data: bytes) -> str | None:
 
 def build_user_segments(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, initrd: bytes | None,
                         cmdline: str | None, walks: list, placer: Placer,
-                        purgatory: PurgatorySize) -> tuple[Segment, Segment, str, list[str]]:
-    """Place a kexec_load bzImage load; returns (purgatory, setup segment, final cmdline, notes)."""
-    bits = user_entry(layer, data)
+                        purgatory: PurgatorySize, entry: int | None = None,
+                        ) -> tuple[Segment, Segment, str, list[str]]:
+    """Place a kexec_load bzImage load through ``entry`` (None: the image's first, see
+    :func:`user_entry`); returns (purgatory, setup segment, final cmdline, notes)."""
+    bits = user_entry(layer, data, entry)
     if bits < 64 and crash:
-        raise PlacementError(f"kdump (--crash) through the {'real-mode' if bits == 16 else '32-bit'} entry "
-                             f"(protocol {layer.version}, not a relocatable bzImage64) is not supported; "
-                             "load a bzImage64 capture kernel", errno="ENOEXEC")
+        why = "" if entry else f" (protocol {layer.version}, not a relocatable bzImage64)"
+        raise PlacementError(f"kdump (--crash) through the {ENTRIES[bits]} entry{why} is not supported; "
+                             "load a bzImage64 capture kernel through its 64-bit entry", errno="ENOEXEC")
     if bits == 16:
         return _user16_segments(layer, data, machine=machine, initrd=initrd, cmdline=cmdline, walks=walks,
                                 placer=placer, purgatory=purgatory)
@@ -367,7 +384,7 @@ def _user16_segments(layer: BzImage, data: bytes, *, machine: Machine, initrd: b
                      purgatory: PurgatorySize) -> tuple[Segment, Segment, str, list[str]]:
     """The real-mode entry's segments (kexec-bzImage.c ``do_bzImage_load`` with ``real_mode_entry``):
     purgatory and real-mode segment below 0xA0000, the kernel and initrd as for the 32-bit entry."""
-    why = real_mode_reason(layer, data)
+    why = real_mode_reason(layer, data) or "the real-mode entry was asked for (kexec-tools --real-mode)"
     if machine.efi:
         raise PlacementError(f"{why}, which calls the BIOS; this machine booted through UEFI and has no "
                              "BIOS to call", errno="ENOEXEC")
@@ -378,7 +395,7 @@ def _user16_segments(layer: BzImage, data: bytes, *, machine: Machine, initrd: b
     if layer.setup_size > REAL_MODE_HEAP_END - 0x200:
         raise PlacementError(f"the real-mode code is {layer.setup_size:#x} bytes (setup_sects); with its heap "
                              f"and stack it must fit in {REAL_MODE_HEAP_END:#x}", errno="ENOEXEC")
-    notes = [f"real-mode entry (protocol {layer.version}): {why}, as kexec-tools --real-mode"]
+    notes = [f"real-mode entry (protocol {layer.version}): {why}"]
     _user32_kernel(layer, data, machine=machine, walks=walks, placer=placer, notes=notes)
     pur = place(placer, KexecBuf("purgatory", purgatory.bufsz, purgatory.memsz, buf_align=purgatory.align,
                                  buf_min=MIN_PURGATORY_ADDR, buf_max=LOW_MEMORY_TOP - 1, top_down=True), walks)
@@ -409,15 +426,16 @@ def _user32_kernel(layer: BzImage, data: bytes, *, machine: Machine, walks: list
 
 
 def plan_user(layer: BzImage, data: bytes, *, machine: Machine, crash: bool, initrd: bytes | None,
-              cmdline: str | None, purgatory: PurgatorySize) -> LoadPlan:
-    """What a kexec_load loader (kexec-tools' bzImage64 or bzImage loader, or pykexec's) would load."""
-    if user_entry(layer, data) == 64:
+              cmdline: str | None, purgatory: PurgatorySize, entry: int | None = None) -> LoadPlan:
+    """What a kexec_load loader (kexec-tools' bzImage64 or bzImage loader, or pykexec's) would load,
+    through ``entry`` (None: the image's first)."""
+    if user_entry(layer, data, entry) == 64:
         _check_alignment(layer)
     placer = Placer(page_size=machine.page_size, exact_top_down=True, max_segments=None)
     walks = [crash_walk(machine)] if crash else normal_walks(machine, file_mode=False, rev_walk=True)
     pur, setup, final, notes = build_user_segments(layer, data, machine=machine, crash=crash, initrd=initrd,
                                                    cmdline=cmdline, walks=walks, placer=placer,
-                                                   purgatory=purgatory)
+                                                   purgatory=purgatory, entry=entry)
     notes.append(f"purgatory size {human_size(purgatory.memsz)} ({purgatory.measured_from})")
     return LoadPlan(target="linux-user", crash=crash, entry=pur.mem + purgatory.entry_offset, cmdline=final,
                     segments=tuple(placer.segments), arch="x86_64", machine=machine, entry_arg=setup.mem,

@@ -119,6 +119,28 @@ def test_bzimage_real_mode_entry():
         == [(s.role, s.mem, s.memsz) for s in load.plan.segments]
 
 
+def test_a_bzimage64_enters_where_it_is_asked():
+    # kexec-tools' --entry-32bit and --real-mode on a bzImage64 (Debian's 6.1 header: 2.15, relocatable at
+    # 2 MiB): the purgatory enters startup_32 with %esi = boot_params, or the real-mode code at setup + 0x200
+    image = builders.bzimage(version=0x20F, xloadflags=0x7F, loadflags=0x81, kernel_alignment=0x200000,
+                             init_size=0x3378000, pref_address=0x1000000, initrd_addr_max=0x7FFFFFFF)
+    entry_flags = purgatory.PG_ENTRY32 | purgatory.PG_ENTRY16
+    flags = {bits: purgatory.PARAMS.get(params_of(build(image, entry=bits))[0], "flags") & entry_flags
+             for bits in (None, 64, 32, 16)}
+    assert flags == {None: 0, 64: 0, 32: purgatory.PG_ENTRY32, 16: purgatory.PG_ENTRY16}
+    load = build(image, entry=32)
+    block, _ = params_of(load)
+    kernel, params = load.segment("kernel"), load.segment("boot-params")
+    assert kernel.mem == 0x200000 and kernel.buf == image[5 * 512:]
+    assert (purgatory.PARAMS.get(block, "rip"), purgatory.PARAMS.get(block, "rsi")) == (kernel.mem, params.mem)
+    check_digests(load)
+    assert [(s.role, s.mem, s.memsz) for s in plan(prepare(image), target="linux-user", machine=qemu_pc(),
+                                                   initrd=INITRD, cmdline=CMDLINE, entry=16).segments] \
+        == [(s.role, s.mem, s.memsz) for s in build(image, entry=16).plan.segments]
+    with pytest.raises(UsageError, match="--entry chooses a bzImage's entry, and this image is elf"):
+        build(builders.elf64(), entry=32, initrd=None)
+
+
 def test_memdisk_takes_the_real_mode_entry_despite_its_code32_start():
     # syslinux's memdisk header: 2.03, LOADED_HIGH, code32_start 0x100000 (its own protected-mode code, which
     # reads memdisk16.asm's registers, not boot_params), kernel_version pointing at "MEMDISK 6.04 ..."

@@ -12,7 +12,7 @@ from pykexec.errors import UsageError
 @pytest.fixture
 def calls(monkeypatch):
     seen = []
-    monkeypatch.setattr(api, "load", lambda opts, **kw: seen.append(("load", opts)))
+    monkeypatch.setattr(api, "load", lambda opts, **kw: (seen.append(("load", opts)), None, None))
     monkeypatch.setattr(api, "execute", lambda **kw: seen.append(("exec", kw)))
     monkeypatch.setattr(api, "unload", lambda **kw: seen.append(("unload", kw)))
     return seen
@@ -57,3 +57,30 @@ def test_status_exit_codes(monkeypatch):
 def test_nothing_to_do_is_a_usage_error():
     with pytest.raises(UsageError):
         kexec_compat.main([])
+
+
+def test_entry_flags_ask_for_the_entry(calls, caplog):
+    """kexec-tools' bzImage64_load: --real-mode wins over --entry-32bit; neither is ignored."""
+    for flags, entry in (([], None), (["--entry-32bit"], 32), (["--real-mode"], 16),
+                         (["--entry-32bit", "--real-mode"], 16)):
+        calls.clear()
+        kexec_compat.main(["-l", "k", *flags])
+        assert calls[0][1].entry == entry, flags
+    assert "ignored" not in caplog.text
+    kexec_compat.main(["-l", "k", "--console-vga"])
+    assert "--console-vga is accepted for compatibility and ignored" in caplog.text
+
+
+def test_debug_shows_the_segments_and_the_call(monkeypatch, capsys):
+    """As kexec-tools -d: what was handed to the kernel (segments, entry, notes) and through which call."""
+    from pykexec.backends import LoadReport
+    from pykexec.plan import plan
+    from tests.unit.plan.conftest import debian61_bzimage, qemu_machine
+    planned = plan(debian61_bzimage(), machine=qemu_machine("qemu-pc-1g-debian6.1.iomem"), entry=32)
+    monkeypatch.setattr(api, "load", lambda opts, **kw: (None, LoadReport(syscall="kexec_load"), planned))
+    assert kexec_compat.main(["-d", "-l", "k", "--entry-32bit"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "kexec: loaded k with kexec_load" in err
+    assert any(line.startswith("kexec: ") and "32-bit boot protocol" in line for line in err), err
+    kernel = next(s for s in planned.segments if s.role == "kernel")
+    assert any(f"{kernel.mem:#018x}" in line and "kernel" in line for line in err), err

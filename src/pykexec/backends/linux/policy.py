@@ -146,11 +146,11 @@ def falls_back(err: SyscallError, *, lockdown: str | None) -> bool:
     return err.errno_value in FALLBACK_ERRNOS and lockdown in (None, "none")
 
 
-def refuse_user_mode_under_lockdown(lockdown: str | None) -> None:
-    """Under lockdown the kernel refuses kexec_load: say so before building anything."""
+def refuse_user_mode_under_lockdown(lockdown: str | None, asked: str = "--mode user") -> None:
+    """Under lockdown the kernel refuses kexec_load, which ``asked`` needs: say so before building anything."""
     if lockdown not in (None, "none"):
         raise LoadRefused(f"kernel lockdown is '{lockdown}': the kernel refuses kexec_load, "
-                          "so --mode user cannot work; use --mode file with a signed kernel")
+                          f"so {asked} cannot work; use --mode file with a signed kernel")
 
 
 def loaded_sentence(crash: bool) -> str:
