@@ -1,5 +1,6 @@
 """Scenario 5: ``pykexec status --json`` and ``pykexec unload [--crash]`` for the
-default and the crash image, checked against /sys/kernel/kexec_* at each step.
+default and the crash image, checked against /sys/kernel/kexec_* at each step; and
+the shim's ``kexec --print-ckr-size`` against the ``crashkernel=`` the guest booted with.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def test_status_and_unload(vm_material):
         lines.append(f"run {step} pykexec status --json")
         lines.append(f'mark {step}-sysfs "$(cat /sys/kernel/kexec_loaded) $(cat /sys/kernel/kexec_crash_loaded) '
                      f'$(cat /sys/kernel/kexec_crash_size)"')
+    lines.append("run ckr kexec --print-ckr-size")
     g.stage(1, h.sh_script("\n".join(lines) + "\n"))
     serial = g.boot(f"crashkernel={CRASH_MB}M", memory=1024, timeout=300)
 
@@ -51,5 +53,7 @@ def test_status_and_unload(vm_material):
         sysfs = {"loaded": sys_loaded == "1", "crash_loaded": sys_crash == "1", "crash_size": int(sys_size)}
         if got != want or sysfs != want:
             problems.append(f"after {cmd or 'boot'}: status {got}, sysfs {sysfs}, expected {want}")
+    if serial.values("ckr.out") != [str(CRASH_MB << 20)]:
+        problems.append(f"kexec --print-ckr-size with crashkernel={CRASH_MB}M:\n{serial.command('ckr')}")
     if problems:
         serial.fail("\n".join(problems))

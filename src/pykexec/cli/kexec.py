@@ -11,8 +11,11 @@ kexec`` and kdump scripts unchanged.  Flags keep kexec-tools' meanings
 * ``--append`` and ``--command-line`` both give the command line (in
   kexec-tools they are synonyms); with ``--reuse-cmdline`` they are appended
   to the running kernel's;
-* ``-d`` debug, ``-f`` force, ``-x`` no ifdown, ``-y`` no sync, ``-i`` no checks;
-* ``--module FILE[,ARGS]`` Multiboot modules (kexec into Xen).
+* ``-d`` debug (and the segments loaded), ``-f`` force, ``-x`` no ifdown, ``-y`` no sync,
+  ``-i`` no checks;
+* ``--entry-32bit`` and ``--real-mode``: a bzImage's other entries (kexec_load);
+* ``--module FILE[,ARGS]`` Multiboot modules (kexec into Xen);
+* ``--print-ckr-size``: the crash kernel region's size in bytes, as kdump scripts ask it.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from .. import __version__, api
 from ..errors import UsageError
 
 log = logging.getLogger(__name__)
-IGNORED = ("--mem-min", "--mem-max", "--type", "--serial", "--serial-baud",
-           "--elf32-core-headers", "--elf64-core-headers", "--pass-memmap-cmdline")
-IGNORED_FLAGS = ("--reuseinitrd", "--hotplug", "--no-cma", "--force-dtb", "--noefi",
-                 "--reuse-video-type", "--console-vga", "--console-serial")
+# kexec-tools options pykexec takes and ignores, as in its option tables (kexec/kexec.h KEXEC_OPTIONS,
+# kexec/arch/i386/include/arch/options.h): those that take a value, then those that take none.
+IGNORED = (("--mem-min",), ("--mem-max",), ("-t", "--type"), ("--serial",), ("--serial-baud",))
+IGNORED_FLAGS = ("--reuseinitrd", "--hotplug", "--no-cma", "--force-dtb", "--noefi", "--reuse-video-type",
+                 "--console-vga", "--console-serial", "--reset-vga", "--elf32-core-headers",
+                 "--elf64-core-headers", "--pass-memmap-cmdline")
 
 
 class KexecParser(argparse.ArgumentParser):
@@ -45,6 +50,8 @@ def build_parser() -> KexecParser:
                      help="load the new kernel for use on panic (crash)")
     act.add_argument("-u", "--unload", action="store_true", help="unload the current kernel")
     act.add_argument("-e", "--exec", action="store_true", help="execute the loaded kernel")
+    act.add_argument("--print-ckr-size", action="store_true",
+                     help="print the size of the crash kernel region in bytes")
     act.add_argument("-S", "--status", action="store_true",
                      help="exit 0 if a kernel is loaded (with -p: a crash kernel), else 1")
     call = p.add_mutually_exclusive_group()
@@ -72,8 +79,8 @@ def build_parser() -> KexecParser:
     p.add_argument("--real-mode", action="store_true",
                    help="x86 bzImage, kexec_load: enter it through its real-mode setup code")
     p.add_argument("-v", "--version", action="version", version=f"kexec (pykexec {__version__})")
-    for flag in IGNORED:
-        p.add_argument(flag, metavar="X", help=argparse.SUPPRESS)
+    for flags in IGNORED:
+        p.add_argument(*flags, metavar="X", help=argparse.SUPPRESS)
     for flag in IGNORED_FLAGS:
         p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     p.add_argument("kernel", nargs="?", help="kernel image")
@@ -85,9 +92,12 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="kexec: %(message)s")
-    for flag in (*IGNORED, *IGNORED_FLAGS):
+    for flag in (*(flags[-1] for flags in IGNORED), *IGNORED_FLAGS):
         if getattr(args, flag.lstrip("-").replace("-", "_"), None):
             log.warning("%s is accepted for compatibility and ignored", flag)
+    if args.print_ckr_size:
+        print(api.status().crash_size or 0)
+        return 0
     if args.status:
         st = api.status()
         return 0 if (st.crash_loaded if args.load_panic else st.loaded) else 1

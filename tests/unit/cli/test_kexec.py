@@ -84,3 +84,28 @@ def test_debug_shows_the_segments_and_the_call(monkeypatch, capsys):
     assert any(line.startswith("kexec: ") and "32-bit boot protocol" in line for line in err), err
     kernel = next(s for s in planned.segments if s.role == "kernel")
     assert any(f"{kernel.mem:#018x}" in line and "kernel" in line for line in err), err
+
+
+def test_ignored_options_take_what_kexec_tools_gives_them(calls, caplog):
+    """kexec-tools' option tables: --elf64-core-headers and --pass-memmap-cmdline take no value, so the
+    kernel after them is still the kernel; --type (-t) and --mem-min take one."""
+    kexec_compat.main(["-p", "--elf64-core-headers", "--pass-memmap-cmdline", "/boot/vmlinuz", "--reset-vga"])
+    kexec_compat.main(["-l", "-t", "bzImage", "--mem-min=0x1000000", "/boot/vmlinuz"])
+    assert [(c[1].image, c[1].crash) for c in calls] == [("/boot/vmlinuz", True), ("/boot/vmlinuz", False)]
+    for flag in ("--elf64-core-headers", "--pass-memmap-cmdline", "--reset-vga", "--type", "--mem-min"):
+        assert f"{flag} is accepted for compatibility and ignored" in caplog.text
+
+
+def test_print_ckr_size(monkeypatch, capsys):
+    """kexec --print-ckr-size: the crash kernel region's size in bytes, 0 without one."""
+    for size, said in ((256 << 20, "268435456"), (None, "0")):
+        monkeypatch.setattr(api, "status", lambda: api.Status(False, False, size))
+        assert kexec_compat.main(["--print-ckr-size"]) == 0
+        assert capsys.readouterr().out == said + "\n"
+
+
+@pytest.mark.parametrize("option", ["--load-preserve-context", "--load-live-update", "--entry=0x100000"])
+def test_what_would_change_the_boot_is_refused_not_ignored(calls, option):
+    with pytest.raises(UsageError, match=f"unrecognized arguments: {option}"):
+        kexec_compat.main(["-l", option, "/boot/vmlinuz"])
+    assert calls == []
