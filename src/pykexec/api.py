@@ -167,6 +167,7 @@ class LoadOptions:
     via_emulator: bool = False
     dtb: str | Path | None = None
     target: str | None = None
+    #: an x86 bzImage's entry under kexec_load: 64, 32 or 16 (real mode); None: the image's first
     entry: int | None = None
 
 
