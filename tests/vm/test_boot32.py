@@ -222,7 +222,8 @@ def test_linux_then_memdisk_through_the_real_mode_entry(vm_material):
 # Linux kexecs Linux through kexec-tools' flags, given to the shim as a script would: --entry-32bit, then
 # --real-mode.  `kexec -d` prints the segments and notes the load handed over.  Both next kernels get
 # `earlyprintk=serial,... debug`: Linux's real-mode setup code (arch/x86/boot/main.c) then says "early
-# console in setup code" on COM1, which only a real-mode entry runs.
+# console in setup code" on COM1, which only a real-mode entry runs ("quiet" after "debug" lowers the
+# kernel's console log level again, so its messages do not break into the stage's lines).
 ENTRY_STAGE1 = '''
 cat /vm/initrd.img /vm/token.cpio > /tmp/stage2.img
 run load1 kexec -d -l --entry-32bit /vm/vmlinuz --initrd=/tmp/stage2.img --append="{cmdline2}" || exit 1
@@ -260,7 +261,7 @@ def _shim_loaded(serial: h.Serial, name: str, *notes: str) -> None:
 
 def test_linux_through_the_shims_entry_flags(vm_material):
     tok2, tok3 = h.token(), h.token()
-    early = "earlyprintk=serial,ttyS0,115200 debug"
+    early = "earlyprintk=serial,ttyS0,115200 debug quiet"
     cmdline2 = f"console=ttyS0 {early} stage=2 marker={h.token()}"
     cmdline3 = f"console=ttyS0 panic=-1 {early} stage=3 marker={h.token()}"
     g = h.Guest("entry-flags-linux")
